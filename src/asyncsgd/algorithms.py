@@ -1,0 +1,60 @@
+"""The named algorithms: presets over one shared machinery (workers, updates, metrics).
+
+Each algorithm is a local schedule (what one worker process does each step) plus a global
+exchange (how processes share what they learn), docs/design.md. An Algorithm entry says how
+many processes the launcher starts, whether they share one model in shared memory or each
+keep a replica, whether they need a torch.distributed process group, and which function
+each process runs. New algorithms register here and every command (train, bench, report,
+algorithms) picks them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    description: str
+    worker: str  # "module:function" run in every worker process with a WorkerContext
+    shared_model: bool  # True: one model in shared memory; False: a replica per process
+    distributed: bool  # True: the processes form a torch.distributed group
+    processes: Callable  # (RunConfig) -> number of worker processes
+    tolerates_failures: bool = False  # the run goes on when a worker dies
+    snapshot_all_replicas: bool = False  # snapshot every replica (to evaluate their average), not only rank 0
+
+
+def _workers(cfg) -> int:
+    return cfg.workers
+
+
+ALGORITHMS: dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    ALGORITHMS[algo.name] = algo
+    return algo
+
+
+register(Algorithm("sequential", "mini-batch SGD in one process: the reference every method is compared with",
+                   "asyncsgd.schedules.sequential:run", shared_model=True, distributed=False,
+                   processes=lambda cfg: 1))
+register(Algorithm("sync", "synchronous data parallelism: N processes, gradients all-reduced every step (DDP semantics)",
+                   "asyncsgd.schedules.sync:run", shared_model=False, distributed=True, processes=_workers))
+register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory model without locks",
+                   "asyncsgd.schedules.hogwild:run", shared_model=True, distributed=False, processes=_workers))
+
+
+def get_algorithm(name: str) -> Algorithm:
+    from .errors import ConfigError
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"--algo {name!r} is not accepted; accepted: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def default_algorithm() -> str:
+    """pdasgd once it is registered, else hogwild."""
+    return "pdasgd" if "pdasgd" in ALGORITHMS else "hogwild"

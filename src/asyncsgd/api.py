@@ -1,0 +1,41 @@
+"""The Python API: train any nn.Module factory on any map-style dataset with any algorithm.
+
+    import asyncsgd
+    summary = asyncsgd.train(model_fn, train_set, test_set, algorithm="hogwild", workers=2, epochs=3)
+
+model_fn must be picklable (a module-level function or class, or functools.partial of one)
+for algorithms that start processes. The returned dict is the run's summary.json.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .config import FIELD_NAMES, RunConfig
+from .errors import ConfigError
+
+
+def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None = None, task: str | None = None,
+          loss: str = "cross_entropy", num_classes: int | None = None, **settings) -> dict:
+    """Train and return the summary. Give model_fn + datasets, or a built-in task name."""
+    from .algorithms import default_algorithm
+    from .runner import run
+    from .tasks import Task
+
+    unknown = sorted(set(settings) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"train(): unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}")
+    cfg = RunConfig(algorithm=algorithm or default_algorithm(), **settings)
+    if model_fn is None:
+        if train_set is not None:
+            raise ConfigError("train(): a train_set needs a model_fn; accepted: model_fn with train_set and test_set, or task=NAME")
+        return run(cfg.replace(task=task or cfg.task))
+    if train_set is None or test_set is None:
+        raise ConfigError("train(): model_fn needs train_set and test_set; accepted: map-style datasets of (x, y)")
+    if loss not in ("cross_entropy", "mse"):
+        raise ConfigError(f"train(): loss {loss!r} is not accepted; accepted: cross_entropy, mse")
+    name = getattr(model_fn, "__name__", None) or getattr(getattr(model_fn, "func", None), "__name__", "custom")
+    user_task = Task(name=task or "custom", model_name=name, train_set=train_set, test_set=test_set,
+                     model_fn=model_fn, loss=loss, num_classes=num_classes,
+                     info={"train_samples": len(train_set), "test_samples": len(test_set)})
+    return run(cfg.replace(task=user_task.name), task=user_task)

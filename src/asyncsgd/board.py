@@ -1,0 +1,85 @@
+"""The board: shared-memory counters through which workers report and the launcher watches.
+
+Concurrency protocol (read this before touching a field):
+- The launcher (parent process) creates every tensor before starting workers and passes the
+  Board to them; spawned processes map the same memory (torch shared memory).
+- Each worker writes ONLY its own row (samples[w], hist[w], ...). No row has two writers, so
+  no locks are needed; readers may see a value one step old, which is fine for monitoring.
+- Exceptions: `next_batch` (claimed under `claim_lock`), `stop`, `diverged_step` and `t0`
+  (set once), and the checkpoint slot, written by the lead worker under a sequence number
+  (odd while writing) so the launcher never saves a half-copied checkpoint.
+- The snapshot buffer row r belongs to replica r (row 0 for a single shared model).
+Under torchrun there is no parent: each process makes its own Board and the rows are summed
+with all_reduce at the end (see runner.gather_board).
+"""
+
+from __future__ import annotations
+
+import torch
+
+STALENESS_BINS = 4096  # exact counts for staleness 0..4094, the last bin holds >= 4095
+
+
+class Board:
+    def __init__(self, workers: int, replicas: int, snapshots: int, state_numel: int, param_numel: int,
+                 layers: int = 1, lock=None):
+        z = lambda *shape, dtype=torch.int64: torch.zeros(*shape, dtype=dtype).share_memory_()
+        self.workers = workers
+        self.samples = z(workers)  # samples this worker processed in this run
+        self.updates = z(workers)  # updates this worker applied
+        self.loss = z(workers, dtype=torch.float64)  # moving average of training loss
+        self.hist = z(workers, STALENESS_BINS)  # staleness histogram
+        self.stale_max = z(workers)
+        self.layer_stale_sum = z(workers, layers, dtype=torch.float64)  # per-layer staleness sums
+        self.layer_stale_count = z(workers, layers)
+        self.layer_stale_max = z(workers, layers)
+        self.misaligned = z(workers)  # backward passes run on weights newer than their forward's
+        self.backward_passes = z(workers)
+        self.queue_peak = z(workers)
+        self.bytes_sent = z(workers)
+        self.messages_sent = z(workers)
+        self.dropped = z(workers)
+        self.idle_s = z(workers, dtype=torch.float64)
+        self.grad_norm_max = z(workers, dtype=torch.float64)
+        self.finish = z(workers, dtype=torch.float64)  # wall time (time.time) a worker finished
+        self.status = z(workers, dtype=torch.int8)  # 0 starting, 1 ready, 2 running, 3 done, 4 failed
+        self.t0 = z(1, dtype=torch.float64)  # time.time() when training started
+        self.stop = z(1, dtype=torch.int8)
+        self.diverged_step = z(1).fill_(-1)
+        self.next_batch = z(1)
+        self.claim_lock = lock
+        self.snap = torch.zeros(replicas, snapshots, state_numel).share_memory_()
+        self.snap_time = z(replicas, snapshots, dtype=torch.float64)
+        self.snap_samples = z(replicas, snapshots)
+        self.snap_count = z(replicas)
+        self.ckpt_seq = z(1)
+        self.ckpt_state = torch.zeros(state_numel).share_memory_()
+        self.ckpt_momentum = torch.zeros(param_numel).share_memory_()
+        self.ckpt_progress = z(3, dtype=torch.float64)  # next_batch, samples_done, elapsed_s
+
+    # -- claims ---------------------------------------------------------------------------
+    def claim(self) -> int:
+        """The next batch index of the shared plan (dynamic work sharing between processes)."""
+        with self.claim_lock:
+            k = int(self.next_batch[0])
+            self.next_batch[0] = k + 1
+        return k
+
+    # -- reading --------------------------------------------------------------------------
+    def staleness_stats(self) -> dict:
+        """min / mean / p50 / p99 / max over all recorded updates, plus the histogram."""
+        hist = self.hist.sum(0)
+        n = int(hist.sum())
+        if n == 0:
+            return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p99": 0, "max": 0, "histogram": {}}
+        values = torch.arange(STALENESS_BINS, dtype=torch.float64)
+        cum = hist.cumsum(0)
+        pct = lambda q: int(torch.searchsorted(cum, torch.tensor(q * n, dtype=cum.dtype).ceil()).item())
+        nz = torch.nonzero(hist).flatten()
+        mean = float((hist.double() * values).sum() / n)
+        return {"count": n, "min": int(nz[0]), "mean": round(mean, 4), "p50": pct(0.5), "p99": pct(0.99),
+                "max": int(self.stale_max.max()), "histogram": {str(int(i)): int(hist[i]) for i in nz}}
+
+    def tensors(self) -> dict:
+        """Every counter, for summing across processes under torchrun."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,163 @@
+"""The command line: `asyncsgd train | algorithms | ...`.
+
+Parses, validates (config.validate), calls the API, and maps errors to exit codes:
+0 done; 2 bad input (one line on stderr, no traceback); 3 diverged; 1 anything else;
+130 interrupted (Ctrl-C; the last checkpoint is kept and --resume continues from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import FIELD_NAMES, RunConfig, flag, load_toml
+from .errors import AsyncSGDError, ConfigError
+
+BOOL_FIELDS = {"nesterov", "partitioned"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input is a one-line error with exit code 2 and no usage dump."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    S = argparse.SUPPRESS
+    p.add_argument("--algo", "--algorithm", dest="algorithm", default=S,
+                   help="algorithm name (see `asyncsgd algorithms`); default pdasgd, or hogwild if pdasgd is absent")
+    p.add_argument("--task", default=S, help="mnist1d (default), mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH")
+    p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
+    p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
+    p.add_argument("--num-samples", type=int, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
+    p.add_argument("--workers", type=int, default=S, help=f"worker processes (default {d.workers})")
+    p.add_argument("--epochs", type=float, default=S, help=f"passes over the training set by all workers together (default {d.epochs:g})")
+    p.add_argument("--batch-size", type=int, default=S, help=f"batch per worker / forward thread (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=float, default=S, help=f"momentum (default {d.momentum})")
+    p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=S, help="L2 weight decay (default 0)")
+    p.add_argument("--schedule", default=S, help="cosine (default), constant or step; driven by global samples")
+    p.add_argument("--warmup-epochs", type=float, default=S, help=f"linear warm-up length (default {d.warmup_epochs})")
+    p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")
+    p.add_argument("--lr-gamma", type=float, default=S, help="for --schedule step: lr factor at each step (default 0.1)")
+    p.add_argument("--seed", type=int, default=S, help="seed of everything random (default 0)")
+    p.add_argument("--target-accuracy", type=float, default=S, help="report the first wall-clock time test accuracy reached this")
+    p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")
+    p.add_argument("--config", help="TOML file of settings; flags given here override it")
+    p.add_argument("--resume", default=S, help="continue the run in this directory from its last checkpoint")
+    p.add_argument("--device", default=S, help="cpu, cuda or auto (default)")
+    p.add_argument("--eval-points", type=int, default=S, help=f"parameter snapshots evaluated after training (default {d.eval_points})")
+    p.add_argument("--checkpoint-every", type=float, default=S, help="epochs between checkpoints (default 1)")
+    p.add_argument("--threads-per-worker", type=int, default=S, help="torch threads per process (default cores / processes)")
+    p.add_argument("--progress", default=S, help="auto (bar on a terminal, lines otherwise), bar, lines, none")
+    p.add_argument("--stall-timeout", type=float, default=S, help="seconds without progress before the run is stopped (default 120)")
+    g = p.add_argument_group("pdasgd")
+    g.add_argument("--forward-threads", type=int, default=S, help="forward threads per worker (default 1)")
+    g.add_argument("--backward-threads", type=int, default=S, help="backward threads per worker (default 2)")
+    g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
+    g.add_argument("--queue-size", type=int, default=S, help="pending backwards held between the threads (default 2*B)")
+    g.add_argument("--updates", default=S, help="layer (default: each layer updated when its gradient is ready) or block")
+    g = p.add_argument_group("lpap")
+    g.add_argument("--groups", type=int, default=S, help="groups (devices), parameters averaged across them (default 2)")
+    g.add_argument("--workers-per-group", type=int, default=S, help="Hogwild! workers per group (default 2)")
+    g.add_argument("--average-every", type=int, default=S, help="local steps between averagings (default 10)")
+    g.add_argument("--partitioned", action="store_true", default=S, help="LPP variant: workers update their own layer slices")
+    g = p.add_argument_group("dasgd")
+    g.add_argument("--send-every", type=int, default=S, help="local steps summed into one message (default 1)")
+    g.add_argument("--topology", default=S, help="all (default), ring or random:M")
+    g.add_argument("--staleness", default=S, help="none (default), scale, drop:MAX or adaptive")
+    g = p.add_argument_group("delays and stragglers")
+    g.add_argument("--delay", default=S, help="latency=20ms[,jitter=exp][,bandwidth=1Gbps] on every message")
+    g.add_argument("--straggler", default=S, help="worker=1,slowdown=4: that worker's steps take 4x as long")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--runtime", default=S, help="real (default) or sim (simulated cluster)")
+    g.add_argument("--sim-workers", type=int, default=S, help="virtual workers for --runtime sim")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="asyncsgd", description="Asynchronous SGD for PyTorch, compared side by side with synchronous training.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    train = sub.add_parser("train", help="train one run and write its record")
+    _add_train_flags(train)
+    sub.add_parser("algorithms", help="list the algorithms")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    from .algorithms import default_algorithm
+
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    for name in FIELD_NAMES:
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    if isinstance(values.get("lr_steps"), str):
+        try:
+            values["lr_steps"] = tuple(float(s) for s in values["lr_steps"].split(","))
+        except ValueError:
+            raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
+    values.setdefault("algorithm", default_algorithm())
+    return RunConfig(**values)
+
+
+def cmd_algorithms(args) -> int:
+    from .algorithms import ALGORITHMS, default_algorithm
+
+    width = max(len(n) for n in ALGORITHMS)
+    for name, algo in ALGORITHMS.items():
+        mark = " (default)" if name == default_algorithm() else ""
+        print(f"{name:<{width}}  {algo.description}{mark}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .runner import run
+
+    cfg = config_from_args(args)
+    summary = run(cfg)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    acc = s.get("final_test_accuracy")
+    rows = [
+        ("algorithm", s["algorithm"]), ("task / model", f"{s['task']} / {s['model']}"),
+        ("workers", s["workers"]), ("samples", s["samples"]), ("updates", s["updates"]),
+        ("wall time (training)", f"{s['wall_time_s']:.2f} s"), ("throughput", f"{s['samples_per_s']:.0f} samples/s"),
+        ("test accuracy", "n/a" if acc is None else f"{acc:.4f}"), ("test loss", f"{s['final_test_loss']:.4f}"),
+        ("staleness mean / p99 / max", f"{s['staleness']['mean']:.2f} / {s['staleness']['p99']} / {s['staleness']['max']}"),
+    ]
+    if s.get("target_accuracy") is not None:
+        t = s.get("time_to_target_s")
+        rows.append((f"time to {s['target_accuracy']:g}", "not reached" if t is None else f"{t:.2f} s"))
+    if s.get("bytes_sent"):
+        rows.append(("bytes sent", f"{s['bytes_sent']:,}"))
+    if s.get("lost_workers"):
+        rows.append(("lost workers", ", ".join(map(str, s["lost_workers"]))))
+    rows.append(("record", s.get("out_dir", "")))
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+
+
+COMMANDS = {"train": cmd_train, "algorithms": cmd_algorithms}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command](args)
+    except AsyncSGDError as e:
+        print(f"asyncsgd: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("asyncsgd: interrupted; the last checkpoint is kept (continue with --resume DIR)", file=sys.stderr)
+        return 130

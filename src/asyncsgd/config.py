@@ -1,0 +1,270 @@
+"""Run settings: one dataclass, validated once at the edge.
+
+Every later layer trusts a RunConfig: the inner training loops carry no defensive checks.
+A bad value raises ConfigError whose one-line message names the flag, the value and what is
+accepted; the CLI turns it into exit code 2.
+
+Meaning of the shared flags (the fair-comparison rules, docs/design.md):
+- epochs: passes over the training set by ALL workers together; every algorithm processes
+  the same number of samples for the same epochs, whatever its worker count.
+- batch_size: per worker (per forward thread for pdasgd); sync's effective batch is N*B.
+- The learning-rate schedule is driven by global progress (samples processed by everyone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+SCHEDULES = ("cosine", "constant", "step")
+DEVICES = ("cpu", "cuda", "auto")
+PROGRESS = ("auto", "bar", "lines", "none")
+UPDATES = ("layer", "block")
+TOPOLOGIES = ("all", "ring", "random:M")
+STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
+RUNTIMES = ("real", "sim")
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a run. Field names are the CLI flags with '-' for '_'."""
+
+    algorithm: str = "hogwild"
+    task: str = "mnist1d"
+    model: str | None = None
+    data_dir: str | None = None
+    num_samples: int | None = None
+    workers: int = 2
+    epochs: float = 10.0
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5
+    lr_steps: tuple[float, ...] = (0.5, 0.75)  # fractions of the run, for schedule=step
+    lr_gamma: float = 0.1
+    seed: int = 0
+    target_accuracy: float | None = None
+    out: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    eval_points: int = 40
+    checkpoint_every: float = 1.0  # epochs
+    threads_per_worker: int | None = None
+    progress: str = "auto"
+    stall_timeout: float = 120.0
+    # pdasgd
+    forward_threads: int = 1
+    backward_threads: int = 2
+    fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
+    queue_size: int | None = None  # default 2 * backward_threads
+    updates: str = "layer"
+    # lpap
+    groups: int = 2
+    workers_per_group: int = 2
+    average_every: int = 10
+    partitioned: bool = False
+    # dasgd
+    send_every: int = 1
+    topology: str = "all"
+    staleness: str = "none"
+    # delays and stragglers (every multi-worker algorithm)
+    delay: str | None = None
+    straggler: str | None = None
+    # runtime
+    runtime: str = "real"
+    sim_workers: int | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_steps"] = list(self.lr_steps)
+        return d
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _need(ok: bool, name: str, value, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{flag(name)} {value!r} is not accepted; accepted: {accepted}")
+
+
+def parse_delay(spec: str | None) -> dict | None:
+    """'latency=20ms[,jitter=exp]' -> {'latency_s': 0.02, 'jitter': 'exp'|None}."""
+    if spec is None:
+        return None
+    out = {"latency_s": 0.0, "jitter": None, "bandwidth_bps": None}
+    for part in spec.split(","):
+        key, _, val = part.partition("=")
+        key = key.strip()
+        if key == "latency":
+            out["latency_s"] = parse_duration(val, "delay")
+        elif key == "jitter" and val in ("exp", "none"):
+            out["jitter"] = None if val == "none" else val
+        elif key == "bandwidth":
+            out["bandwidth_bps"] = parse_rate(val)
+        else:
+            raise ConfigError(f"--delay {spec!r} is not accepted; accepted: "
+                              "latency=DURATION[,jitter=exp|none][,bandwidth=RATE] e.g. latency=20ms,jitter=exp")
+    return out
+
+
+def parse_duration(text: str, name: str) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", text or "")
+    if not m:
+        raise ConfigError(f"--{name} duration {text!r} is not accepted; accepted: a number with us, ms or s, e.g. 20ms")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_rate(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(bps|kbps|Mbps|Gbps)?\s*", text or "")
+    if not m:
+        raise ConfigError(f"--delay bandwidth {text!r} is not accepted; accepted: a number with bps, kbps, Mbps or Gbps, e.g. 1Gbps")
+    scale = {"bps": 1, "kbps": 1e3, "Mbps": 1e6, "Gbps": 1e9, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_straggler(spec: str | None) -> dict | None:
+    """'worker=1,slowdown=4' -> {'worker': 1, 'slowdown': 4.0}."""
+    if spec is None:
+        return None
+    try:
+        kv = dict(part.split("=", 1) for part in spec.split(","))
+        out = {"worker": int(kv.pop("worker")), "slowdown": float(kv.pop("slowdown"))}
+        if kv or out["worker"] < 0 or not out["slowdown"] >= 1:
+            raise ValueError
+    except (ValueError, KeyError):
+        raise ConfigError(f"--straggler {spec!r} is not accepted; accepted: worker=W,slowdown=S "
+                          "with W a worker index >= 0 and S >= 1, e.g. worker=1,slowdown=4") from None
+    return out
+
+
+def parse_staleness(spec: str) -> tuple[str, int | None]:
+    if spec in ("none", "scale", "adaptive"):
+        return spec, None
+    m = re.fullmatch(r"drop:(\d+)", spec or "")
+    if not m:
+        raise ConfigError(f"--staleness {spec!r} is not accepted; accepted: {', '.join(STALENESS_POLICIES)}")
+    return "drop", int(m.group(1))
+
+
+def parse_topology(spec: str) -> tuple[str, int | None]:
+    if spec in ("all", "ring"):
+        return spec, None
+    m = re.fullmatch(r"random:(\d+)", spec or "")
+    if not m or int(m.group(1)) < 1:
+        raise ConfigError(f"--topology {spec!r} is not accepted; accepted: all, ring, random:M with M >= 1")
+    return "random", int(m.group(1))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value; returns the config with defaults resolved. Raises ConfigError."""
+    from .algorithms import ALGORITHMS
+
+    _need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
+    for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
+                 "groups", "workers_per_group", "average_every", "send_every"):
+        v = getattr(cfg, name)
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v, "a whole number >= 1")
+    _need(cfg.workers <= 256, "workers", cfg.workers, "1 to 256 real workers (use --runtime sim for more)")
+    for name in ("epochs", "lr"):
+        v = getattr(cfg, name)
+        _need(_is_num(v) and v > 0 and math.isfinite(v), name, v, "a number > 0")
+    for name in ("momentum",):
+        v = getattr(cfg, name)
+        _need(_is_num(v) and 0 <= v < 1, name, v, "a number in [0, 1)")
+    for name in ("weight_decay", "warmup_epochs"):
+        v = getattr(cfg, name)
+        _need(_is_num(v) and v >= 0 and math.isfinite(v), name, v, "a number >= 0")
+    _need(_is_num(cfg.checkpoint_every) and cfg.checkpoint_every > 0, "checkpoint_every",
+          cfg.checkpoint_every, "a number of epochs > 0")
+    _need(_is_num(cfg.stall_timeout) and cfg.stall_timeout > 0, "stall_timeout", cfg.stall_timeout, "seconds > 0")
+    _need(_is_num(cfg.lr_gamma) and 0 < cfg.lr_gamma <= 1, "lr_gamma", cfg.lr_gamma, "a number in (0, 1]")
+    _need(all(_is_num(s) and 0 < s < 1 for s in cfg.lr_steps), "lr_steps", cfg.lr_steps,
+          "comma-separated fractions of the run in (0, 1), e.g. 0.5,0.75")
+    _need(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0, "seed", cfg.seed,
+          "a whole number >= 0")
+    if cfg.target_accuracy is not None:
+        _need(_is_num(cfg.target_accuracy) and 0 < cfg.target_accuracy <= 1, "target_accuracy",
+              cfg.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
+    if cfg.num_samples is not None:
+        _need(isinstance(cfg.num_samples, int) and cfg.num_samples >= 1, "num_samples", cfg.num_samples,
+              "a whole number >= 1")
+    if cfg.threads_per_worker is not None:
+        _need(isinstance(cfg.threads_per_worker, int) and cfg.threads_per_worker >= 1, "threads_per_worker",
+              cfg.threads_per_worker, "a whole number >= 1")
+    if cfg.queue_size is not None:
+        _need(isinstance(cfg.queue_size, int) and cfg.queue_size >= 1, "queue_size", cfg.queue_size,
+              "a whole number >= 1")
+    if cfg.sim_workers is not None:
+        _need(isinstance(cfg.sim_workers, int) and 1 <= cfg.sim_workers <= 65536, "sim_workers",
+              cfg.sim_workers, "a whole number from 1 to 65536")
+    _need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    _need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
+    _need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
+    _need(cfg.updates in UPDATES, "updates", cfg.updates, ", ".join(UPDATES))
+    _need(cfg.runtime in RUNTIMES, "runtime", cfg.runtime, ", ".join(RUNTIMES))
+    _need(cfg.fb_ratio in (None, "auto"), "fb_ratio", cfg.fb_ratio, "auto (or leave unset and give the thread counts)")
+    parse_staleness(cfg.staleness)
+    parse_topology(cfg.topology)
+    parse_delay(cfg.delay)
+    straggler = parse_straggler(cfg.straggler)
+    if straggler is not None:
+        n = ALGORITHMS[cfg.algorithm].processes(cfg)
+        _need(straggler["worker"] < max(n, 1), "straggler", cfg.straggler,
+              f"worker=W with W < the {n} worker(s) of this run")
+    if cfg.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("--device 'cuda' is not accepted: no CUDA device is visible; accepted: cpu, auto")
+    return cfg
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_toml(path: str) -> dict:
+    """Settings from a TOML file (keys are field names, '-' or '_'); ConfigError if unreadable."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path!r}: no such file; accepted: a readable TOML file") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"--config {path!r} is not valid TOML ({str(e).splitlines()[0]}); "
+                          "accepted: a TOML file of settings such as lr = 0.05") from None
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "algo":
+            name = "algorithm"
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"--config {path!r}: unknown setting {key!r}; accepted: {', '.join(FIELD_NAMES)}")
+        out[name] = tuple(value) if name == "lr_steps" else value
+    return out
+
+
+def default_out_dir(cfg: RunConfig) -> str:
+    import time
+    return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}")

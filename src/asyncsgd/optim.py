@@ -1,0 +1,68 @@
+"""SGD applied one parameter tensor ("layer") at a time, and the learning-rate schedule.
+
+Why not torch.optim.SGD: PD-ASGD updates each layer the moment its gradient exists, from
+several threads, and Hogwild! updates a shared model from several processes. Both need an
+update that (1) touches one tensor, (2) takes the gradient as an argument instead of reading
+a shared .grad buffer another thread may be writing, and (3) writes through `.data`, so
+autograd's in-place version check never fires on a tensor a pending backward has saved.
+The maths is torch.optim.SGD's (momentum with dampening 0, optional Nesterov, L2 weight
+decay added to the gradient), so sequential runs match torch.optim.SGD step for step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LayerSGD:
+    """Momentum SGD over a list of parameters, updated one index at a time, lock-free."""
+
+    def __init__(self, params, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 buffers: list[torch.Tensor] | None = None):
+        self.params = list(params)
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        # Momentum buffers may live in shared memory (given) so a checkpoint can save them.
+        self.buffers = buffers if buffers is not None else (
+            [torch.zeros_like(p.data) for p in self.params] if momentum > 0 else [])
+
+    @torch.no_grad()
+    def update(self, index: int, grad: torch.Tensor, lr: float) -> None:
+        """Apply one layer's update in place: p -= lr * d, d from grad, decay and momentum."""
+        p = self.params[index].data
+        d = grad
+        if self.weight_decay:
+            d = d.add(p, alpha=self.weight_decay)
+        if self.momentum:
+            buf = self.buffers[index]
+            buf.mul_(self.momentum).add_(d)
+            d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
+        p.add_(d, alpha=-lr)
+
+    def step(self, grads, lr: float, scale: float = 1.0) -> None:
+        """Update every layer (a whole-model, "block" update); grads in parameter order."""
+        for i, g in enumerate(grads):
+            if g is not None:
+                self.update(i, g if scale == 1.0 else g * scale, lr)
+
+    def state(self) -> list[torch.Tensor]:
+        return [b.clone() for b in self.buffers]
+
+    def load_state(self, buffers: list[torch.Tensor]) -> None:
+        for b, saved in zip(self.buffers, buffers):
+            b.copy_(saved)
+
+
+def learning_rate(cfg, samples_done: int, total_samples: int) -> float:
+    """The lr at a point of GLOBAL progress (samples by all workers): warm-up, then the schedule."""
+    warmup = cfg.warmup_epochs / cfg.epochs * total_samples
+    if warmup > 0 and samples_done < warmup:
+        return cfg.lr * (samples_done + 1) / warmup
+    frac = min(1.0, (samples_done - warmup) / max(1.0, total_samples - warmup))
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    if cfg.schedule == "step":
+        done = samples_done / max(1, total_samples)
+        return cfg.lr * cfg.lr_gamma ** sum(done >= s for s in cfg.lr_steps)
+    return cfg.lr

@@ -1,0 +1,182 @@
+"""The run record (summary.json, metrics.jsonl), evaluation of snapshots, and progress output.
+
+Time-to-accuracy without disturbing training: workers copy the parameters into a shared
+buffer at fixed global-sample marks (--eval-points per run; a memory copy, no evaluation on
+the training clock). After training, the launcher evaluates every copy on the test set and on
+a fixed 2,000-sample slice of the training set. time_to_target_s is the wall-clock time of the
+first copy whose test accuracy reached --target-accuracy, so its resolution is one eval point.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+from torch.utils.data import Subset, TensorDataset, default_collate
+
+from .engine import StateFlattener, loss_fn
+
+TRAIN_LOSS_SAMPLES = 2000
+
+
+@torch.no_grad()
+def evaluate(model, dataset, loss_kind: str, device: str, batch_size: int = 1024) -> tuple[float | None, float]:
+    """(accuracy or None for regression, mean loss) of model on dataset."""
+    model.eval()
+    loss_f = loss_fn(loss_kind)
+    n, correct, total_loss = 0, 0, 0.0
+    if isinstance(dataset, TensorDataset):
+        xs, ys = dataset.tensors
+        chunks = ((xs[i:i + batch_size], ys[i:i + batch_size]) for i in range(0, len(ys), batch_size))
+    else:
+        chunks = (default_collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+                  for i in range(0, len(dataset), batch_size))
+    for x, y in chunks:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        total_loss += float(loss_f(out, y, reduction="sum"))
+        if loss_kind == "cross_entropy":
+            correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    if n == 0:
+        return None, float("nan")
+    return (correct / n if loss_kind == "cross_entropy" else None), total_loss / (n * (1 if loss_kind != "mse" else y[0].numel()))
+
+
+def _train_slice(dataset):
+    n = min(len(dataset), TRAIN_LOSS_SAMPLES)
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[:n] for t in dataset.tensors))
+    return Subset(dataset, range(n))
+
+
+def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude=()) -> list[dict]:
+    """One metrics row per snapshot: replica 0 (or the shared model), plus the replicas' average."""
+    model = task.model_fn().to(device)
+    flat = StateFlattener(model)
+    train_slice = _train_slice(task.train_set)
+    rows = []
+    count = int(board.snap_count[0])
+    keep = [r for r in range(board.snap.shape[0]) if r not in exclude and int(board.snap_count[r]) > 0]
+    for i in range(count):
+        flat.load_flat(model, board.snap[0, i].to(device))
+        acc, loss = evaluate(model, task.test_set, task.loss, device)
+        _, train_loss = evaluate(model, train_slice, task.loss, device)
+        row = {"wall_time_s": round(float(board.snap_time[0, i]), 4), "samples": int(board.snap_samples[0, i]),
+               "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss}
+        if average_replicas and len(keep) > 1:
+            members = [board.snap[r, min(i, int(board.snap_count[r]) - 1)] for r in keep]
+            avg = torch.stack(members).mean(0)
+            row["consensus_distance"] = float(torch.stack([(m - avg).norm() for m in members]).mean())
+            flat.load_flat(model, avg.to(device))
+            row["avg_test_accuracy"], row["avg_test_loss"] = evaluate(model, task.test_set, task.loss, device)
+        rows.append(row)
+    return rows
+
+
+def write_metrics(path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def time_to_target(rows: list[dict], target: float | None) -> float | None:
+    if target is None:
+        return None
+    for row in sorted(rows, key=lambda r: r["wall_time_s"]):
+        if row["test_accuracy"] is not None and row["test_accuracy"] >= target:
+            return row["wall_time_s"]
+    return None
+
+
+def summary(launcher, metrics: list[dict], wall: float, eval_s: float) -> dict:
+    from . import __version__
+
+    cfg, b, task = launcher.cfg, launcher.board, launcher.task
+    samples = launcher.spec.samples_before + int(b.samples.sum())
+    run_samples = int(b.samples.sum())
+    run_wall = max(wall - launcher.spec.elapsed_before, 1e-9)
+    final = metrics[-1] if metrics else {}
+    stale = b.staleness_stats()
+    hist = stale.pop("histogram")
+    out = {
+        "algorithm": cfg.algorithm, "task": task.name, "model": task.model_name, "workers": launcher.n_proc,
+        "epochs": cfg.epochs, "samples": samples, "updates": int(b.updates.sum()),
+        "wall_time_s": round(wall, 4), "samples_per_s": round(run_samples / run_wall, 2),
+        "final_test_accuracy": final.get("test_accuracy"), "final_test_loss": final.get("test_loss"),
+        "final_train_loss": final.get("train_loss"),
+        "target_accuracy": cfg.target_accuracy, "time_to_target_s": time_to_target(metrics, cfg.target_accuracy),
+        "staleness": stale, "staleness_histogram": hist,
+        "bytes_sent": int(b.bytes_sent.sum()), "messages_sent": int(b.messages_sent.sum()),
+        "dropped_updates": int(b.dropped.sum()),
+        "per_worker": [{"worker": w, "samples": int(b.samples[w]), "updates": int(b.updates[w]),
+                        "idle_s": round(float(b.idle_s[w]), 4)} for w in range(b.workers)],
+        "lost_workers": sorted(launcher.lost),
+        "optimal_loss": task.optimal_loss,
+        "setup_s": round(launcher.setup_s, 3), "eval_s": round(eval_s, 3),
+        "resumed_from_samples": launcher.spec.samples_before if launcher.resumed is not None else None,
+        "config": cfg.to_dict(), "task_info": task.info,
+        "out_dir": str(launcher.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(launcher.device),
+        "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // launcher.n_proc),
+    }
+    for hook in launcher.summary_hooks if hasattr(launcher, "summary_hooks") else ():
+        hook(out)
+    return out
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+
+
+class Progress:
+    """A live bar on a terminal (tqdm), plain lines every 5 s otherwise, nothing with --progress none."""
+
+    def __init__(self, cfg, total: int, board, samples_before: int):
+        mode = cfg.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.total, self.board, self.before = mode, total, board, samples_before
+        self.bar = None
+        self.last_line = 0.0
+        self.start = None
+        if mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=samples_before, unit="sample", unit_scale=True,
+                            desc=cfg.algorithm, file=sys.stderr, dynamic_ncols=True)
+
+    def _stats(self):
+        b = self.board
+        done = self.before + int(b.samples.sum())
+        hist = b.hist.sum(0)
+        n = int(hist.sum())
+        stale = float((hist.double() * torch.arange(len(hist), dtype=torch.float64)).sum() / n) if n else 0.0
+        active = b.loss[b.samples > 0]
+        loss = float(active.mean()) if len(active) else float("nan")
+        return done, loss, stale
+
+    def update(self) -> None:
+        if self.mode == "none" or self.board.t0[0] == 0:
+            return
+        done, loss, stale = self._stats()
+        if self.start is None:
+            self.start = (time.time(), done)
+        rate = (done - self.start[1]) / max(1e-9, time.time() - self.start[0])
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.set_postfix_str(f"loss {loss:.3f} staleness {stale:.2f}", refresh=False)
+            self.bar.refresh()
+        elif self.mode == "lines" and time.time() - self.last_line >= 5.0:
+            self.last_line = time.time()
+            print(f"[asyncsgd] {done}/{self.total} samples ({100 * done / self.total:.0f}%) "
+                  f"{rate:.0f} samples/s loss {loss:.4f} staleness {stale:.2f}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.close()
+            self.bar = None
