@@ -17,7 +17,6 @@ from asyncsgd.errors import ConfigError, DataError
 from asyncsgd.tasks import get_task
 from asyncsgd.tasks import vision
 from asyncsgd.tasks.models import build_model, count_parameters
-from asyncsgd.tasks.npz import npz_task
 from asyncsgd.tasks.vision import MNIST_MEAN, MNIST_STD, mnist_idx_split, mnist_task, read_idx
 
 torch.set_num_threads(1)

@@ -24,6 +24,7 @@ class Algorithm:
     processes: Callable  # (RunConfig) -> number of worker processes
     tolerates_failures: bool = False  # the run goes on when a worker dies
     snapshot_all_replicas: bool = False  # snapshot every replica (to evaluate their average), not only rank 0
+    summary_extra: str | None = None  # "module:function" (launcher, summary dict) -> None, adds fields
 
 
 def _workers(cfg) -> int:

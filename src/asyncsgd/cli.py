@@ -8,6 +8,7 @@ Parses, validates (config.validate), calls the API, and maps errors to exit code
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .config import FIELD_NAMES, RunConfig, flag, load_toml
@@ -83,7 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one run and write its record")
     _add_train_flags(train)
     sub.add_parser("algorithms", help="list the algorithms")
+    # Subcommands that live in their own modules: "name": ("module", help). Each module has
+    # add_arguments(parser) and main(args) -> exit code.
+    for name, (module, help_) in PLUGINS.items():
+        p = sub.add_parser(name, help=help_)
+        importlib.import_module(module).add_arguments(p)
     return parser
+
+
+PLUGINS = {
+    "bench": ("asyncsgd.bench", "run algorithms side by side and write results.json + report.md"),
+    "report": ("asyncsgd.report", "render a report (plots, tables) from existing run directories"),
+}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -154,6 +166,8 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command in PLUGINS:
+            return importlib.import_module(PLUGINS[args.command][0]).main(args)
         return COMMANDS[args.command](args)
     except AsyncSGDError as e:
         print(f"asyncsgd: error: {e}", file=sys.stderr)

@@ -215,9 +215,15 @@ class WorkerContext:
         self._step_start, self._slowed = time.perf_counter(), False
 
     def record(self, samples: int, loss: torch.Tensor | float, staleness=None, model=None, optimizer=None,
-               updates: int = 1, next_batch: int | None = None) -> None:
-        """Book one step: samples, loss, staleness (int or list), straggler delay, snapshots."""
+               updates: int = 1, next_batch: int | None = None, grads=None) -> None:
+        """Book one step: samples, loss, staleness (int or list), straggler delay, snapshots.
+        grads (optional): this step's gradients; every 8th step their norm feeds the largest
+        gradient norm G of the theory check."""
         b, r = self.board, self.rank
+        if grads is not None and int(b.updates[r]) % 8 == 0:
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
+            if norm > b.grad_norm_max[r]:
+                b.grad_norm_max[r] = norm
         loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(loss):
             step = int(b.updates.sum())

@@ -121,8 +121,10 @@ def summary(launcher, metrics: list[dict], wall: float, eval_s: float) -> dict:
         "out_dir": str(launcher.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(launcher.device),
         "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // launcher.n_proc),
     }
-    for hook in launcher.summary_hooks if hasattr(launcher, "summary_hooks") else ():
-        hook(out)
+    if launcher.algo.summary_extra:  # algorithm-specific fields (per-layer staleness, drops, theory check...)
+        import importlib
+        module, fn = launcher.algo.summary_extra.split(":")
+        getattr(importlib.import_module(module), fn)(launcher, out)
     return out
 
 

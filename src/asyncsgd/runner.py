@@ -329,6 +329,9 @@ class Launcher:
 
 def run(cfg: RunConfig, task=None) -> dict:
     """Train one run and write its record; returns the summary dict."""
+    if cfg.runtime == "sim":
+        from .sim import run_sim  # the simulated cluster (discrete-event, one process)
+        return run_sim(validate(cfg), task)
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         saved = {k: v for k, v in ckpt["config"].items() if k in RunConfig.__dataclass_fields__}
