@@ -47,6 +47,11 @@ register(Algorithm("sync", "synchronous data parallelism: N processes, gradients
 register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory model without locks",
                    "asyncsgd.schedules.hogwild:run", shared_model=True, distributed=False, processes=_workers))
 
+register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
+                   "gradient exists; N processes share one model",
+                   "asyncsgd.schedules.decoupled:run", shared_model=True, distributed=False, processes=_workers,
+                   summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
+
 
 def get_algorithm(name: str) -> Algorithm:
     from .errors import ConfigError

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 STALENESS_BINS = 4096  # exact counts for staleness 0..4094, the last bin holds >= 4095
+LAYER_WRITERS = 8  # pdasgd: version-counter rows per worker, one per backward thread (more threads share rows)
 
 
 class Board:
@@ -36,6 +37,10 @@ class Board:
         self.misaligned = z(workers)  # backward passes run on weights newer than their forward's
         self.backward_passes = z(workers)
         self.queue_peak = z(workers)
+        # pdasgd: layer_version[w, t, l] = updates backward thread t of worker w applied to layer l
+        # (one writer per row: lock-free); a layer's version is the sum over w and t.
+        self.layer_version = z(workers, LAYER_WRITERS, layers)
+        self.fb_threads = z(workers, 2)  # pdasgd: forward and backward threads each worker ran
         self.bytes_sent = z(workers)
         self.messages_sent = z(workers)
         self.dropped = z(workers)

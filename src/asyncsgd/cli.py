@@ -21,7 +21,26 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but bad input is a one-line error with exit code 2 and no usage dump."""
 
     def error(self, message):
+        if message.startswith("unrecognized arguments"):
+            message += f"; accepted: the flags listed by `{self.prog} --help`"
+        elif message.startswith("argument command: invalid choice"):
+            message += f"; see `asyncsgd --help`"
         raise ConfigError(message)
+
+
+def _typed(kind, accepted: str):
+    """An argparse type whose error names the value and what is accepted."""
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: {accepted}") from None
+    convert.__name__ = kind.__name__
+    return convert
+
+
+INT = _typed(int, "a whole number")
+FLOAT = _typed(float, "a number")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -32,42 +51,42 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=S, help="mnist1d (default), mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH")
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
-    p.add_argument("--num-samples", type=int, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
-    p.add_argument("--workers", type=int, default=S, help=f"worker processes (default {d.workers})")
-    p.add_argument("--epochs", type=float, default=S, help=f"passes over the training set by all workers together (default {d.epochs:g})")
-    p.add_argument("--batch-size", type=int, default=S, help=f"batch per worker / forward thread (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=S, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--momentum", type=float, default=S, help=f"momentum (default {d.momentum})")
+    p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
+    p.add_argument("--workers", type=INT, default=S, help=f"worker processes (default {d.workers})")
+    p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together (default {d.epochs:g})")
+    p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread (default {d.batch_size})")
+    p.add_argument("--lr", type=FLOAT, default=S, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=FLOAT, default=S, help=f"momentum (default {d.momentum})")
     p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=S, help="L2 weight decay (default 0)")
+    p.add_argument("--weight-decay", type=FLOAT, default=S, help="L2 weight decay (default 0)")
     p.add_argument("--schedule", default=S, help="cosine (default), constant or step; driven by global samples")
-    p.add_argument("--warmup-epochs", type=float, default=S, help=f"linear warm-up length (default {d.warmup_epochs})")
+    p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length (default {d.warmup_epochs})")
     p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")
-    p.add_argument("--lr-gamma", type=float, default=S, help="for --schedule step: lr factor at each step (default 0.1)")
-    p.add_argument("--seed", type=int, default=S, help="seed of everything random (default 0)")
-    p.add_argument("--target-accuracy", type=float, default=S, help="report the first wall-clock time test accuracy reached this")
+    p.add_argument("--lr-gamma", type=FLOAT, default=S, help="for --schedule step: lr factor at each step (default 0.1)")
+    p.add_argument("--seed", type=INT, default=S, help="seed of everything random (default 0)")
+    p.add_argument("--target-accuracy", type=FLOAT, default=S, help="report the first wall-clock time test accuracy reached this")
     p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")
     p.add_argument("--config", help="TOML file of settings; flags given here override it")
     p.add_argument("--resume", default=S, help="continue the run in this directory from its last checkpoint")
     p.add_argument("--device", default=S, help="cpu, cuda or auto (default)")
-    p.add_argument("--eval-points", type=int, default=S, help=f"parameter snapshots evaluated after training (default {d.eval_points})")
-    p.add_argument("--checkpoint-every", type=float, default=S, help="epochs between checkpoints (default 1)")
-    p.add_argument("--threads-per-worker", type=int, default=S, help="torch threads per process (default cores / processes)")
+    p.add_argument("--eval-points", type=INT, default=S, help=f"parameter snapshots evaluated after training (default {d.eval_points})")
+    p.add_argument("--checkpoint-every", type=FLOAT, default=S, help="epochs between checkpoints (default 1)")
+    p.add_argument("--threads-per-worker", type=INT, default=S, help="torch threads per process (default cores / processes)")
     p.add_argument("--progress", default=S, help="auto (bar on a terminal, lines otherwise), bar, lines, none")
-    p.add_argument("--stall-timeout", type=float, default=S, help="seconds without progress before the run is stopped (default 120)")
+    p.add_argument("--stall-timeout", type=FLOAT, default=S, help="seconds without progress before the run is stopped (default 120)")
     g = p.add_argument_group("pdasgd")
-    g.add_argument("--forward-threads", type=int, default=S, help="forward threads per worker (default 1)")
-    g.add_argument("--backward-threads", type=int, default=S, help="backward threads per worker (default 2)")
+    g.add_argument("--forward-threads", type=INT, default=S, help="forward threads per worker (default 1)")
+    g.add_argument("--backward-threads", type=INT, default=S, help="backward threads per worker (default 2)")
     g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
-    g.add_argument("--queue-size", type=int, default=S, help="pending backwards held between the threads (default 2*B)")
+    g.add_argument("--queue-size", type=INT, default=S, help="pending backwards held between the threads (default 2*B)")
     g.add_argument("--updates", default=S, help="layer (default: each layer updated when its gradient is ready) or block")
     g = p.add_argument_group("lpap")
-    g.add_argument("--groups", type=int, default=S, help="groups (devices), parameters averaged across them (default 2)")
-    g.add_argument("--workers-per-group", type=int, default=S, help="Hogwild! workers per group (default 2)")
-    g.add_argument("--average-every", type=int, default=S, help="local steps between averagings (default 10)")
+    g.add_argument("--groups", type=INT, default=S, help="groups (devices), parameters averaged across them (default 2)")
+    g.add_argument("--workers-per-group", type=INT, default=S, help="Hogwild! workers per group (default 2)")
+    g.add_argument("--average-every", type=INT, default=S, help="local steps between averagings (default 10)")
     g.add_argument("--partitioned", action="store_true", default=S, help="LPP variant: workers update their own layer slices")
     g = p.add_argument_group("dasgd")
-    g.add_argument("--send-every", type=int, default=S, help="local steps summed into one message (default 1)")
+    g.add_argument("--send-every", type=INT, default=S, help="local steps summed into one message (default 1)")
     g.add_argument("--topology", default=S, help="all (default), ring or random:M")
     g.add_argument("--staleness", default=S, help="none (default), scale, drop:MAX or adaptive")
     g = p.add_argument_group("delays and stragglers")
@@ -75,7 +94,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--straggler", default=S, help="worker=1,slowdown=4: that worker's steps take 4x as long")
     g = p.add_argument_group("runtime")
     g.add_argument("--runtime", default=S, help="real (default) or sim (simulated cluster)")
-    g.add_argument("--sim-workers", type=int, default=S, help="virtual workers for --runtime sim")
+    g.add_argument("--sim-workers", type=INT, default=S, help="virtual workers for --runtime sim")
+    g.add_argument("--sim-forward-s", type=FLOAT, default=S, help="simulated forward seconds per batch (default: measured on this machine)")
+    g.add_argument("--sim-backward-s", type=FLOAT, default=S, help="simulated backward seconds per batch (default: measured on this machine)")
+    g.add_argument("--sim-compute", default=S, help="per-step compute-time factor: fixed, lognormal:SIGMA (default lognormal:0.1) or pareto:ALPHA (heavy-tailed stragglers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,11 +177,18 @@ def print_summary(s: dict) -> None:
         print(f"{k:<{w}}  {v}")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 COMMANDS = {"train": cmd_train, "algorithms": cmd_algorithms}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    import signal
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM (schedulers, timeout) stops like Ctrl-C
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

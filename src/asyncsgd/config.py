@@ -81,6 +81,9 @@ class RunConfig:
     # runtime
     runtime: str = "real"
     sim_workers: int | None = None
+    sim_forward_s: float | None = None  # simulated forward time per batch (default: measured)
+    sim_backward_s: float | None = None  # simulated backward time per batch (default: measured)
+    sim_compute: str = "lognormal:0.1"  # per-step compute-time factor: fixed, lognormal:SIGMA, pareto:ALPHA
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -95,7 +98,7 @@ FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 
 
 def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--algo" if name == "algorithm" else "--" + name.replace("_", "-")
 
 
 def _need(ok: bool, name: str, value, accepted: str) -> None:
@@ -163,6 +166,17 @@ def parse_staleness(spec: str) -> tuple[str, int | None]:
     return "drop", int(m.group(1))
 
 
+def parse_sim_compute(spec: str) -> tuple[str, float | None]:
+    """--sim-compute: 'fixed', 'lognormal:SIGMA' (median-1 factor) or 'pareto:ALPHA' (factor >= 1, heavy tail)."""
+    if spec == "fixed":
+        return "fixed", None
+    m = re.fullmatch(r"(lognormal|pareto):([0-9]*\.?[0-9]+)", spec or "")
+    if m and (m.group(1) == "lognormal" or float(m.group(2)) > 1):
+        return m.group(1), float(m.group(2))
+    raise ConfigError(f"--sim-compute {spec!r} is not accepted; accepted: fixed, lognormal:SIGMA with SIGMA >= 0, "
+                      "pareto:ALPHA with ALPHA > 1, e.g. pareto:1.5")
+
+
 def parse_topology(spec: str) -> tuple[str, int | None]:
     if spec in ("all", "ring"):
         return spec, None
@@ -214,6 +228,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.sim_workers is not None:
         _need(isinstance(cfg.sim_workers, int) and 1 <= cfg.sim_workers <= 65536, "sim_workers",
               cfg.sim_workers, "a whole number from 1 to 65536")
+    for name in ("sim_forward_s", "sim_backward_s"):
+        v = getattr(cfg, name)
+        if v is not None:
+            _need(_is_num(v) and v > 0 and math.isfinite(v), name, v, "seconds > 0 per batch, e.g. 0.002 (or unset: measured)")
+    parse_sim_compute(cfg.sim_compute)
     _need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
     _need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
     _need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
@@ -226,6 +245,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     straggler = parse_straggler(cfg.straggler)
     if straggler is not None:
         n = ALGORITHMS[cfg.algorithm].processes(cfg)
+        if cfg.runtime == "sim" and cfg.sim_workers is not None and cfg.algorithm != "sequential":
+            n = cfg.sim_workers  # virtual workers of the simulated cluster
         _need(straggler["worker"] < max(n, 1), "straggler", cfg.straggler,
               f"worker=W with W < the {n} worker(s) of this run")
     if cfg.device == "cuda":

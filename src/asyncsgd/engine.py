@@ -134,6 +134,7 @@ class WorkerContext:
         self._step_start, self._slowed = None, False
         self._data = self._place_data(spec.task.train_set)
         self.is_lead = rank == 0
+        self._ppid = os.getppid()
 
     # -- data -----------------------------------------------------------------------------
     def _place_data(self, ds):
@@ -159,16 +160,26 @@ class WorkerContext:
         Stops early when the launcher asks (board.stop)."""
         board = self.board
         if mode == "claim":
-            while not board.stop[0]:
+            while not board.stop[0] and self._parent_alive():
                 k = board.claim()
                 if k >= self.plan.num_batches:
                     return
                 yield k
         else:
             k = self.spec.start_batch + offset
-            while k < self.plan.num_batches and not board.stop[0]:
+            while k < self.plan.num_batches and not board.stop[0] and self._parent_alive():
                 yield k
                 k += stride
+
+    def _parent_alive(self) -> bool:
+        """False once the launcher died (e.g. SIGKILL): a worker never outlives its owner for long."""
+        self._checks = getattr(self, "_checks", 0) + 1
+        if self._checks % 32:
+            return True
+        if os.getppid() != self._ppid:
+            self.board.stop[0] = 1
+            return False
+        return True
 
     def global_samples(self) -> int:
         return self.spec.samples_before + int(self.board.samples.sum())
@@ -290,6 +301,9 @@ class WorkerContext:
         b = self.board
         b.ckpt_seq[0] += 1  # odd: writing
         self.flattener.to_flat(model, b.ckpt_state)
+        if not torch.isfinite(b.ckpt_state).all():  # never replace a good checkpoint with a broken one
+            b.ckpt_seq[0] += 1
+            return
         if optimizer.buffers:
             torch.cat([t.detach().reshape(-1).cpu() for t in optimizer.buffers], out=b.ckpt_momentum)
         if next_batch is None:

@@ -82,6 +82,14 @@ def write_metrics(path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def read_metrics(path) -> list[dict]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
 def time_to_target(rows: list[dict], target: float | None) -> float | None:
     if target is None:
         return None

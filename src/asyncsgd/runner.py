@@ -59,6 +59,9 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     algo = get_algorithm(spec.algorithm)
     board = spec.board
     group = False
+    if spec.errors is not None and not isinstance(spec.errors, queue.Queue):
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     try:
         set_threads(spec, spec.world_size)
         if spec.device.startswith("cuda"):
@@ -75,6 +78,9 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         getattr(importlib.import_module(module), fn)(WorkerContext(spec, rank))
     except DivergedError as e:
         _report(spec, rank, "diverged", str(e))
+    except KeyboardInterrupt:
+        board.stop[0] = 1
+        raise
     except BaseException as e:  # report every failure to the launcher, then leave
         board.status[rank] = 4
         _report(spec, rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc())
@@ -172,6 +178,7 @@ class Launcher:
             self.board.stop[0] = 1
             progress.close()
             self._write_checkpoint()
+            self._save_metrics_until_checkpoint()
             raise
         finally:
             progress.close()
@@ -288,6 +295,8 @@ class Launcher:
         if int(b.ckpt_seq[0]) != seq:
             return  # overwritten while copying; the next poll takes the newer one
         self._ckpt_seen = seq
+        if not torch.isfinite(state).all():
+            return  # the lead skipped a non-finite copy; keep the last good file
         save_checkpoint(self.out, self._state_dict(state), momentum if self.cfg.momentum > 0 else None,
                         int(progress[0]), int(progress[1]), float(progress[2]), self.cfg.to_dict())
 
@@ -297,6 +306,14 @@ class Launcher:
         seq = int(self.board.ckpt_seq[0])
         if seq != self._ckpt_seen and seq % 2 == 0:
             self._write_checkpoint_slot(seq)
+
+    def _save_metrics_until_checkpoint(self) -> None:
+        """On an interrupt, keep the evaluation points the last checkpoint covers (a resume appends)."""
+        if self._ckpt_seen == 0:
+            return
+        done = int(self.board.ckpt_progress[1])
+        rows = records.evaluate_snapshots(self.task, self.board, self.device, False, exclude=self.lost)
+        records.write_metrics(self.out / "metrics.jsonl", [r for r in rows if r["samples"] <= done])
 
     def _state_dict(self, flat: torch.Tensor) -> dict:
         model = self.task.model_fn()
@@ -317,6 +334,10 @@ class Launcher:
         metrics = records.evaluate_snapshots(self.task, b, self.device, self.algo.snapshot_all_replicas,
                                              exclude=self.lost)
         eval_s = time.perf_counter() - t
+        if self.resumed is not None:  # keep the evaluation points from before the interruption
+            before = [r for r in records.read_metrics(self.out / "metrics.jsonl")
+                      if r["samples"] <= self.spec.samples_before]
+            metrics = before + [r for r in metrics if r["samples"] > self.spec.samples_before]
         records.write_metrics(self.out / "metrics.jsonl", metrics)
         final_state = self._state_dict(b.snap[0, int(b.snap_count[0]) - 1]) if b.snap_count[0] > 0 else \
             self.model.state_dict()

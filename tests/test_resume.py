@@ -1,0 +1,62 @@
+"""A run interrupted and resumed ends having seen exactly the samples of an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import read_run, run_cli
+
+ARGS = ["--epochs", "4", "--checkpoint-every", "0.5", "--progress", "none", "--threads-per-worker", "1",
+        "--eval-points", "8"]
+
+
+def _start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--out", str(out), *ARGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(proc, out, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out / "checkpoint.pt").exists() and proc.poll() is None:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("algo,sig,code", [("sequential", signal.SIGKILL, -signal.SIGKILL),
+                                            ("hogwild", signal.SIGINT, 130)])
+def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig, code):
+    full = tmp_path / "full"
+    assert run_cli("train", "--algo", algo, "--out", full, *ARGS).returncode == 0
+    expected, _ = read_run(full)
+
+    out = tmp_path / "cut"
+    proc = _start(out, "--algo", algo)
+    _wait_for_checkpoint(proc, out)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 0 < ckpt["samples_done"] < expected["samples"]
+    assert not (out / "summary.json").exists()
+
+    resumed = run_cli("train", "--resume", out, "--progress", "none")
+    assert resumed.returncode == 0, resumed.stderr
+    summary, metrics = read_run(out)
+    assert summary["samples"] == expected["samples"] == 4 * 8000
+    assert summary["resumed_from_samples"] == ckpt["samples_done"]
+    assert summary["config"]["algorithm"] == algo
+    assert summary["final_test_accuracy"] > 0.85
+    samples = [m["samples"] for m in metrics]
+    assert samples == sorted(samples) and samples[-1] == expected["samples"]
+    if sig == signal.SIGINT:  # a graceful stop keeps the evaluation points its checkpoint covers
+        assert samples[0] <= ckpt["samples_done"]
