@@ -14,7 +14,8 @@ def test_sync_matches_sequential_with_n_times_the_batch(tmp_path):
               "--threads-per-worker", "1", "--eval-points", "4"]
     seq = run_cli("train", "--algo", "sequential", "--batch-size", "64", "--out", tmp_path / "seq", *common)
     assert seq.returncode == 0, seq.stderr
-    syn = run_cli("train", "--algo", "sync", "--workers", "2", "--batch-size", "32", "--out", tmp_path / "sync", *common)
+    syn = run_cli("train", "--algo", "sync", "--workers", "2", "--batch-size", "32", "--lr-scaling", "none",
+                  "--out", tmp_path / "sync", *common)
     assert syn.returncode == 0, syn.stderr
     a, b = _state(tmp_path / "seq"), _state(tmp_path / "sync")
     assert a.keys() == b.keys()

@@ -63,6 +63,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length (default {d.warmup_epochs})")
     p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")
     p.add_argument("--lr-gamma", type=FLOAT, default=S, help="for --schedule step: lr factor at each step (default 0.1)")
+    p.add_argument("--lr-scaling", default=S, help="sync: linear (default; lr x N for the N x B effective batch) or none")
     p.add_argument("--seed", type=INT, default=S, help="seed of everything random (default 0)")
     p.add_argument("--target-accuracy", type=FLOAT, default=S, help="report the first wall-clock time test accuracy reached this")
     p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")

@@ -50,6 +50,7 @@ class RunConfig:
     warmup_epochs: float = 0.5
     lr_steps: tuple[float, ...] = (0.5, 0.75)  # fractions of the run, for schedule=step
     lr_gamma: float = 0.1
+    lr_scaling: str = "linear"  # sync: lr x N for its N x B effective batch (Goyal et al. 2017); "none" keeps lr
     seed: int = 0
     target_accuracy: float | None = None
     out: str | None = None
@@ -234,6 +235,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             _need(_is_num(v) and v > 0 and math.isfinite(v), name, v, "seconds > 0 per batch, e.g. 0.002 (or unset: measured)")
     parse_sim_compute(cfg.sim_compute)
     _need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    _need(cfg.lr_scaling in ("linear", "none"), "lr_scaling", cfg.lr_scaling, "linear, none")
     _need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
     _need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
     _need(cfg.updates in UPDATES, "updates", cfg.updates, ", ".join(UPDATES))

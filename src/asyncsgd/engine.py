@@ -135,6 +135,8 @@ class WorkerContext:
         self._data = self._place_data(spec.task.train_set)
         self.is_lead = rank == 0
         self._ppid = os.getppid()
+        import multiprocessing
+        self._spawned = multiprocessing.parent_process() is not None  # a launcher owns this process
 
     # -- data -----------------------------------------------------------------------------
     def _place_data(self, ds):
@@ -176,12 +178,14 @@ class WorkerContext:
         self._checks = getattr(self, "_checks", 0) + 1
         if self._checks % 32:
             return True
-        if os.getppid() != self._ppid:
+        if self._spawned and os.getppid() != self._ppid:
             self.board.stop[0] = 1
             return False
         return True
 
     def global_samples(self) -> int:
+        if self.spec.extra.get("launch") == "torchrun":  # a local board has only this rank's row
+            return self.spec.samples_before + int(self.board.samples[self.rank]) * self.world_size
         return self.spec.samples_before + int(self.board.samples.sum())
 
     def lr(self, samples_done: int | None = None) -> float:
@@ -212,6 +216,11 @@ class WorkerContext:
     def start(self) -> None:
         """Mark this worker ready and wait until every worker is (the training clock starts then)."""
         b = self.board
+        if self.spec.extra.get("launch") == "torchrun":  # no shared board: worker_main's barrier was the start
+            b.t0[0] = time.time() - self.spec.elapsed_before
+            b.status[self.rank] = 2
+            self._step_start, self._slowed = time.perf_counter(), False
+            return
         b.status[self.rank] = 1
         deadline = time.time() + 600
         while int((b.status >= 1).sum()) < b.workers and not b.stop[0]:

@@ -1,0 +1,75 @@
+"""The run record is a contract: summary.json and metrics.jsonl fields, types and consistency."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import read_run, run_cli
+
+SUMMARY_FIELDS = {
+    "algorithm": str, "task": str, "model": str, "workers": int, "epochs": (int, float), "samples": int,
+    "updates": int, "wall_time_s": float, "samples_per_s": float, "final_test_accuracy": float,
+    "final_test_loss": float, "time_to_target_s": (float, type(None)), "staleness": dict, "bytes_sent": int,
+    "config": dict, "asyncsgd_version": str, "torch_version": str, "device": str,
+}
+METRIC_FIELDS = {"wall_time_s": float, "samples": int, "test_accuracy": float, "test_loss": float, "train_loss": float}
+
+
+@pytest.fixture(scope="module")
+def hogwild_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "run"
+    proc = run_cli("train", "--algo", "hogwild", "--workers", "2", "--epochs", "3", "--target-accuracy", "0.5",
+                   "--eval-points", "12", "--out", out, "--progress", "lines", "--threads-per-worker", "1")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_summary_fields_and_types(hogwild_run):
+    summary, metrics = read_run(hogwild_run[0])
+    for key, kind in SUMMARY_FIELDS.items():
+        assert key in summary, key
+        assert isinstance(summary[key], kind), (key, summary[key])
+    assert summary["algorithm"] == "hogwild" and summary["task"] == "mnist1d" and summary["workers"] == 2
+    assert summary["samples"] == 3 * 8000 == sum(w["samples"] for w in summary["per_worker"])
+    assert summary["updates"] == 3 * 8000 // 32
+    assert summary["samples_per_s"] == pytest.approx(summary["samples"] / summary["wall_time_s"], rel=0.01)
+    s = summary["staleness"]
+    assert set(s) >= {"min", "mean", "p50", "p99", "max"}
+    assert s["min"] <= s["p50"] <= s["p99"] <= s["max"] and s["min"] <= s["mean"] <= s["max"]
+    assert sum(summary["staleness_histogram"].values()) == summary["updates"]
+    assert summary["bytes_sent"] == 0  # one shared-memory model: nothing crosses a process boundary
+    assert summary["config"]["lr"] == 0.05 and summary["config"]["algorithm"] == "hogwild"
+    assert summary["final_test_accuracy"] == metrics[-1]["test_accuracy"]
+    assert 0 < summary["time_to_target_s"] <= summary["wall_time_s"]
+    first = next(m for m in metrics if m["test_accuracy"] >= 0.5)
+    assert summary["time_to_target_s"] == first["wall_time_s"]
+
+
+def test_metrics_rows(hogwild_run):
+    _, metrics = read_run(hogwild_run[0])
+    assert 12 <= len(metrics) <= 15
+    for row in metrics:
+        for key, kind in METRIC_FIELDS.items():
+            assert isinstance(row[key], kind), (key, row)
+        assert 0 <= row["test_accuracy"] <= 1
+    times = [m["wall_time_s"] for m in metrics]
+    samples = [m["samples"] for m in metrics]
+    assert times == sorted(times) and samples == sorted(samples) and samples[-1] == 24000
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"]
+
+
+def test_model_and_progress_lines(hogwild_run):
+    out, proc = hogwild_run
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert "head.weight" in state and all(torch.isfinite(t).all() for t in state.values())
+    assert "samples/s" in proc.stderr  # plain periodic progress lines when not on a terminal
+    assert "test accuracy" in proc.stdout  # the final summary table
+
+
+def test_staleness_is_zero_for_sequential(tmp_path):
+    out = tmp_path / "seq"
+    assert run_cli("train", "--algo", "sequential", "--epochs", "0.5", "--out", out, "--progress", "none").returncode == 0
+    summary, _ = read_run(out)
+    assert summary["staleness"] == {"count": summary["updates"], "min": 0, "mean": 0.0, "p50": 0, "p99": 0, "max": 0}
+    assert summary["time_to_target_s"] is None
