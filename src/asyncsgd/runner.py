@@ -63,10 +63,12 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     try:
-        set_threads(spec, spec.world_size)
+        torchrun = spec.extra.get("launch") == "torchrun"
+        set_threads(spec, spec.extra.get("local_world_size", spec.world_size))
         if spec.device.startswith("cuda"):
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-            spec.device = f"cuda:{rank % torch.cuda.device_count()}"
+            local = spec.extra.get("local_rank", rank)
+            torch.cuda.set_device(local % torch.cuda.device_count())
+            spec.device = f"cuda:{local % torch.cuda.device_count()}"
         if algo.distributed:
             import datetime
             import torch.distributed as dist
@@ -74,8 +76,12 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
             dist.init_process_group(backend, init_method=spec.dist_init, rank=rank, world_size=spec.world_size,
                                     timeout=datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout)))
             group = True
+            if torchrun:
+                dist.barrier()  # no shared board across machines: this is the start line
         module, fn = algo.worker.split(":")
         getattr(importlib.import_module(module), fn)(WorkerContext(spec, rank))
+        if torchrun and group:
+            gather_board(board)
     except DivergedError as e:
         _report(spec, rank, "diverged", str(e))
     except KeyboardInterrupt:
@@ -95,6 +101,42 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
                 pass
 
 
+# Board fields that are one value for the whole run (or a maximum), not rows with one writer:
+# combined with MAX across ranks; every other field is a sum of exclusive rows.
+_MAX_FIELDS = {"stale_max", "layer_stale_max", "grad_norm_max", "stop", "diverged_step", "status", "t0",
+               "next_batch", "finish"}
+
+
+def gather_board(board: Board) -> None:
+    """torchrun: each process has its own board with only its own rows filled; combine them
+    (all_reduce) so rank 0 holds the whole run's counters, snapshots and timings. Finish times
+    travel as durations since each rank's own start (clock skew between machines cancels)."""
+    import torch.distributed as dist
+
+    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")  # CPU tensors
+    t0 = float(board.t0[0])
+    board.finish.copy_(torch.where(board.finish > 0, (board.finish - t0).clamp(min=1e-9), board.finish))
+    for name, t in board.tensors().items():
+        if name == "t0":
+            continue
+        op = dist.ReduceOp.MAX if name in _MAX_FIELDS else dist.ReduceOp.SUM
+        buf = t.to(torch.float64 if t.is_floating_point() else torch.int64).contiguous()
+        dist.all_reduce(buf, op=op, group=group)
+        t.copy_(buf.to(t.dtype))
+    board.finish.copy_(torch.where(board.finish > 0, board.finish + t0, board.finish))
+
+
+def _exit_reason(rank: int, code: int) -> str:
+    if code < 0:
+        import signal
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker {rank} was killed by {name} (exit code {code})"
+    return f"worker {rank} exited with code {code}"
+
+
 def _report(spec: WorkerSpec, rank: int, kind: str, message: str, tb: str = "") -> None:
     if spec.errors is not None:
         try:
@@ -105,6 +147,8 @@ def _report(spec: WorkerSpec, rank: int, kind: str, message: str, tb: str = "") 
 
 class Launcher:
     """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
+
+    writes_record = True  # False on torchrun ranks other than 0
 
     def __init__(self, cfg: RunConfig, task=None):
         from .tasks import get_task
@@ -119,7 +163,8 @@ class Launcher:
                                                            seed=cfg.seed, num_samples=cfg.num_samples)
         self.setup_s = time.perf_counter() - t
         self.out = Path(cfg.out or cfg.resume or default_out_dir(cfg))
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.writes_record:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(cfg)
         self.n_proc = self.algo.processes(cfg)
         n_train = len(self.task.train_set)
@@ -203,25 +248,44 @@ class Launcher:
             self._poll(progress)
 
     def _run_processes(self, progress) -> None:
+        import pickle
+        try:  # fail with a clear message before starting anything
+            pickle.dumps(self.task.model_fn)
+        except Exception as e:
+            raise ConfigError(f"model_fn {self.task.model_fn!r} is not picklable ({type(e).__name__}); accepted for "
+                              f"multi-process algorithms: a module-level function or class, or functools.partial of one") from None
         procs = []
         for rank in range(self.n_proc):
             p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
             p.start()
             procs.append(p)
         self.procs = procs
+        self._write_workers_json("starting")
         try:
             self._watch(procs, progress)
         finally:
             self._stop_all(procs)
 
+    def _write_workers_json(self, state: str) -> None:
+        """workers.json in the run directory: the worker processes' pids (to watch or kill them)."""
+        info = {"state": state, "launcher_pid": os.getpid(), "algorithm": self.cfg.algorithm,
+                "workers": [{"worker": r, "pid": p.pid} for r, p in enumerate(self.procs)]}
+        tmp = self.out / "workers.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.out / "workers.json")
+
     def _watch(self, procs, progress) -> None:
         last_samples, last_change = -1, time.time()
+        started = False
         while any(p.is_alive() for p in procs):
             time.sleep(POLL_S)
-            self._drain_errors()
-            for rank, p in enumerate(procs):
+            if not started and self.board.t0[0] > 0:
+                started = True
+                self._write_workers_json("training")
+            for rank, p in enumerate(procs):  # exit codes first: a dead worker is the cause, not its peers' errors
                 if p.exitcode not in (None, 0) and rank not in self.lost and self.board.status[rank] != 3:
-                    self._worker_lost(rank, f"worker {rank} exited with code {p.exitcode}")
+                    self._worker_lost(rank, _exit_reason(rank, p.exitcode))
+            self._drain_errors()
             if self.failure is not None:
                 break
             self._poll(progress)
@@ -238,10 +302,12 @@ class Launcher:
     def _worker_lost(self, rank: int, why: str) -> None:
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
-            print(f"asyncsgd: {why}; continuing with the survivors", file=sys.stderr)
+            self.board.lost[rank] = 1  # survivors' exchanges stop sending to it and stop waiting for it
+            print(f"asyncsgd: {why}; continuing with the survivors", file=sys.stderr, flush=True)
             return
         if self.failure is None:
-            self.failure = ("error", why)
+            self.failure = ("error", why + ("" if self.algo.tolerates_failures else
+                                            f"; --algo {self.cfg.algorithm} cannot continue without it"))
 
     def _drain_errors(self) -> None:
         while True:
@@ -262,7 +328,7 @@ class Launcher:
         kind, message = self.failure[0], self.failure[1]
         if kind == "diverged":
             raise DivergedError(message + f"; last good checkpoint kept in {self.out}")
-        if len(self.failure) > 2 and self.failure[2]:
+        if len(self.failure) > 2 and self.failure[2] and self.writes_record:
             (self.out / "error.log").write_text(self.failure[2])
         raise WorkerError(message)
 
@@ -330,6 +396,13 @@ class Launcher:
             self.flat.to_flat(self.model, b.snap[0, i])
             b.snap_time[0, i], b.snap_samples[0, i] = wall, self.spec.samples_before + int(b.samples.sum())
             b.snap_count[0] = i + 1
+        if 0 in self.lost and self.algo.snapshot_all_replicas:
+            # Replica 0 died: the first survivor's replica stands in as "the" model (row 0 is what
+            # the record evaluates); the replicas' average is still over the survivors only.
+            alive = [r for r in range(b.snap.shape[0]) if r not in self.lost and int(b.snap_count[r]) > 0]
+            if alive:
+                for t_ in (b.snap, b.snap_time, b.snap_samples, b.snap_count):
+                    t_[0] = t_[alive[0]]
         t = time.perf_counter()
         metrics = records.evaluate_snapshots(self.task, b, self.device, self.algo.snapshot_all_replicas,
                                              exclude=self.lost)
@@ -341,6 +414,7 @@ class Launcher:
         records.write_metrics(self.out / "metrics.jsonl", metrics)
         final_state = self._state_dict(b.snap[0, int(b.snap_count[0]) - 1]) if b.snap_count[0] > 0 else \
             self.model.state_dict()
+        self.metrics = metrics  # for the algorithms' summary_extra hooks (final consensus distance...)
         summary = records.summary(self, metrics, wall, eval_s)
         save_checkpoint(self.out, final_state, None, math.ceil(self.total / self.cfg.batch_size), self.total,
                         wall, self.cfg.to_dict())
@@ -348,8 +422,83 @@ class Launcher:
         return summary
 
 
+def torchrun_env() -> dict | None:
+    """This process's place in a torchrun job (RANK, WORLD_SIZE, MASTER_ADDR/PORT set), or None."""
+    env = os.environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return None
+    try:
+        return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
+                "local_rank": int(env.get("LOCAL_RANK", 0)), "local_world_size": int(env.get("LOCAL_WORLD_SIZE", 1))}
+    except ValueError:
+        return None
+
+
+class TorchrunLauncher(Launcher):
+    """This process IS worker RANK of a torchrun job (`torchrun ... -m asyncsgd train ...`).
+
+    Every rank builds the task and the model with the same seed, keeps a local Board and runs
+    worker_main inline (init_method env://, the start line is a barrier). The world size is the
+    number of workers: --workers (sync, dasgd) or --groups (lpap) is set from WORLD_SIZE. Data:
+    strided batches (no shared claim counter across machines). At the end the boards are summed
+    across ranks (gather_board) and rank 0 evaluates and writes the run record (and writes the
+    checkpoints during the run); the other ranks write nothing and return. A rank that fails
+    raises (exit code 1); torchrun then stops the job: there is no launcher to carry on
+    without it, so worker failures are only tolerated with `asyncsgd train --workers N`."""
+
+    def __init__(self, cfg: RunConfig, env: dict, task=None):
+        algo = get_algorithm(cfg.algorithm)
+        world = env["world_size"]
+        if not algo.distributed:
+            from .algorithms import ALGORITHMS
+            distributed = ", ".join(n for n, a in ALGORITHMS.items() if a.distributed)
+            raise ConfigError(f"--algo {cfg.algorithm!r} does not run across processes under torchrun "
+                              f"(WORLD_SIZE={world}); accepted: {distributed}")
+        if algo.processes(cfg) != world:
+            for field_ in ("workers", "groups"):
+                if algo.processes(cfg.replace(**{field_: world})) == world:
+                    cfg = cfg.replace(**{field_: world})
+                    break
+            else:
+                raise ConfigError(f"torchrun started {world} processes but --algo {cfg.algorithm} runs "
+                                  f"{algo.processes(cfg)}; accepted: a world size equal to its process count")
+        self.dist_rank = env["rank"]
+        self.writes_record = self.dist_rank == 0
+        if not self.writes_record:
+            cfg = cfg.replace(progress="none")
+        super().__init__(cfg, task)
+        self.errors = queue.Queue()
+        self.spec.errors = self.errors
+        self.spec.dist_init = "env://"
+        self.spec.extra.update(launch="torchrun", local_rank=env["local_rank"],
+                               local_world_size=env["local_world_size"])
+
+    def run(self) -> dict:
+        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
+        done = threading.Event()
+        monitor = None
+        if self.writes_record:  # progress and checkpoints: rank 0 only
+            monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
+            monitor.start()
+        try:
+            worker_main(self.dist_rank, self.spec)
+        finally:
+            done.set()
+            if monitor is not None:
+                monitor.join(timeout=30)
+            progress.close()
+        self._drain_errors()
+        self._raise_failure()
+        if not self.writes_record:
+            return {"torchrun_rank": self.dist_rank, "record_written": False}
+        self._write_checkpoint()
+        return self._finish()
+
+
 def run(cfg: RunConfig, task=None) -> dict:
-    """Train one run and write its record; returns the summary dict."""
+    """Train one run and write its record; returns the summary dict. Under torchrun (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment) this process is one worker of the
+    job; rank 0 returns the summary, the other ranks {"torchrun_rank": r, "record_written": False}."""
     if cfg.runtime == "sim":
         from .sim import run_sim  # the simulated cluster (discrete-event, one process)
         return run_sim(validate(cfg), task)
@@ -359,4 +508,7 @@ def run(cfg: RunConfig, task=None) -> dict:
         saved["lr_steps"] = tuple(saved.get("lr_steps", ()))
         cfg = RunConfig(**{**saved, "resume": cfg.resume, "out": cfg.resume,
                            "progress": cfg.progress})
+    env = torchrun_env()
+    if env is not None and env["world_size"] > 1:
+        return TorchrunLauncher(cfg, env, task).run()
     return Launcher(cfg, task).run()
