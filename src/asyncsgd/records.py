@@ -154,10 +154,7 @@ class Progress:
         self.bar = None
         self.last_line = 0.0
         self.start = None
-        if mode == "bar":
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=samples_before, unit="sample", unit_scale=True,
-                            desc=cfg.algorithm, file=sys.stderr, dynamic_ncols=True)
+        self.desc = cfg.algorithm
 
     def _stats(self):
         b = self.board
@@ -173,8 +170,12 @@ class Progress:
         if self.mode == "none" or self.board.t0[0] == 0:
             return
         done, loss, stale = self._stats()
-        if self.start is None:
+        if self.start is None:  # training started: the bar's clock starts now, not at process start-up
             self.start = (time.time(), done)
+            if self.mode == "bar":
+                from tqdm import tqdm
+                self.bar = tqdm(total=self.total, initial=done, unit="sample", unit_scale=True, desc=self.desc,
+                                file=sys.stderr, dynamic_ncols=True)
         rate = (done - self.start[1]) / max(1e-9, time.time() - self.start[0])
         if self.bar is not None:
             self.bar.n = done
