@@ -1,10 +1,356 @@
-"""Placeholder until the bench command lands (issue owner replaces this module)."""
+"""`asyncsgd bench`: run algorithms side by side on one task and write results.json + report.md.
+
+Every listed algorithm (default: all of asyncsgd.algorithms.ALGORITHMS) trains the same task with
+the same seeds and the same total sample budget (--epochs counts samples by all workers together).
+Runs are interleaved, repeat by repeat and scenario by scenario (A B C A B C ...), so drift of
+the machine (heat, other load) hits every algorithm alike. Each run is an ordinary
+asyncsgd.runner.run(RunConfig(...)) with its own run directory DIR/runs/<scenario>/<algo>-r<i>/.
+Repeat i uses seed --seed + i for every algorithm. Before the first run the bench measures the
+machine's dense-matmul peak (mfu.measure_peak_flops) and counts the model's FLOPs per sample
+(mfu.flops_per_sample) for MFU. The tables and plots come from asyncsgd.report.
+
+A suite is a small declarative dict below; its "settings" apply to every algorithm (settings an
+algorithm does not use, e.g. lpap's groups, are ignored by the others). Method and commands:
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .errors import AsyncSGDError, ConfigError, DataError, DivergedError
+
+# task / model / workers / epochs / target / repeats: shared by every scenario of the suite;
+# settings: RunConfig fields for every run; scenarios: name -> extra settings of that scenario.
+SUITES: dict[str, dict] = {
+    "quick": {
+        "about": "mnist1d, 2 workers, no delays: every algorithm once, a few minutes on 2 CPU cores",
+        "task": "mnist1d", "model": None, "workers": 2, "epochs": 8.0, "target_accuracy": 0.90, "repeats": 1,
+        "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
+        "scenarios": {"quick": {}},
+    },
+    "delays": {
+        "about": "mnist1d, 4 workers, one worker 4x slower and 20 ms on every message (PD-ASGD paper's delay "
+                 "experiments), next to the same run without delays",
+        "task": "mnist1d", "model": None, "workers": 4, "epochs": 8.0, "target_accuracy": 0.90, "repeats": 3,
+        "settings": {"device": "cpu", "groups": 2, "workers_per_group": 2},
+        "scenarios": {"no-delay": {},
+                      "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
+    },
+    "paper": {
+        "about": "ResNet-18 on CIFAR-10 (--data-dir), 4 workers on one GPU: the paper-scale comparison",
+        "task": "cifar10", "model": "resnet18", "workers": 4, "epochs": 30.0, "target_accuracy": 0.80, "repeats": 3,
+        "settings": {"device": "cuda", "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                     "warmup_epochs": 1.0, "eval_points": 30, "groups": 2, "workers_per_group": 2},
+        "scenarios": {"cifar10-resnet18": {}},
+    },
+}
+
+# Settings the bench owns: a --set of these would break the comparison or the run layout.
+_BENCH_OWNED = {"algorithm", "out", "resume", "seed", "progress", "target_accuracy", "epochs"}
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("--suite", default="quick", help=f"which suite: {', '.join(SUITES)} (default quick)")
+    parser.add_argument("--algos", "--algorithms", dest="algos", default=None,
+                        help="comma-separated algorithms (default: every registered one, see `asyncsgd algorithms`)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of each algorithm (default: the suite's)")
+    parser.add_argument("--out", default=None, help="output directory (default runs/bench-<suite>-<timestamp>); "
+                                                    "must be new or empty")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="peak FLOP/s for MFU instead of the measured matmul peak, e.g. 9.9e14")
+    parser.add_argument("--data-dir", default=None, help="dataset directory (the paper suite's CIFAR-10)")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs of every run (default: the suite's)")
+    parser.add_argument("--target-accuracy", type=float, default=None,
+                        help="test accuracy that time-to-target measures (default: the suite's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: the suite's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of repeat 0; repeat i uses seed+i (default 0)")
+    parser.add_argument("--scenarios", default=None, help="comma-separated scenarios of the suite to run (default all)")
+    parser.add_argument("--eval-points", type=int, default=None,
+                        help="parameter snapshots evaluated per run (default: the suite's, else 40)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other run setting for every run, e.g. --set batch_size=64 (repeatable)")
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: a shorter peak measurement
+
+
+def _fail(flag: str, value, accepted: str):
+    raise ConfigError(f"{flag} {value!r} is not accepted; accepted: {accepted}")
+
+
+def _parse_value(text: str):
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def plan(args) -> dict:
+    """Everything the bench will run, checked before the first run (bad input: ConfigError)."""
+    from .algorithms import ALGORITHMS
+    from .config import FIELD_NAMES
+
+    if args.suite not in SUITES:
+        _fail("--suite", args.suite, ", ".join(SUITES))
+    suite = {"name": args.suite, **json.loads(json.dumps(SUITES[args.suite]))}  # a deep copy
+    if args.algos is None:
+        algos = list(ALGORITHMS)
+    else:
+        algos = []
+        for name in (a.strip() for a in args.algos.split(",")):
+            if name not in ALGORITHMS:
+                _fail("--algos", name if name else args.algos, ", ".join(ALGORITHMS))
+            if name not in algos:
+                algos.append(name)
+    repeats = suite["repeats"] if args.repeats is None else args.repeats
+    if not isinstance(repeats, int) or repeats < 1:
+        _fail("--repeats", repeats, "a whole number >= 1")
+    if args.epochs is not None:
+        if not args.epochs > 0:
+            _fail("--epochs", args.epochs, "a number > 0")
+        suite["epochs"] = args.epochs
+    if args.target_accuracy is not None:
+        if not 0 < args.target_accuracy <= 1:
+            _fail("--target-accuracy", args.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
+        suite["target_accuracy"] = args.target_accuracy
+    if args.peak_flops is not None and not args.peak_flops > 0:
+        _fail("--peak-flops", args.peak_flops, "a number of FLOP/s > 0, e.g. 1.5e11")
+    if args.seed < 0:
+        _fail("--seed", args.seed, "a whole number >= 0")
+    settings = suite["settings"]
+    if args.device is not None:
+        settings["device"] = args.device
+    if args.data_dir is not None:
+        settings["data_dir"] = args.data_dir
+    if args.eval_points is not None:
+        settings["eval_points"] = args.eval_points
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in FIELD_NAMES or key in _BENCH_OWNED:
+            _fail("--set", item, "KEY=VALUE with KEY a run setting other than "
+                  f"{', '.join(sorted(_BENCH_OWNED))} (e.g. batch_size=64)")
+        if key in ("task", "model", "workers"):  # the suite's own fields: the report names them
+            suite[key] = _parse_value(value)
+        else:
+            settings[key] = _parse_value(value)
+    if args.scenarios is not None:
+        wanted = [s.strip() for s in args.scenarios.split(",")]
+        for s in wanted:
+            if s not in suite["scenarios"]:
+                _fail("--scenarios", s, ", ".join(suite["scenarios"]))
+        suite["scenarios"] = {s: suite["scenarios"][s] for s in wanted}
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail("--out", str(out), "a new or empty directory (this one already holds files)")
+    configs, adjustments = {}, {}
+    for scenario, extra in suite["scenarios"].items():
+        for algo in algos:
+            cfg, note = _config(suite, scenario, extra, algo, args.seed)
+            if note:
+                adjustments.setdefault(scenario, {})[algo] = note
+            configs[(scenario, algo)] = cfg
+    suite.update(repeats=repeats, seed=args.seed, algorithms=algos)
+    return {"suite": suite, "algos": algos, "repeats": repeats, "out": out, "configs": configs,
+            "adjustments": adjustments}
+
+
+def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
+    """The RunConfig of one algorithm in one scenario (repeat 0), validated; plus a note if adjusted."""
+    from .algorithms import ALGORITHMS
+    from .config import RunConfig, parse_straggler, validate
+
+    values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
+              "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
+              **extra, "algorithm": algo, "seed": seed, "progress": "none"}
+    note = None
+    try:
+        cfg = RunConfig(**values)
+        straggler = parse_straggler(cfg.straggler)
+        n = ALGORITHMS[algo].processes(cfg)
+        if straggler is not None and straggler["worker"] >= n:
+            cfg = cfg.replace(straggler=None)
+            note = f"no straggler: it runs {n} process(es), so worker {straggler['worker']} does not exist"
+        validate(cfg)
+    except (ConfigError, DataError) as e:
+        raise type(e)(f"suite {suite['name']!r} scenario {scenario!r} algorithm {algo!r}: {e}") from None
+    except TypeError as e:  # an unknown setting in a suite definition
+        raise ConfigError(f"scenario {scenario!r}: {e}; accepted: RunConfig fields") from None
+    return cfg, note
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    from . import __version__
+    from .records import device_name
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch_version": torch.__version__, "asyncsgd_version": __version__,
+            "device": device_name(device), "torch_threads": torch.get_num_threads()}
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def bench(suite: str = "quick", **options) -> dict:
+    """Python entry point: asyncsgd.bench.bench("quick", algos="sync,hogwild", repeats=3) -> results dict.
+
+    Keyword names are the flags with '_' for '-'; a list is accepted for algos and scenarios.
+    """
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--suite", suite])
+    for key, value in options.items():
+        if not hasattr(args, key) or key == "suite":
+            raise ConfigError(f"bench(): unknown option {key!r}; accepted: "
+                              f"{', '.join(k for k in vars(args) if k != 'suite')}")
+        if key in ("algos", "scenarios") and isinstance(value, (list, tuple)):
+            value = ",".join(value)
+        setattr(args, key, value)
+    results, _ = execute(args)
+    return results
 
 
 def main(args) -> int:
-    from .errors import ConfigError
-    raise ConfigError("asyncsgd bench is not available yet")
+    results, runs = execute(args)
+    suite = results["suite"]
+    for name, sc in results["scenarios"].items():
+        w = sc.get("winner")
+        if w and w["by"] == "time_to_target_s":
+            vs = ", ".join(f"{w[f'ratio_vs_{ref}']:.2f}x vs {ref}" for ref in ("sync", "hogwild")
+                           if w.get(f"ratio_vs_{ref}") is not None and w["algorithm"] != ref)
+            print(f"{name}: fastest to {suite['target_accuracy']:g}: {w['algorithm']} ({w['value']:.2f} s"
+                  + (f"; {vs}" if vs else "") + ")")
+        elif w:
+            print(f"{name}: target not reached; best final accuracy {w['algorithm']} ({w['value']:.4f})")
+    out = Path(results["out_dir"])
+    print(f"bench: {out / 'report.md'}, {out / 'results.json'} ({len(runs)} runs in {results['bench_elapsed_s']:.0f} s)")
+    failed = [r for r in runs if r.status == "error"]
+    if failed:
+        print(f"asyncsgd: {len(failed)} run(s) failed: " + "; ".join(f"{r.scenario}/{r.label}-r{r.repeat}: {r.error}"
+                                                                    for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def execute(args) -> tuple[dict, list]:
+    """Plan, measure, run every run interleaved, write the report; returns (results, runs)."""
+    from . import mfu
+    from .report import Run, build_results, render
+    from .runner import resolve_device, run
+    from .tasks import get_task
+
+    p = plan(args)
+    suite, out, repeats = p["suite"], p["out"], p["repeats"]
+    first_cfg = next(iter(p["configs"].values()))
+    device = resolve_device(first_cfg)
+    t_bench = time.perf_counter()
+    # Build every scenario's task first: missing data fails here, before any output or measurement.
+    scenario_info = {}
+    for scenario in suite["scenarios"]:
+        cfg = p["configs"][(scenario, p["algos"][0])]
+        task = get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir, seed=cfg.seed, num_samples=cfg.num_samples)
+        scenario_info[scenario] = {"settings": {**suite["settings"], **suite["scenarios"][scenario]},
+                                   "flops_per_sample": mfu.flops_per_sample(task, cfg.batch_size)}
+        if p["adjustments"].get(scenario):
+            scenario_info[scenario]["adjustments"] = p["adjustments"][scenario]
+    flops = {s: i["flops_per_sample"] for s, i in scenario_info.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(device)
+    if args.peak_flops is not None:
+        peak = {"flops": args.peak_flops, "source": "given (--peak-flops)", "method": "given by the user"}
+    else:
+        _say(f"measuring peak FLOP/s on {device} ({args.peak_seconds:g} s of dense matmuls)")
+        peak = {**mfu.measure_peak_flops(device, seconds=args.peak_seconds), "source": "measured"}
+        peak["flops"] = round(peak["flops"])
+        if device.startswith("cuda"):
+            import torch
+            bf16 = mfu.measure_peak_flops(device, seconds=args.peak_seconds, dtype=torch.bfloat16)
+            machine["peak_flops_bf16"] = round(bf16["flops"])
+    machine["peak_flops"] = peak
+    argv = sys.argv[1:]
+    suite["command"] = "asyncsgd " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["bench"] else None
+    order = [(r, scenario, algo) for r in range(repeats) for scenario in suite["scenarios"] for algo in p["algos"]]
+    runs: list[Run] = []
+
+    def write(complete: bool, plots: bool):
+        results = build_results(runs, target=suite["target_accuracy"], peak=peak, flops=flops, machine=machine,
+                                suite=suite, scenario_info=scenario_info, base_dir=out)
+        results["complete"] = complete
+        results["out_dir"] = str(out)
+        results["bench_elapsed_s"] = round(time.perf_counter() - t_bench, 2)
+        if hasattr(os, "getloadavg"):
+            machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if plots:
+            render(results, runs, out, title=f"asyncsgd bench: {suite['name']} suite")
+        else:
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    try:
+        for i, (r, scenario, algo) in enumerate(order):
+            cfg = p["configs"][(scenario, algo)]
+            run_dir = out / "runs" / scenario / f"{algo}-r{r}"
+            cfg = cfg.replace(seed=cfg.seed + r, out=str(run_dir))
+            _say(f"[{i + 1}/{len(order)}] {scenario} / {algo} repeat {r} (seed {cfg.seed}) -> {run_dir}")
+            started = time.strftime("%Y-%m-%dT%H:%M:%S")
+            t = time.perf_counter()
+            status, error, summary = "ok", None, None
+            try:
+                summary = run(cfg)
+            except (ConfigError, DataError):
+                raise
+            except DivergedError as e:
+                status, error = "diverged", str(e).splitlines()[0]
+            except (AsyncSGDError, Exception) as e:  # a failing algorithm must not stop the others
+                status, error = "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            elapsed = time.perf_counter() - t
+            run_obj = Run(dir=run_dir, summary=summary, metrics=[], scenario=scenario, label=algo, repeat=r,
+                          status=status, error=error,
+                          extra={"seed": cfg.seed, "started_at": started, "elapsed_s": round(elapsed, 2)})
+            if status == "ok":
+                from .report import load_run
+                run_obj.metrics = load_run(run_dir).metrics
+                t2t = summary.get("time_to_target_s")
+                _say(f"    done in {elapsed:.1f} s: training {summary['wall_time_s']:.2f} s, "
+                     f"time to {suite['target_accuracy']:g} {'not reached' if t2t is None else f'{t2t:.2f} s'}, "
+                     f"accuracy {summary.get('final_test_accuracy') or 0:.4f}, {summary['samples_per_s']:,.0f} samples/s")
+            else:
+                _say(f"    {status} after {elapsed:.1f} s: {error}")
+            runs.append(run_obj)
+            write(complete=False, plots=False)
+    except KeyboardInterrupt:
+        if runs:
+            write(complete=False, plots=True)
+            _say(f"interrupted: partial results of {len(runs)} run(s) in {out}")
+        raise
+    results = write(complete=True, plots=True)
+    return results, runs
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

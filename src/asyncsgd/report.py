@@ -23,6 +23,7 @@ import math
 import re
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def _load_bench(d: Path) -> tuple[list[Run], dict]:
         run.extra = {k: entry[k] for k in ("index", "seed", "started_at", "elapsed_s") if k in entry}
         runs.append(run)
     meta = {k: res.get(k) for k in ("machine", "suite", "target_accuracy")}
+    meta["bench"] = {k: res[k] for k in ("complete", "bench_elapsed_s") if k in res}
     meta["scenario_info"] = {name: {k: v for k, v in sc.items() if k in ("settings", "flops_per_sample",
                                                                            "target_accuracy", "adjustments")}
                              for name, sc in (res.get("scenarios") or {}).items()}
@@ -228,8 +230,7 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
             ok = [r for r in members if r.status == "ok"]
             per = [run_metrics(r, target, fps, peak_f) for r in ok]
             entry = {"runs": len(members), "completed": len(ok),
-                     "failed": {r.status: sum(1 for m in members if m.status == r.status) for r in members
-                                if r.status != "ok"},
+                     "failed": dict(Counter(r.status for r in members if r.status != "ok")),
                      "time_to_target_s": _ttt_stats([p["time_to_target_s"] for p in per])}
             for k in METRICS:
                 entry[k] = _stats([p[k] for p in per])
@@ -243,6 +244,9 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
                 e[f"throughput_ratio_vs_{ref}"] = _ratio(e["samples_per_s"]["median"],
                                                          r["samples_per_s"]["median"]) if r else None
         info = (scenario_info or {}).get(name, {})
+        differ = _differences([r for r in group if r.summary])
+        if differ:
+            info = {**info, "differing_settings": differ}
         scenarios[name] = {**{k: v for k, v in info.items() if k not in ("flops_per_sample", "target_accuracy")},
                            "target_accuracy": target, "flops_per_sample": fps, "algorithms": algos,
                            "winner": _winner(algos, target)}
@@ -253,8 +257,22 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
     out["scenarios"] = scenarios
     out["run_order"] = run_order if run_order is not None else [
         {"index": i, "scenario": r.scenario, "algorithm": r.label, "repeat": r.repeat,
-         "run_dir": _rel(r.dir, base_dir), "status": r.status} for i, r in enumerate(runs)]
+         "run_dir": _rel(r.dir, base_dir), "status": r.status, **({"error": r.error} if r.error else {}),
+         **r.extra} for i, r in enumerate(runs)]
     out["run_dirs"] = [_rel(r.dir, base_dir) for r in runs]
+    return out
+
+
+def _differences(runs: list[Run]) -> dict:
+    """{setting: {label: value}} for settings (not seeds, paths, ...) whose values differ between labels."""
+    by_label: dict[str, dict] = {}
+    for r in runs:
+        by_label.setdefault(r.label, r.summary.get("config") or {})
+    keys = sorted({k for c in by_label.values() for k in c} - _NOT_A_DIFFERENCE)
+    out = {}
+    for k in keys:
+        if len({json.dumps(c.get(k), sort_keys=True) for c in by_label.values()}) > 1:
+            out[k] = {label: c.get(k) for label, c in by_label.items()}
     return out
 
 
@@ -322,9 +340,11 @@ def _colors(labels: list) -> dict:
 
 def render(results: dict, runs: list[Run], out_dir, title: str | None = None) -> list[Path]:
     """Write report.md, the PNGs and results.json into out_dir; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=True)
+    except ImportError:  # tables and results.json still come; the plots need matplotlib
+        matplotlib = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -336,6 +356,8 @@ def render(results: dict, runs: list[Run], out_dir, title: str | None = None) ->
         md += _table(name, sc, target)
         group = [r for r in runs if r.scenario == name and r.status == "ok"]
         labels = list(sc["algorithms"])
+        if matplotlib is None:
+            continue
         colors = _colors(labels)
         slug = _slug(name)
         plots[name] = [
@@ -344,6 +366,8 @@ def render(results: dict, runs: list[Run], out_dir, title: str | None = None) ->
             _plot_staleness(out / f"staleness-{slug}.png", name, group, labels, colors),
         ]
         files += plots[name]
+    if matplotlib is None:
+        md += ["Plots: not drawn, matplotlib is not installed (pip install 'asyncsgd[plot]').", ""]
     for name, pngs in plots.items():
         md += [f"## Plots: {name}", ""]
         md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
@@ -403,6 +427,10 @@ def _table(name: str, sc: dict, target) -> list[str]:
                      f"**{w['algorithm']}** ({w['value']:.4f}).")
     if sc.get("settings"):
         lines.append(f"Settings: `{json.dumps(sc['settings'], sort_keys=True)}`")
+    if sc.get("differing_settings"):
+        lines.append("Settings that differ between the algorithms here: " + "; ".join(
+            f"{k} (" + ", ".join(f"{label} {_short(v)}" for label, v in vals.items()) + ")"
+            for k, vals in sc["differing_settings"].items()) + ".")
     if sc.get("adjustments"):
         for algo, why in sc["adjustments"].items():
             lines.append(f"- {algo}: {why}")
@@ -412,7 +440,9 @@ def _table(name: str, sc: dict, target) -> list[str]:
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, e in sc["algorithms"].items():
         tt = e["time_to_target_s"]
-        if tt["median"] is None:
+        if e["completed"] == 0:
+            ttt = "no run finished"
+        elif tt["median"] is None:
             ttt = f"not reached ({tt['reached']}/{tt['runs']})" if target is not None else "–"
         else:
             ttt = f"{tt['median']:.2f}"
@@ -507,6 +537,9 @@ def _median_run(members: list[Run], target) -> Run:
     return ranked[(len(ranked) - 1) // 2]
 
 
+RATIO_OF = {"time_to_target_s": "time_to_target_ratio_vs_sync", "samples_per_s": "throughput_ratio_vs_sync"}
+
+
 def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, target) -> Path:
     import matplotlib.pyplot as plt
 
@@ -525,27 +558,37 @@ def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, tar
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(labels) + 1.8), squeeze=False)
     ys = list(range(len(labels)))[::-1]
     for ax, (key, scale, title) in zip(axes[0], panels):
+        drawn = False
         for y, label in zip(ys, labels):
             st = algos[label][key]
             med = st["median"]
             if med is None:
-                ax.text(0, y, " not reached" if key == "time_to_target_s" else " n/a", va="center", fontsize=8)
+                why = ("no run finished" if algos[label]["completed"] == 0 else
+                       "not reached" if key == "time_to_target_s" else "n/a")
+                ax.text(0, y, " " + why, va="center", fontsize=8)
                 continue
             lo, hi = st["min"], st["max"]
             err = None
             if lo is not None and hi is not None:
                 err = [[(med - lo) * scale], [(hi - med) * scale]]
             ax.barh(y, med * scale, color=colors[label], xerr=err, capsize=3)
-            ratio = algos[label].get("time_to_target_ratio_vs_sync" if key == "time_to_target_s"
-                                     else "throughput_ratio_vs_sync")
-            note = f" {med * scale:.3g}" + (f" ({ratio:.2f}x sync)" if ratio is not None and key != third_key(third)
-                                            else "")
+            drawn = True
+            ratio = algos[label].get(RATIO_OF.get(key, ""))
+            v = med * scale
+            note = " " + (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + (f" ({ratio:.2f}x sync)" if ratio is not None
+                                                                      else "")
             ax.text(med * scale, y, note, va="center", fontsize=8)
         ax.set_yticks(ys)
         ax.set_yticklabels(labels)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.3)
+        if drawn:
+            ax.set_xlim(left=0)
+        else:
+            ax.set_xlim(0, 1)
+            ax.set_xticks([])
     fig.suptitle(f"{name}: median over repeats, bars span min–max", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -553,31 +596,36 @@ def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, tar
     return path
 
 
-def third_key(third) -> str | None:
-    return third[0] if third else None
-
-
 def _plot_staleness(path: Path, name: str, runs: list[Run], labels: list, colors: dict) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     n = max(1, len(labels))
     cols = min(3, n)
     rows = math.ceil(n / cols)
+
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, label in zip(axes.flat, labels):
-        hist: dict[int, int] = {}
+    hists: dict[str, dict[int, int]] = {}
+    for label in labels:
+        hist = hists.setdefault(label, {})
         for r in runs:
             if r.label == label:
                 for k, v in (r.summary.get("staleness_histogram") or {}).items():
                     hist[int(k)] = hist.get(int(k), 0) + int(v)
+    xmax = max([5] + [max(h) for h in hists.values() if h])  # one x range: the panels compare at a glance
+    for ax, label in zip(axes.flat, labels):
+        hist = hists[label]
         total = sum(hist.values())
+        ax.set_xlim(-0.6, xmax + 0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if total:
             xs = sorted(hist)
             ax.bar(xs, [hist[x] / total for x in xs], color=colors[label], width=0.9)
             mean = sum(k * v for k, v in hist.items()) / total
             ax.set_title(f"{label}: mean {mean:.2f}, max {max(xs)}", fontsize=9)
         else:
-            ax.text(0.5, 0.5, "no updates recorded", ha="center", va="center", transform=ax.transAxes)
+            why = "no updates recorded" if any(r.label == label for r in runs) else "no finished run"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
             ax.set_title(label, fontsize=9)
         ax.set_xlabel("staleness (updates by others between read and write)", fontsize=8)
         ax.set_ylabel("fraction of updates", fontsize=8)
@@ -645,10 +693,9 @@ def main(args) -> int:
     base = out if all(_inside(r.dir, out) for r in runs) else None
     results = build_results(runs, target=target, peak=peak, flops=flops, machine=machine, suite=meta.get("suite"),
                             scenario_info=scenario_info, base_dir=base)
-    if meta.get("suite") and base is not None:
-        for entry, r in zip(results["run_order"], runs):
-            entry.update(r.extra)
-    files = render(results, runs, out, title=args.title)
+    results.update(meta.get("bench") or {})
+    title = args.title or (f"asyncsgd bench: {meta['suite'].get('name')} suite" if meta.get("suite") else None)
+    files = render(results, runs, out, title=title)
     for name, sc in results["scenarios"].items():
         w = sc.get("winner")
         if w:

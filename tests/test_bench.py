@@ -1,0 +1,259 @@
+"""asyncsgd bench: results.json schema, interleaving, ratios and MFU, failures, bad input.
+
+One test trains for real (a tiny quick suite through the CLI); the others replace
+asyncsgd.runner.run with a fake that writes a run record with known numbers, so the ratios,
+medians and the run order can be checked exactly.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import read_run, run_cli
+
+from asyncsgd import bench
+from asyncsgd.errors import WorkerError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def _pngs(out: Path) -> list[Path]:
+    files = sorted(out.glob("*.png"))
+    for f in files:
+        assert f.read_bytes()[:8] == PNG and f.stat().st_size > 2000, f
+    return files
+
+
+# -- a real tiny suite --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_quick_suite_writes_results_report_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    algos = ["sequential", "hogwild", "sync"]
+    proc = run_cli("bench", "--suite", "quick", "--algos", ",".join(algos), "--epochs", "0.25", "--repeats", "2",
+                   "--eval-points", "4", "--peak-flops", "1e11", "--target-accuracy", "0.15", "--out", out,
+                   "--set", "threads_per_worker=1", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+
+    assert res["complete"] is True
+    for key in ("cpu", "cores", "torch_version", "asyncsgd_version", "device", "peak_flops"):
+        assert res["machine"][key] not in (None, ""), key
+    assert res["peak_flops"]["flops"] == 1e11 and "given" in res["peak_flops"]["source"]
+    assert res["suite"]["name"] == "quick" and res["suite"]["repeats"] == 2 and res["suite"]["algorithms"] == algos
+
+    # Interleaved: A B C A B C, every algorithm of a repeat with the same seed.
+    order = [(e["repeat"], e["algorithm"]) for e in res["run_order"]]
+    assert order == [(r, a) for r in range(2) for a in algos]
+    assert [e["seed"] for e in res["run_order"]] == [0, 0, 0, 1, 1, 1]
+    assert [e["started_at"] for e in res["run_order"]] == sorted(e["started_at"] for e in res["run_order"])
+    assert all(e["status"] == "ok" for e in res["run_order"])
+
+    sc = res["scenarios"]["quick"]
+    fps = sc["flops_per_sample"]
+    assert fps > 0
+    samples = set()
+    for algo in algos:
+        e = sc["algorithms"][algo]
+        assert e["runs"] == e["completed"] == 2
+        assert len(e["run_dirs"]) == 2
+        for metric in ("final_test_accuracy", "samples_per_s", "mfu", "staleness_mean", "staleness_max",
+                       "bytes_sent"):
+            st = e[metric]
+            assert st["min"] <= st["median"] <= st["max"], (algo, metric, st)
+        for d, sps, m in zip(e["run_dirs"], e["samples_per_s"]["values"], e["mfu"]["values"]):
+            summary, metrics = read_run(out / d)
+            assert summary["algorithm"] == algo and summary["samples_per_s"] == sps and metrics
+            assert math.isclose(m, fps * sps / 1e11, rel_tol=1e-9)  # MFU = FLOPs/sample * samples/s / peak
+            samples.add(summary["samples"])
+        for ref in ("sync", "hogwild"):
+            ratio = e[f"time_to_target_ratio_vs_{ref}"]
+            mine, theirs = e["time_to_target_s"]["median"], sc["algorithms"][ref]["time_to_target_s"]["median"]
+            if mine is None or theirs is None:
+                assert ratio is None
+            else:
+                assert math.isclose(ratio, theirs / mine)
+            assert math.isclose(e[f"throughput_ratio_vs_{ref}"],
+                                e["samples_per_s"]["median"] / sc["algorithms"][ref]["samples_per_s"]["median"])
+    assert len(samples) == 1  # the same sample budget for every algorithm
+    assert sc["algorithms"]["sync"]["throughput_ratio_vs_sync"] == 1.0
+    assert sc["algorithms"]["sync"]["bytes_sent"]["median"] > 0  # sync all-reduces; hogwild shares memory
+
+    report = (out / "report.md").read_text()
+    for algo in algos:
+        assert f"| {algo} |" in report
+    assert "| algorithm | runs | time to 0.15 (s) | vs sync | vs hogwild | final test acc |" in report
+    pngs = _pngs(out)
+    assert {p.name for p in pngs} >= {"accuracy-quick.png", "speed-quick.png", "staleness-quick.png"}
+    for p in pngs:
+        assert f"({p.name})" in report  # every plot is shown in the report
+
+
+# -- the bench logic with a fake runner -----------------------------------------------------------
+
+# algorithm -> (training seconds, samples/s, accuracy curve reaching 0.9 at that time or never)
+FAKE = {"sequential": (4.0, 1000.0, 2.0), "sync": (4.0, 2000.0, 3.0), "hogwild": (4.0, 4000.0, 1.5)}
+
+
+def _fake_run(calls, fail=()):
+    def run(cfg):
+        calls.append((cfg.algorithm, cfg.seed, cfg.out, cfg.straggler))
+        if cfg.algorithm in fail:
+            raise WorkerError("worker 1 exited with code 9")
+        wall, sps, t_hit = FAKE[cfg.algorithm]
+        t_hit += 0.5 * cfg.seed  # repeats differ: medians and min/max are then checkable
+        out = Path(cfg.out)
+        out.mkdir(parents=True)
+        rows = [{"wall_time_s": t, "samples": int(t * sps), "test_accuracy": 0.95 if t >= t_hit else 0.5,
+                 "test_loss": 0.1, "train_loss": 0.1} for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary = {"algorithm": cfg.algorithm, "task": "mnist1d", "model": "cnn1d", "workers": 2, "samples": 8000,
+                   "wall_time_s": wall, "samples_per_s": sps, "final_test_accuracy": 0.95, "final_test_loss": 0.1,
+                   "target_accuracy": cfg.target_accuracy, "staleness": {"mean": 1.0, "max": 3},
+                   "staleness_histogram": {"0": 5, "1": 3, "3": 1}, "bytes_sent": 100, "config": cfg.to_dict(),
+                   "task_info": {"train_samples": 8000}, "device": "cpu"}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+    return run
+
+
+def _args(tmp_path, **kw):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    argv = ["--out", str(tmp_path / "b"), "--peak-flops", "1e9", "--algos", "sequential,sync,hogwild"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return parser.parse_args(argv)
+
+
+def test_interleaving_ratios_and_medians_exact(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("asyncsgd.runner.run", _fake_run(calls))
+    assert bench.main(_args(tmp_path, repeats=3, target_accuracy=0.9)) == 0
+    assert [(a, s) for a, s, _, _ in calls] == [(a, r) for r in range(3) for a in ("sequential", "sync", "hogwild")]
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    algos = res["scenarios"]["quick"]["algorithms"]
+    # times to 0.9 over seeds 0, 1, 2: sequential 2.0/2.5/3.0, sync 3.0/3.5/4.0, hogwild 1.5/2.0/2.5
+    assert algos["sync"]["time_to_target_s"] == {"median": 3.5, "min": 3.0, "max": 4.0, "reached": 3, "runs": 3,
+                                                 "values": [3.0, 3.5, 4.0]}
+    assert algos["hogwild"]["time_to_target_ratio_vs_sync"] == pytest.approx(3.5 / 2.0)
+    assert algos["sequential"]["time_to_target_ratio_vs_hogwild"] == pytest.approx(2.0 / 2.5)
+    assert algos["hogwild"]["throughput_ratio_vs_sync"] == pytest.approx(2.0)
+    fps = res["scenarios"]["quick"]["flops_per_sample"]
+    assert algos["hogwild"]["mfu"]["median"] == pytest.approx(fps * 4000 / 1e9)
+    assert res["scenarios"]["quick"]["winner"]["algorithm"] == "hogwild"
+    assert [e["run_dir"] for e in res["run_order"]][:2] == ["runs/quick/sequential-r0", "runs/quick/sync-r0"]
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "Fastest to 0.9 test accuracy: hogwild" in report and "1.75x vs sync" in report
+    assert len(_pngs(tmp_path / "b")) == 3
+
+
+def test_target_not_reached_gives_null_ratio(tmp_path, monkeypatch):
+    monkeypatch.setattr("asyncsgd.runner.run", _fake_run([]))
+    # The fake curves top out at 0.95: a target of 0.99 is reached by nobody.
+    assert bench.main(_args(tmp_path, repeats=1, target_accuracy=0.99)) == 0
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    for e in res["scenarios"]["quick"]["algorithms"].values():
+        assert e["time_to_target_s"]["median"] is None and e["time_to_target_s"]["reached"] == 0
+        assert e["time_to_target_ratio_vs_sync"] is None and e["time_to_target_ratio_vs_hogwild"] is None
+        assert e["throughput_ratio_vs_sync"] is not None
+    assert res["scenarios"]["quick"]["winner"]["by"] == "final_test_accuracy"
+    assert "not reached (0/1)" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_a_failing_algorithm_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("asyncsgd.runner.run", _fake_run(calls, fail={"sync"}))
+    assert bench.main(_args(tmp_path, repeats=2, target_accuracy=0.9)) == 1
+    assert len(calls) == 6
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    statuses = [(e["algorithm"], e["status"]) for e in res["run_order"]]
+    assert statuses.count(("sync", "error")) == 2 and statuses.count(("hogwild", "ok")) == 2
+    assert "exited with code 9" in res["run_order"][1]["error"]
+    sync = res["scenarios"]["quick"]["algorithms"]["sync"]
+    assert sync["completed"] == 0 and sync["failed"] == {"error": 2}
+    assert res["scenarios"]["quick"]["algorithms"]["hogwild"]["time_to_target_ratio_vs_sync"] is None
+    assert "2 run(s) failed" in capsys.readouterr().err
+
+
+def test_delays_suite_drops_the_straggler_where_it_has_no_worker(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("asyncsgd.runner.run", _fake_run(calls))
+    args = _args(tmp_path, suite="delays", repeats=1, target_accuracy=0.9, scenarios="straggler-latency")
+    assert bench.main(args) == 0
+    stragglers = {a: s for a, _, _, s in calls}
+    assert stragglers == {"sequential": None, "sync": "worker=1,slowdown=4", "hogwild": "worker=1,slowdown=4"}
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    sc = res["scenarios"]["straggler-latency"]
+    assert "sequential" in sc["adjustments"] and sc["settings"]["delay"] == "latency=20ms"
+    assert calls[0][2].endswith("runs/straggler-latency/sequential-r0")
+
+
+def test_every_suite_is_a_small_declarative_dict():
+    for name, suite in bench.SUITES.items():
+        assert {"task", "workers", "epochs", "target_accuracy", "repeats", "settings", "scenarios"} <= set(suite)
+        assert 0 < suite["target_accuracy"] <= 1 and suite["repeats"] >= 1 and suite["scenarios"]
+    assert bench.SUITES["quick"]["task"] == "mnist1d" and bench.SUITES["quick"]["workers"] == 2
+    assert bench.SUITES["delays"]["workers"] == 4
+    assert bench.SUITES["paper"]["model"] == "resnet18" and bench.SUITES["paper"]["settings"]["device"] == "cuda"
+
+
+def test_default_algorithms_are_the_registry(tmp_path):
+    from asyncsgd.algorithms import ALGORITHMS
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    p = bench.plan(parser.parse_args(["--out", str(tmp_path / "x")]))
+    assert p["algos"] == list(ALGORITHMS)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_unknown_suite(tmp_path):
+    _one_line_error(run_cli("bench", "--suite", "huge", "--out", tmp_path / "o"), "--suite", "'huge'", "quick",
+                    "delays", "paper")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_algorithm(tmp_path):
+    _one_line_error(run_cli("bench", "--algos", "sync,nope", "--out", tmp_path / "o"), "--algos", "'nope'",
+                    "accepted:", "hogwild", "sync")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--repeats", "0"], ["--repeats", "0", ">= 1"]),
+    (["--epochs", "-1"], ["--epochs", "-1", "> 0"]),
+    (["--target-accuracy", "2"], ["--target-accuracy", "2", "(0, 1]"]),
+    (["--scenarios", "rain"], ["--scenarios", "'rain'", "quick"]),
+    (["--set", "lr"], ["--set", "'lr'", "KEY=VALUE"]),
+    (["--set", "seed=3"], ["--set", "'seed=3'"]),
+])
+def test_bad_values(tmp_path, argv, needles):
+    _one_line_error(run_cli("bench", *argv, "--out", tmp_path / "o"), *needles)
+
+
+def test_out_dir_that_holds_files(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "results.json").write_text("{}")
+    _one_line_error(run_cli("bench", "--out", tmp_path / "o"), "--out", "new or empty")
+
+
+def test_paper_suite_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _one_line_error(run_cli("bench", "--suite", "paper"), "cuda")

@@ -1,0 +1,178 @@
+"""asyncsgd report: from real run directories, from a bench directory, and on bad input."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import read_run, run_cli
+
+from asyncsgd import report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--epochs", "0.25", "--eval-points", "4", "--progress", "none", "--threads-per-worker", "1",
+        "--target-accuracy", "0.15"]
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny real runs: sequential (in-process) and hogwild (2 worker processes)."""
+    base = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for algo in ("sequential", "hogwild"):
+        d = base / f"my-{algo}"
+        proc = run_cli("train", "--algo", algo, "--workers", "2", "--out", d, *TINY)
+        assert proc.returncode == 0, proc.stderr
+        dirs.append(d)
+    return dirs
+
+
+@pytest.mark.slow
+def test_report_from_two_run_directories(two_runs, tmp_path):
+    out = tmp_path / "rep"
+    proc = run_cli("report", *two_runs, "--out", out, "--peak-flops", "2e10")
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    for d, algo in zip(two_runs, ("sequential", "hogwild")):
+        assert f"| {algo} |" in md  # a table row per run
+        assert str(d) in md  # and the run directory it came from
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy-mnist1d.png", "speed-mnist1d.png", "staleness-mnist1d.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == PNG and f"({name})" in md
+    res = json.loads((out / "results.json").read_text())
+    algos = res["scenarios"]["mnist1d"]["algorithms"]
+    assert list(algos) == ["sequential", "hogwild"]
+    fps = res["scenarios"]["mnist1d"]["flops_per_sample"]
+    assert fps > 0
+    for d, algo in zip(two_runs, ("sequential", "hogwild")):
+        summary, metrics = read_run(d)
+        e = algos[algo]
+        assert e["run_dirs"] == [str(d)]
+        assert e["samples_per_s"]["median"] == summary["samples_per_s"]
+        assert e["final_test_accuracy"]["median"] == summary["final_test_accuracy"]
+        assert math.isclose(e["mfu"]["median"], fps * summary["samples_per_s"] / 2e10)
+        assert e["time_to_target_s"]["values"] == [summary["time_to_target_s"]]  # same target as the runs'
+        assert e["staleness_max"]["median"] == summary["staleness"]["max"]
+    assert res["target_accuracy"] == 0.15
+    # No sync run among them: the ratios against sync are null, against hogwild they are numbers.
+    assert algos["sequential"]["time_to_target_ratio_vs_sync"] is None
+    assert math.isclose(algos["sequential"]["throughput_ratio_vs_hogwild"],
+                        algos["sequential"]["samples_per_s"]["median"] / algos["hogwild"]["samples_per_s"]["median"])
+
+
+@pytest.mark.slow
+def test_report_with_a_different_target_and_a_parent_folder(two_runs, tmp_path):
+    out = tmp_path / "rep"
+    proc = run_cli("report", two_runs[0].parent, "--out", out, "--target-accuracy", "0.11", "--peak-flops", "1e10")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["target_accuracy"] == 0.11
+    assert set(res["scenarios"]["mnist1d"]["algorithms"]) == {"sequential", "hogwild"}
+    assert "time to 0.11 (s)" in (out / "report.md").read_text()
+
+
+def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float) -> Path:
+    path.mkdir(parents=True)
+    rows = [{"wall_time_s": t, "samples": int(1000 * t), "test_accuracy": 0.95 if t >= t_hit else 0.4,
+             "test_loss": 0.2, "train_loss": 0.2} for t in (1.0, 2.0, 3.0, 4.0)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"algorithm": algo, "task": "mytask", "model": "mlp", "workers": 2, "samples": 4000,
+               "wall_time_s": 4.0, "samples_per_s": sps, "final_test_accuracy": 0.95, "final_test_loss": 0.2,
+               "target_accuracy": 0.9, "staleness": {"mean": 0.5, "max": 2}, "staleness_histogram": {"0": 3, "2": 1},
+               "bytes_sent": 0, "config": {"algorithm": algo, "lr": lr, "seed": seed, "out": str(path)},
+               "task_info": {"train_samples": 1000}, "device": "elsewhere"}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_runs_are_grouped_into_labels_and_repeats(tmp_path):
+    dirs = [_fake_run_dir(tmp_path / "a", "hogwild", 0.1, 0, 2.0, 100.0),
+            _fake_run_dir(tmp_path / "b", "hogwild", 0.1, 1, 3.0, 300.0),
+            _fake_run_dir(tmp_path / "c", "hogwild", 0.2, 0, 1.0, 200.0),
+            _fake_run_dir(tmp_path / "d", "sync", 0.1, 0, 4.0, 100.0)]
+    runs, meta = report.collect(dirs)
+    assert [(r.label, r.repeat) for r in runs] == [("hogwild lr=0.1", 0), ("hogwild lr=0.1", 1),
+                                                   ("hogwild lr=0.2", 0), ("sync", 0)]
+    res = report.build_results(runs, target=0.9, peak=None, flops={})
+    algos = res["scenarios"]["mytask"]["algorithms"]
+    assert algos["hogwild lr=0.1"]["time_to_target_s"]["median"] == 2.5
+    assert algos["hogwild lr=0.1"]["time_to_target_ratio_vs_sync"] == pytest.approx(4.0 / 2.5)
+    assert algos["hogwild lr=0.2"]["time_to_target_ratio_vs_sync"] == pytest.approx(4.0)
+    assert algos["hogwild lr=0.1"]["time_to_target_ratio_vs_hogwild"] is None  # no plain "hogwild" label
+    assert algos["hogwild lr=0.1"]["mfu"]["median"] is None  # no peak known
+    assert res["scenarios"]["mytask"]["winner"]["algorithm"] == "hogwild lr=0.2"
+
+
+def test_not_reached_counts_as_slowest_in_the_median():
+    stats = report._ttt_stats([2.0, None, 4.0])
+    assert stats["median"] == 4.0 and stats["min"] == 2.0 and stats["max"] is None and stats["reached"] == 2
+    assert report._ttt_stats([2.0, None, None])["median"] is None
+
+
+def test_report_rerenders_a_bench_directory(tmp_path, monkeypatch):
+    """A bench output directory (results.json + runs/) renders again, keeping its scenarios and order."""
+    import argparse
+
+    from asyncsgd import bench
+
+    def fake_run(cfg):
+        sps = {"sequential": 100.0, "sync": 200.0, "hogwild": 400.0}[cfg.algorithm]
+        d = _fake_run_dir(Path(cfg.out), cfg.algorithm, 0.1, cfg.seed, {"sequential": 3.0, "sync": 4.0,
+                                                                        "hogwild": 2.0}[cfg.algorithm], sps)
+        return json.loads((d / "summary.json").read_text())
+
+    monkeypatch.setattr("asyncsgd.runner.run", fake_run)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    b = tmp_path / "bench"
+    assert bench.main(parser.parse_args(["--out", str(b), "--peak-flops", "1e9", "--algos", "sequential,sync,hogwild",
+                                         "--repeats", "2"])) == 0
+    first = json.loads((b / "results.json").read_text())
+    proc = run_cli("report", b, "--out", tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert list(again["scenarios"]) == ["quick"]
+    assert [(e["algorithm"], e["repeat"]) for e in again["run_order"]] == \
+        [(e["algorithm"], e["repeat"]) for e in first["run_order"]]
+    for algo in ("sequential", "sync", "hogwild"):
+        a, f = again["scenarios"]["quick"]["algorithms"][algo], first["scenarios"]["quick"]["algorithms"][algo]
+        for key in ("time_to_target_s", "samples_per_s", "mfu", "time_to_target_ratio_vs_sync"):
+            assert a[key] == f[key], (algo, key)
+    assert again["machine"]["peak_flops"]["flops"] == 1e9
+    assert "hogwild" in (tmp_path / "again" / "report.md").read_text()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_missing_directory(tmp_path):
+    _one_line_error(run_cli("report", tmp_path / "nowhere", "--out", tmp_path / "o"), "nowhere", "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_directory_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run_cli("report", tmp_path / "empty", "--out", tmp_path / "o"), "empty", "no run record")
+
+
+def test_broken_run_record(tmp_path):
+    d = _fake_run_dir(tmp_path / "broken", "sync", 0.1, 0, 1.0, 1.0)
+    (d / "metrics.jsonl").write_text("{not json\n")
+    good = _fake_run_dir(tmp_path / "good", "sync", 0.1, 0, 1.0, 1.0)
+    _one_line_error(run_cli("report", good, d, "--out", tmp_path / "o"), "broken", "unreadable")
+
+
+def test_run_directory_without_metrics(tmp_path):
+    d = _fake_run_dir(tmp_path / "half", "sync", 0.1, 0, 1.0, 1.0)
+    (d / "metrics.jsonl").unlink()
+    _one_line_error(run_cli("report", d, "--out", tmp_path / "o"), "half", "metrics.jsonl")
