@@ -246,9 +246,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     parse_delay(cfg.delay)
     straggler = parse_straggler(cfg.straggler)
     if straggler is not None:
-        n = ALGORITHMS[cfg.algorithm].processes(cfg)
-        if cfg.runtime == "sim" and cfg.sim_workers is not None and cfg.algorithm != "sequential":
-            n = cfg.sim_workers  # virtual workers of the simulated cluster
+        if cfg.runtime == "sim":
+            from .sim import straggler_range
+            n = straggler_range(cfg)  # virtual workers (lpap: groups) of the simulated cluster
+        else:
+            n = ALGORITHMS[cfg.algorithm].processes(cfg)
         _need(straggler["worker"] < max(n, 1), "straggler", cfg.straggler,
               f"worker=W with W < the {n} worker(s) of this run")
     if cfg.device == "cuda":
