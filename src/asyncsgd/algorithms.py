@@ -53,6 +53,18 @@ register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, e
                    summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
 
 
+register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "
+                   "applied on arrival (decentralized, no averaging)",
+                   "asyncsgd.schedules.dasgd:run", shared_model=False, distributed=True, processes=_workers,
+                   tolerates_failures=True, snapshot_all_replicas=True,
+                   summary_extra="asyncsgd.schedules.dasgd:summary_extra"))
+register(Algorithm("lpap", "LPAP-SGD: Hogwild! threads inside each of --groups processes, parameters averaged "
+                   "across groups every --average-every steps in the background",
+                   "asyncsgd.schedules.lpap:run", shared_model=False, distributed=True,
+                   processes=lambda cfg: cfg.groups, tolerates_failures=True, snapshot_all_replicas=True,
+                   summary_extra="asyncsgd.schedules.lpap:summary_extra"))
+
+
 def get_algorithm(name: str) -> Algorithm:
     from .errors import ConfigError
 

@@ -45,6 +45,11 @@ class Board:
         self.messages_sent = z(workers)
         self.dropped = z(workers)
         self.idle_s = z(workers, dtype=torch.float64)
+        # exchange (dasgd, lpap): lost[w] = 1 once the launcher saw worker w die (survivors stop
+        # sending to it); exchange[w] = (rounds, data messages sent, control messages sent,
+        # coalesced, latency sum us, messages received, latency max us) -- exchange/transport.py
+        self.lost = z(workers, dtype=torch.int8)
+        self.exchange = z(workers, 7)
         self.grad_norm_max = z(workers, dtype=torch.float64)
         self.finish = z(workers, dtype=torch.float64)  # wall time (time.time) a worker finished
         self.status = z(workers, dtype=torch.int8)  # 0 starting, 1 ready, 2 running, 3 done, 4 failed
