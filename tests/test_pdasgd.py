@@ -190,15 +190,15 @@ def test_registered_and_default():
 # ------------------------------------------------------------------ whole runs
 
 def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
-    """`asyncsgd train` with nothing else but the shared-machine courtesy flags."""
+    """`asyncsgd train` as a new user runs it (only where the record goes and no progress output)."""
     t = time.time()
-    r = run_cli("train", "--threads-per-worker", "1", "--progress", "none", "--eval-points", "4",
-                "--out", tmp_path / "run", timeout=240)
+    r = run_cli("train", "--progress", "none", "--out", tmp_path / "run", timeout=240)
     assert r.returncode == 0, r.stderr
     s, _ = read_run(tmp_path / "run")
-    assert s["algorithm"] == "pdasgd" and s["workers"] == 2
+    assert s["algorithm"] == "pdasgd" and s["workers"] == 1
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert s["wall_time_s"] < 120 and time.time() - t < 240
+    assert s["theory"]["in_regime"] and s["theory"]["staleness_max"] == s["staleness"]["max"]
     assert s["forward_threads"] == 1 and s["backward_threads"] == 2 and s["updates_mode"] == "layer"
     assert 1 <= s["queue_peak"] <= s["queue_size"]
     n_layers = len(s["staleness_by_layer"])
@@ -372,11 +372,7 @@ def _mean_accuracy(tmp_path, algo, task, seeds, epochs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", [
-    pytest.param("mnist1d", marks=pytest.mark.xfail(
-        strict=False, reason="measured 3-seed means: pdasgd 0.953 (2 workers x 1F:2B, staleness ~1.3-1.5) vs "
-                             "sequential 0.971; 1 worker reaches 0.963. See docs/pdasgd.md")),
-    "logreg"])
+@pytest.mark.parametrize("task", ["mnist1d", "logreg"])
 def test_default_pdasgd_within_one_point_of_sequential(tmp_path, task):
     """3-seed means, 10 epochs, every other setting at its default."""
     from asyncsgd.tasks import TASK_NAMES

@@ -24,6 +24,7 @@ class Algorithm:
     processes: Callable  # (RunConfig) -> number of worker processes
     tolerates_failures: bool = False  # the run goes on when a worker dies
     snapshot_all_replicas: bool = False  # snapshot every replica (to evaluate their average), not only rank 0
+    default_workers: int = 2  # --workers when not given
     summary_extra: str | None = None  # "module:function" (launcher, summary dict) -> None, adds fields
 
 
@@ -48,9 +49,9 @@ register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory mo
                    "asyncsgd.schedules.hogwild:run", shared_model=True, distributed=False, processes=_workers))
 
 register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
-                   "gradient exists; N processes share one model",
+                   "gradient exists (one process by default; --workers N processes share one model)",
                    "asyncsgd.schedules.decoupled:run", shared_model=True, distributed=False, processes=_workers,
-                   summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
+                   default_workers=1, summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
 
 
 register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "

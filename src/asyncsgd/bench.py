@@ -34,6 +34,8 @@ SUITES: dict[str, dict] = {
         "about": "mnist1d, 2 workers, no delays: every algorithm once, a few minutes on 2 CPU cores",
         "task": "mnist1d", "model": None, "workers": 2, "epochs": 8.0, "target_accuracy": 0.90, "repeats": 1,
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
+        # pdasgd's parallelism is threads: one process of 1 forward + 2 backward threads uses the 2 cores
+        "per_algorithm": {"pdasgd": {"workers": 1}},
         "scenarios": {"quick": {}},
     },
     "delays": {
@@ -175,7 +177,8 @@ def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
 
     values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
               "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
-              **extra, "algorithm": algo, "seed": seed, "progress": "none"}
+              **extra, **suite.get("per_algorithm", {}).get(algo, {}), "algorithm": algo, "seed": seed,
+              "progress": "none"}
     note = None
     try:
         cfg = RunConfig(**values)

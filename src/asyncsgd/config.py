@@ -39,7 +39,7 @@ class RunConfig:
     model: str | None = None
     data_dir: str | None = None
     num_samples: int | None = None
-    workers: int = 2
+    workers: int | None = None  # default: the algorithm's (pdasgd 1 process of F+B threads, others 2)
     epochs: float = 10.0
     batch_size: int = 32
     lr: float = 0.05
@@ -65,7 +65,7 @@ class RunConfig:
     forward_threads: int = 1
     backward_threads: int = 2
     fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
-    queue_size: int | None = None  # default 2 * backward_threads
+    queue_size: int | None = None  # default forward_threads (docs/pdasgd.md: deeper queues add staleness)
     updates: str = "layer"
     # lpap
     groups: int = 2
@@ -192,6 +192,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     from .algorithms import ALGORITHMS
 
     _need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
+    if cfg.workers is None:
+        cfg = cfg.replace(workers=ALGORITHMS[cfg.algorithm].default_workers)
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
                  "groups", "workers_per_group", "average_every", "send_every"):
         v = getattr(cfg, name)

@@ -72,7 +72,9 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         if algo.distributed:
             import datetime
             import torch.distributed as dist
-            backend = "nccl" if spec.device.startswith("cuda") else "gloo"
+            # nccl needs one GPU per rank; ranks sharing a GPU all-reduce CUDA tensors through gloo
+            one_gpu_each = spec.device.startswith("cuda") and spec.world_size <= torch.cuda.device_count()
+            backend = "nccl" if one_gpu_each else "gloo"
             dist.init_process_group(backend, init_method=spec.dist_init, rank=rank, world_size=spec.world_size,
                                     timeout=datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout)))
             group = True
@@ -153,7 +155,7 @@ class Launcher:
     def __init__(self, cfg: RunConfig, task=None):
         from .tasks import get_task
 
-        self.cfg = validate(cfg)
+        self.cfg = cfg = validate(cfg)
         self.algo = get_algorithm(cfg.algorithm)
         self.resumed = None
         if cfg.resume:

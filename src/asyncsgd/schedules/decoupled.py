@@ -469,3 +469,5 @@ def summary_extra(launcher, out: dict) -> None:
     out["queue_size"] = cfg.queue_size or fb[0]
     out["queue_peak"] = int(b.queue_peak.max())
     out["updates_mode"] = cfg.updates
+    from ..theory import add_theory  # measured staleness vs the PD-ASGD bias bound
+    add_theory(launcher, out)
