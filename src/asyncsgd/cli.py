@@ -152,6 +152,8 @@ def cmd_train(args) -> int:
 
     cfg = config_from_args(args)
     summary = run(cfg)
+    if summary.get("record_written") is False:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print_summary(summary)
     return 0
 

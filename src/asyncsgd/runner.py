@@ -302,6 +302,9 @@ class Launcher:
         self._raise_failure()
 
     def _worker_lost(self, rank: int, why: str) -> None:
+        if rank in self.lost:  # seen twice (its exit code and its error report): once is enough
+            print(f"asyncsgd: {why}", file=sys.stderr, flush=True)
+            return
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
             self.board.lost[rank] = 1  # survivors' exchanges stop sending to it and stop waiting for it

@@ -1,0 +1,88 @@
+"""Who receives a message (topology) and how a stale gradient is applied (staleness policy).
+
+Vector clocks (dasgd): replica r keeps clock[o] = how many gradients (local steps) of origin o it
+has applied, its own included. A message carries the sender's clock at the moment it computed
+the (first) gradient of the message. The staleness of an arriving gradient is the number of
+gradients the receiver has applied that the sender had not when it computed it:
+
+    staleness = sum over origins o of max(0, receiver_clock[o] - sender_clock[o])
+
+It is 0 for a gradient computed on exactly the receiver's current state (the own gradient), and
+with N workers exchanging every step it is about N - 1 plus what arrived while in flight.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..config import parse_staleness, parse_topology
+
+
+def staleness(receiver_clock, sender_clock) -> int:
+    """Updates the receiver has applied that the sender had not (clocks: lists of ints)."""
+    return sum(max(0, a - b) for a, b in zip(receiver_clock, sender_clock))
+
+
+class StalenessPolicy:
+    """--staleness: what a receiver does with a gradient of staleness s.
+
+    none        apply it as is (factor 1)
+    scale       lr / (1 + s)
+    drop:MAX    discard it when s > MAX (counted in dropped_updates), else apply as is
+    adaptive    lr * min(1, c / s) with c = N - 1: the delay-adaptive step size of Koloskova,
+                Stich & Jaggi (NeurIPS 2022), eta_t = min(eta, 1 / (4 L tau_t)), with the unknown
+                smoothness constant folded into c. A gradient no staler than the concurrency
+                (N - 1, what every gradient of an N-worker round-robin carries) keeps the full
+                step; staler ones (stragglers' gradients, messages held up by delays) get a
+                step that shrinks as 1 / s, so their total influence stays bounded.
+    """
+
+    def __init__(self, spec: str, workers: int):
+        self.kind, self.max = parse_staleness(spec)
+        self.c = max(1, workers - 1)
+
+    def factor(self, s: int) -> float | None:
+        """Multiplier of the learning rate, or None: drop the gradient."""
+        if self.kind == "scale":
+            return 1.0 / (1 + s)
+        if self.kind == "drop":
+            return None if s > self.max else 1.0
+        if self.kind == "adaptive":
+            return 1.0 if s <= self.c else self.c / s
+        return 1.0
+
+
+class Topology:
+    """--topology: the peers a worker sends round r's message to.
+
+    all       every other live worker: N - 1 messages per worker per round, O(N^2) in all
+    ring      one peer, rotating: round r goes to rank + 1 + (r mod (N - 1)), so over N - 1 rounds
+              every peer gets one message; O(N) messages per round in all
+    random:M  M distinct live peers drawn at random (seeded) each round; O(M N) per round
+    Gone peers are skipped (ring moves on to the next one in the rotation).
+    """
+
+    def __init__(self, spec: str, workers: int, rank: int, seed: int):
+        self.kind, self.m = parse_topology(spec)
+        self.n, self.rank = workers, rank
+        self.rng = random.Random(seed * 104_729 + rank)
+
+    def fanout(self) -> int:
+        """Messages per round when every peer is alive."""
+        peers = self.n - 1
+        return {"all": peers, "ring": min(1, peers)}.get(self.kind, min(self.m or 0, peers))
+
+    def targets(self, round_: int, alive) -> list[int]:
+        peers = [p for p in range(self.n) if p != self.rank and alive(p)]
+        if not peers:
+            return []
+        if self.kind == "all":
+            return peers
+        if self.kind == "ring":
+            n = self.n
+            for i in range(n - 1):
+                p = (self.rank + 1 + (round_ + i) % (n - 1)) % n
+                if alive(p):
+                    return [p]
+            return []
+        return sorted(self.rng.sample(peers, min(self.m, len(peers))))

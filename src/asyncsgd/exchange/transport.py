@@ -1,0 +1,392 @@
+"""Messages between worker processes over torch.distributed point-to-point (gloo).
+
+Used by dasgd (updates to peers) and lpap (parameters to average). Computation never waits on
+the network: the training thread posts a message (isend or a queue append) and peers' messages
+are handled by background threads (a sender thread and one receiver thread per peer).
+
+Wire format (no pickles): every message is ONE gloo send (tag 1) of one contiguous byte tensor:
+  header   int64 x (6 + N): [sender, seq, kind, length, steps, posted_us, clock_0 .. clock_{N-1}]
+           (kind: 1 GRAD, 2 PARAMS, 3 FINAL, 4 DONE; length: payload elements; steps: updates
+           summed into the payload; posted_us: the sender's wall clock when it posted the message,
+           for the latency statistics; clock: the sender's vector clock, see policy.py)
+  payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
+The header and the payload are tensor views of that buffer (header.view(int64)). One send
+instead of a header send plus a payload send: each gloo send is a rendezvous with the receiver,
+and on loopback one costs 0.09 ms against 0.28 ms for the pair (measured, 9,610 floats); on
+busy cores the second rendezvous mostly adds thread wake-ups. The receiver posts a buffer of the
+largest size (gloo accepts a shorter message into it) and reads `length` from the header.
+Bytes counted per message = header bytes + payload bytes (board.bytes_sent / messages_sent).
+The exchange has its own gloo group (dist.new_group(backend="gloo")), so it works beside an
+NCCL default group on GPUs (payloads are staged through CPU memory: NCCL has no receive from
+any source, no tags, and cannot time out a point-to-point without tearing down the communicator).
+
+What gloo does and does not do (measured on torch 2.13; it is why the design is what it is):
+- A send completes when the receiver has posted a matching receive (rendezvous), but isend
+  moves the bytes in gloo's own I/O thread: the receiver has them before the sender calls wait().
+- Work.is_completed() never turns true for gloo send/recv before wait(), so there is no polling;
+  and a wait(timeout) that expires breaks the WHOLE gloo context (every pair gets the timeout
+  error). So the threads use plain blocking waits; the group's own timeout (EXCHANGE_TIMEOUT_S)
+  is only the last-resort bound, after which the exchange is "broken" and training goes on alone.
+- A dead peer (SIGKILL) closes its sockets: sends to it and receives from it raise at once
+  ("Connection reset/closed by peer") and the other pairs keep working. A receive from ANY
+  source is not isolated that way: once a peer died in the middle of a transfer, every further
+  any-source receive raised the same error (the broken pair stays a candidate). Hence one
+  receiver thread per peer, each receiving from that peer only: a failure ends one thread.
+  Self-sends are not supported (a blocked receiver cannot be woken from its own process).
+
+Threads (owned by the Exchange; close() joins them with timeouts):
+- post() (any thread) never blocks on the network: a message that is due (no --delay), has
+  nothing queued before it and fewer than MAX_INFLIGHT unreceived messages ahead of it is posted
+  at once with isend: one thread hand-off less per message, which on busy cores costs
+  milliseconds of scheduler latency.
+- sender thread: keeps one FIFO queue per destination for what could not be posted at once.
+  A message is due at post time + the --delay model's delay for its size (delays.message_delay,
+  per destination FIFO, no overtaking), so delays are paid here, off the training thread, and
+  messages in flight overlap like on a real network. It posts due messages, waits on posted ones
+  in order (counting bytes and messages, noticing gone peers) and keeps at most MAX_INFLIGHT
+  unreceived messages per destination. Backlog: a new gradient for a destination whose queue
+  tail is already due but not yet posted (the network or the receiver is slower than the
+  producer) is summed into that tail (counted as coalesced): adaptive --send-every, bounded
+  memory, and the receivers never fall further behind than MAX_INFLIGHT messages.
+- receiver threads, one per peer: blocking receive from that peer into a fresh buffer; the
+  message goes to the owner's handler (dasgd applies a peer's update at once) or to the inbox.
+  A thread leaves after its peer's last message, when the peer is gone, or when broken.
+
+Shutdown protocol (torchft-style: every party can tell when it may stop, nobody waits forever):
+ 1. A process that will send nothing more posts its LAST message to every live peer: DONE
+    (dasgd; header only) or FINAL (lpap; its final parameters). FIFO per destination: the last
+    message arrives after everything else that process sent.
+ 2. A peer is finished for us once its last message has arrived or it is gone. Gone = the
+    launcher flagged it lost on the board (it saw the process die), or a send/recv to it raised.
+ 3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
+    the sender thread leaves once its queues are empty (messages to gone peers are dropped),
+    each receiver once its peer is finished; all are joined with timeouts. A thread still
+    blocked after that waits on a peer that is alive but silent (a frozen process): it is a
+    daemon thread, abandoned (logged), and dies with the process, which ends right after.
+Failures: a gone peer is dropped from every queue and topology; the survivors carry on. If the
+group itself breaks (its timeout) the exchange is "broken": posts are dropped, every peer
+counts as finished, and training continues locally to the end (logged once).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..delays import message_delay
+
+GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
+KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
+TAG = 1
+HEADER_FIELDS = 6  # sender, seq, kind, length, steps, posted_us; then the clock (N entries)
+MAX_INFLIGHT = 2  # posted but not yet received messages per destination; more wait in the queue
+EXCHANGE_TIMEOUT_S = 3600.0  # gloo's own bound on one blocking wait (last resort, see above)
+SWITCH_INTERVAL_S = 0.0005
+
+
+@dataclass
+class Message:
+    sender: int
+    kind: int
+    seq: int
+    steps: int
+    clock: torch.Tensor | None
+    payload: torch.Tensor | None
+    due: float = 0.0
+    posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
+    owned: bool = False  # payload belongs to this queue entry only (may be summed into)
+
+
+class Exchange:
+    """Point-to-point messages with a sender and a receiver thread. Used from one owner thread
+    (plus post() from any thread): start(), post(), get()/drain(), send_last(), wait_peers(), close()."""
+
+    def __init__(self, ctx, numel: int, dtype=torch.float32, name: str = "exchange", handler=None):
+        """handler(msg) -> bool, optional: called by the receiver thread on every arrival; True
+        means handled (e.g. dasgd applies a peer's update at once), False: put it in the inbox."""
+        self.ctx, self.rank, self.n = ctx, ctx.rank, ctx.world_size
+        self.handler = handler
+        self.error: BaseException | None = None  # a handler's exception, re-raised by close()
+        self.board = ctx.board
+        self.numel, self.dtype, self.name = numel, dtype, name
+        self.delay = ctx.delay
+        import random
+        self.rng = random.Random(ctx.cfg.seed * 15_485_863 + ctx.rank)  # delay jitter, sender thread only
+        self.header_bytes = (HEADER_FIELDS + self.n) * 8
+        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.payload_bytes = numel * self.itemsize  # the largest payload (GRAD / PARAMS / FINAL)
+        self.max_inflight = MAX_INFLIGHT
+        self.peers = [p for p in range(self.n) if p != self.rank]
+        self.inbox: collections.deque[Message] = collections.deque()
+        self._cv = threading.Condition()  # guards queues, flags; notified on post / arrival / gone
+        self._queues = {p: collections.deque() for p in self.peers}
+        self._last_due = {p: 0.0 for p in self.peers}
+        self._inflight: collections.deque = collections.deque()  # (dest, msg, buf, work) posted, not yet waited
+        self._inflight_to = {p: 0 for p in self.peers}
+        self._gone: set[int] = set()
+        self._finished: set[int] = set()  # peers whose last message arrived
+        self._stopping = False
+        self._last_posted = False
+        self.broken = False
+        self.group = None
+        self._sender, self._receivers = None, []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Make the exchange's gloo group (collective: every rank calls it) and start the threads."""
+        timeout = datetime.timedelta(seconds=max(EXCHANGE_TIMEOUT_S, 10 * self.ctx.cfg.stall_timeout))
+        self.group = dist.new_group(backend="gloo", timeout=timeout)
+        dist.barrier(group=self.group)
+        # The communication threads need the GIL for a moment per message; with the default 5 ms
+        # switch interval a busy training thread makes every hand-off wait up to 5 ms.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        self._sender = threading.Thread(target=self._guard, args=(self._send_loop,), daemon=True,
+                                        name=f"asyncsgd-{self.name}-send-{self.rank}")
+        self._receivers = [threading.Thread(target=self._guard, args=(self._recv_loop, p), daemon=True,
+                                            name=f"asyncsgd-{self.name}-recv-{self.rank}-from-{p}")
+                           for p in self.peers]
+        self._sender.start()
+        for t in self._receivers:
+            t.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop both threads (after the sender flushed what it still can) and join them."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in [self._sender, *self._receivers]:
+            if t is not None:
+                t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._sender is not None and self._sender.is_alive():
+            self._log("sender thread still blocked in a send at close; abandoned (it ends with the process)")
+        stuck = [p for p, t in zip(self.peers, self._receivers) if t.is_alive()]
+        if stuck:
+            self._log(f"receiver threads for worker(s) {stuck} still blocked at close; abandoned "
+                      "(daemon threads, they end with the process)")
+        if self.error is not None:
+            raise self.error
+
+    # -- the owner's side -----------------------------------------------------------------
+    def alive(self, peer: int) -> bool:
+        return peer not in self._gone and not int(self.board.lost[peer]) and not self.broken
+
+    def live_peers(self) -> list[int]:
+        return [p for p in self.peers if self.alive(p)]
+
+    def post(self, dests, kind: int, payload: torch.Tensor | None = None, seq: int = 0, steps: int = 1,
+             clock: torch.Tensor | None = None, coalesce: bool = False) -> None:
+        """Send one message to each of dests without blocking on the network: posted at once
+        (isend) when it is due (no --delay) and nothing is queued before it, else queued for the
+        sender thread. The payload must not be modified afterwards."""
+        if payload is not None:
+            payload = payload.detach().to("cpu", self.dtype).reshape(-1)
+        nbytes = self.header_bytes + (payload.numel() * self.itemsize if payload is not None else 0)
+        now, posted_us = time.monotonic(), int(time.time() * 1e6)
+        with self._cv:
+            if self.broken or self._last_posted:
+                return
+            for d in dests:
+                if not self.alive(d):
+                    continue
+                q = self._queues[d]
+                due = max(now + message_delay(self.delay, nbytes, self.rng), self._last_due[d])
+                self._last_due[d] = due
+                if coalesce and kind == GRAD and q and q[-1].kind == GRAD and q[-1].due <= now:
+                    # congestion (the tail is due but still queued): sum into it, adaptive --send-every
+                    tail = q[-1]
+                    if not tail.owned:
+                        tail.payload, tail.owned = tail.payload.clone(), True
+                    tail.payload += payload
+                    tail.steps += steps
+                    tail.due = max(tail.due, due)
+                    self.board.exchange[self.rank, 3] += 1
+                    continue
+                m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us)
+                if due <= now and not q and self._inflight_to[d] < self.max_inflight:
+                    self._isend_locked(d, m)
+                else:
+                    q.append(m)
+            if kind in (FINAL, DONE):
+                self._last_posted = True
+            self._cv.notify_all()
+
+    def send_last(self, kind: int = DONE, payload: torch.Tensor | None = None) -> None:
+        """Post this process's last message (DONE or FINAL) to every live peer (protocol step 1)."""
+        self.post(self.live_peers(), kind, payload)
+        with self._cv:
+            self._last_posted = True
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The next arrived message, waiting up to timeout seconds (None: don't wait)."""
+        with self._cv:
+            if not self.inbox and timeout:
+                self._cv.wait_for(lambda: self.inbox or self.broken, timeout=timeout)
+            return self.inbox.popleft() if self.inbox else None
+
+    def wait_peers(self, timeout: float, stop=lambda: False) -> float:
+        """Block until every peer has finished (protocol step 2), timeout, or stop(); returns the
+        seconds waited. Messages keep arriving (and being handled) meanwhile."""
+        t = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not self.peers_finished() and time.monotonic() < deadline and not stop():
+                self._cv.wait(timeout=0.05)  # also wakes to see lost flags set by the launcher
+        return time.perf_counter() - t
+
+    def drain(self) -> list[Message]:
+        with self._cv:
+            out = list(self.inbox)
+            self.inbox.clear()
+        return out
+
+    def _is_finished(self, p: int) -> bool:
+        return p in self._finished or not self.alive(p)
+
+    def peers_finished(self) -> bool:
+        """Every peer has sent its last message or is gone (protocol step 2)."""
+        return self.broken or all(self._is_finished(p) for p in self.peers)
+
+    def unfinished(self) -> list[int]:
+        return [p for p in self.peers if not self._is_finished(p)]
+
+    # -- threads --------------------------------------------------------------------------
+    def _guard(self, loop, *args) -> None:
+        try:
+            loop(*args)
+        except _HandlerError as e:  # the owner's code failed: not a network problem; close() re-raises
+            self.error = e.__cause__
+            self._break(f"message handler failed: {type(e.__cause__).__name__}: {e.__cause__}")
+        except BaseException as e:  # never let a communication error kill training
+            self._break(f"{loop.__name__} failed: {type(e).__name__}: {e}")
+
+    def _break(self, why: str) -> None:
+        with self._cv:
+            if not self.broken:
+                self.broken = True
+                self._log(f"exchange broken ({why}); training continues without communication")
+            self._cv.notify_all()
+
+    def _mark_gone(self, peer: int, why) -> None:
+        with self._cv:
+            self._gone_locked(peer, why)
+
+    def _gone_locked(self, peer: int, why) -> None:
+        if peer in self._gone:
+            return
+        self._gone.add(peer)
+        self._queues[peer].clear()
+        self._cv.notify_all()
+        self._log(f"worker {peer} unreachable ({str(why).splitlines()[0][:160]}); not sending to it any more")
+
+    def _log(self, text: str) -> None:
+        print(f"asyncsgd: worker {self.rank}: {text}", file=sys.stderr, flush=True)
+
+    def _isend_locked(self, d: int, m: Message) -> None:
+        """Post one message (caller holds self._cv, so posts to a destination stay in order)."""
+        buf = self._encode(m)
+        try:
+            work = dist.isend(buf, d, group=self.group, tag=TAG)
+        except Exception as e:
+            self._gone_locked(d, e)
+            return
+        self._inflight.append((d, m, buf, work))
+        self._inflight_to[d] += 1
+
+    def _send_loop(self) -> None:
+        """Post queued messages when due, and wait on posted ones in order (a send completes when
+        the receiver took it): count them, and detect peers that are gone."""
+        while True:
+            with self._cv:
+                while True:
+                    for p, q in self._queues.items():
+                        if q and not self.alive(p):
+                            q.clear()
+                    if self.broken:
+                        return
+                    now = time.monotonic()
+                    for p, q in self._queues.items():
+                        while q and q[0].due <= now and self._inflight_to[p] < self.max_inflight and self.alive(p):
+                            self._isend_locked(p, q.popleft())
+                    if self._inflight:
+                        d, m, buf, work = self._inflight.popleft()
+                        break
+                    pending = [q[0].due for q in self._queues.values() if q]
+                    if self._stopping and not pending:
+                        return
+                    # wake for the next due message, a post, or every 50 ms to see lost flags
+                    self._cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
+            try:
+                work.wait()
+                ok = True
+            except Exception as e:
+                ok = False
+                self._mark_gone(d, e)
+            with self._cv:
+                self._inflight_to[d] -= 1
+                self._cv.notify_all()
+            if ok:
+                self.ctx.count_message(buf.numel(), 1)
+                self.board.exchange[self.rank, 1 if m.payload is not None else 2] += 1
+
+    def _encode(self, m: Message) -> torch.Tensor:
+        length = m.payload.numel() if m.payload is not None else 0
+        buf = torch.empty(self.header_bytes + length * self.itemsize, dtype=torch.uint8)
+        header = buf[:self.header_bytes].view(torch.int64)
+        header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us], dtype=torch.int64)
+        header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
+        if length:
+            buf[self.header_bytes:].view(self.dtype).copy_(m.payload)
+        return buf
+
+    def _recv_loop(self, peer: int) -> None:
+        """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
+        broken exchange."""
+        while True:
+            with self._cv:
+                if self.broken or self._is_finished(peer):
+                    return
+            buf = torch.empty(self.header_bytes + self.payload_bytes, dtype=torch.uint8)
+            try:
+                dist.recv(buf, src=peer, group=self.group, tag=TAG)
+            except Exception as e:
+                if "imed out" in str(e):
+                    raise  # gloo's group timeout: the whole context is gone
+                self._mark_gone(peer, e)
+                return
+            header = buf[:self.header_bytes].view(torch.int64)
+            sender, seq, kind, length, steps, posted_us = header[:HEADER_FIELDS].tolist()
+            payload = buf[self.header_bytes:self.header_bytes + length * self.itemsize].view(self.dtype) \
+                if length else None
+            msg = Message(sender, kind, seq, steps, header[HEADER_FIELDS:], payload)
+            latency_us = max(0, int(time.time() * 1e6) - posted_us)  # post -> here (one clock when local)
+            with self._cv:
+                x = self.board.exchange[self.rank]
+                x[4] += latency_us
+                x[5] += 1
+                if latency_us > x[6]:
+                    x[6] = latency_us
+            if self.handler is not None:
+                try:
+                    handled = self.handler(msg)
+                except BaseException as e:
+                    raise _HandlerError() from e
+            else:
+                handled = False
+            with self._cv:
+                if not handled:
+                    self.inbox.append(msg)
+                if kind in (FINAL, DONE):
+                    self._finished.add(peer)
+                self._cv.notify_all()
+
+
+class _HandlerError(Exception):
+    pass

@@ -1,0 +1,160 @@
+"""DASGD (Tosi & Theobald, arXiv 2309.03754): decentralized asynchronous SGD.
+
+A full replica per worker process, no parameter server, no averaging, no barrier. Each step a
+worker computes the gradient of its batch (strided batches of the plan: rank, rank+N, ...),
+applies it to its own replica at once, and sends the update (summed over --send-every steps) to
+its peers (--topology); the receiver thread applies peers' updates the moment they arrive, so
+no step ever waits for the network and a peer's update is never held back by a local step.
+
+What travels is the update the sender applied to its own replica: lr x its optimizer direction
+(momentum / Nesterov / weight decay over the sender's OWN gradients, like each Hogwild! process
+keeps its own momentum). With --momentum 0 and no weight decay this is lr x the gradient: the
+paper's algorithm exactly. With momentum, running every peer's raw gradient through each
+receiver's momentum buffer instead diverged at staleness 2 on mnist1d at the default lr in a
+simulation, while this form converged (0.93); it also means that with --topology all the
+replicas agree exactly (up to float summation order) once every message is delivered.
+
+Concurrency: one lock guards the replica's parameters while an update is written (the training
+thread's own step, the receiver thread's peer update) and the vector clock; a second one this
+worker's board row. Forward and backward run without them (Hogwild!-style reads), and so do the
+snapshots (a snapshot may catch a peer's update half-applied, as a Hogwild! read would).
+
+Staleness (vector clocks, exchange/policy.py) of every applied update is recorded: own updates
+count what the receiver thread applied during their forward/backward, peers' updates what this
+replica had applied that the sender had not. --staleness scales or drops peers' updates.
+With --topology ring or random:M an update reaches its origin and M peers only (gossip without
+forwarding): each replica applies a different subset, so the replicas drift apart. Nothing
+reconciles them during the run; the record shows how far apart they are (consensus_distance)
+and how good their average is (avg_test_accuracy), next to replica 0's own accuracy.
+Lost workers (the launcher saw the process die and set board.lost): the exchange stops sending
+to them; the survivors take over the batches they did not get to (batches() below).
+End of the run: DONE to every peer, then wait until every peer has sent DONE or is gone (the
+exchange's shutdown protocol), applying their last updates; that wait is the worker's idle time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+from ..exchange import DONE, GRAD, Exchange, StalenessPolicy, Topology, staleness
+
+
+def run(ctx) -> None:
+    cfg, board, n, rank = ctx.cfg, ctx.board, ctx.world_size, ctx.rank
+    model = ctx.replica()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = flatten_params(params)  # the parameters become views of one vector: an update is one add
+    opt = ctx.optimizer(params)
+    policy = StalenessPolicy(cfg.staleness, n)
+    topo = Topology(cfg.topology, n, rank, cfg.seed)
+    clock = [0] * n  # updates applied to this replica, per origin
+    lock = threading.Lock()  # the parameters while an update is written, and the clock
+    stats = threading.Lock()  # this worker's board row (the training and the receiver thread write it)
+
+    @torch.no_grad()
+    def apply_peer(msg) -> bool:
+        """Receiver thread: apply a peer's update under the staleness policy."""
+        if msg.kind != GRAD:
+            return False
+        delta = msg.payload.to(ctx.device, non_blocking=True)
+        sender_clock = msg.clock.tolist()
+        with lock:
+            s = staleness(clock, sender_clock)
+            factor = policy.factor(s)
+            if factor is not None:
+                flat.add_(delta, alpha=factor)
+                clock[msg.sender] += msg.steps
+        with stats:
+            ctx.record_staleness(s)
+            board.updates[rank] += int(factor is not None)
+            board.dropped[rank] += int(factor is None)
+        return True
+
+    ex = Exchange(ctx, flat.numel(), dtype=flat.dtype, name="dasgd", handler=apply_peer)
+    ex.start()
+    try:
+        ctx.start()
+        pending, pending_steps, pending_clock, rounds = None, 0, None, 0
+        for k in batches(ctx):
+            x, y = ctx.fetch(k)
+            with lock:
+                seen = list(clock)  # what this replica had applied when the forward read it
+            loss = ctx.loss(model(x), y)
+            grads = torch.autograd.grad(loss, params)
+            ctx.compute_done()  # a straggler sleeps here, outside the lock
+            lr = ctx.lr(ctx.plan.samples_before(k))
+            with lock:
+                before = flat.clone()
+                opt.step(grads, lr)
+                delta = flat.sub(before)  # exactly the update this step applied
+                own_staleness = staleness(clock, seen)
+                if pending_steps == 0:
+                    pending, pending_clock = delta, seen
+                else:
+                    pending += delta
+                clock[rank] += 1
+                pending_steps += 1
+            if pending_steps == cfg.send_every:
+                ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
+                        clock=torch.tensor(pending_clock), coalesce=True)
+                rounds += 1
+                board.exchange[rank, 0] = rounds
+                pending_steps = 0
+            with stats:
+                ctx.record(len(y), loss, staleness=own_staleness, model=model, optimizer=opt,
+                           next_batch=(k // n + 1) * n, grads=grads)
+        if pending_steps:
+            ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
+                    clock=torch.tensor(pending_clock), coalesce=True)
+            board.exchange[rank, 0] = rounds + 1
+        ex.send_last(DONE)
+        board.idle_s[rank] += ex.wait_peers(cfg.stall_timeout, stop=lambda: bool(board.stop[0]))
+        if not ex.peers_finished():
+            ex._log(f"gave up waiting for worker(s) {ex.unfinished()} to finish")
+    finally:
+        ex.close(timeout=30)  # the sender hands over what is still queued (our DONE) first
+    with lock, stats:
+        ctx.finish(model)
+
+
+def batches(ctx):
+    """This worker's strided batches (rank, rank+N, ...), then its share of the batches that
+    workers the launcher saw die did not get to (split among the survivors), so the run still
+    covers the whole plan. Best effort: a worker lost after this one finished is not covered."""
+    n, rank, board = ctx.world_size, ctx.rank, ctx.board
+    yield from ctx.batches(mode="strided", stride=n, offset=rank)
+    taken: set[int] = set()
+    while not board.stop[0]:
+        lost = [w for w in range(n) if int(board.lost[w]) and w not in taken]
+        if not lost:
+            return
+        for w in lost:
+            taken.add(w)
+            survivors = [r for r in range(n) if not int(board.lost[r])]
+            if rank not in survivors:
+                return
+            j = math.ceil(int(board.samples[w]) / ctx.cfg.batch_size) + survivors.index(rank)
+            while (k := ctx.spec.start_batch + w + j * n) < ctx.plan.num_batches and not board.stop[0]:
+                yield k
+                j += len(survivors)
+
+
+@torch.no_grad()
+def flatten_params(params) -> torch.Tensor:
+    """Move the parameters into one contiguous vector and make each a view of it."""
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    i = 0
+    for p in params:
+        p.data = flat[i:i + p.numel()].view_as(p)
+        i += p.numel()
+    return flat
+
+
+def summary_extra(launcher, out: dict) -> None:
+    from ..exchange.summary import exchange_summary
+    n_params = sum(p.numel() for p in launcher.model.parameters() if p.requires_grad)
+    exchange_summary(launcher, out, n_params)

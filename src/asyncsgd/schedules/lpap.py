@@ -1,0 +1,220 @@
+"""LPAP-SGD (Chatterjee et al., arXiv 2203.06638, "Scaling the Wild: Decentralizing Hogwild!-style
+Shared-memory SGD"): Hogwild! inside each group, non-blocking parameter averaging across groups.
+
+--groups K processes (one per device), each running --workers-per-group Hogwild! workers as
+THREADS on the process's own model (lock-free updates; torch ops release the GIL). Batches: the
+threads of every group claim the next batch of the shared plan (board.claim, a lock shared by the
+local processes); under torchrun, group g takes batches g, g+K, ... and its threads share them.
+
+Averaging (LAP): a background averaging thread per group. Round r starts when this group has
+made --average-every local steps since its last averaging, or when a peer's round-r parameters
+arrive (so a straggler group never delays the others' averaging; LPP-SGD's reference code starts
+rounds on the largest step count of any group the same way). In a round the thread copies the
+parameters (snapshot), sends them to every live peer (point-to-point, exchange/transport.py),
+waits for every live peer's round-r parameters, and adds (average - snapshot) to the live
+parameters: local progress made by the Hogwild! threads meanwhile is kept, training never stops.
+A group that finished training answers further rounds with its final parameters (FINAL). At the
+end every group sends FINAL, waits for everyone's, and takes their average: all groups end with
+the same model (unless a group was lost or timed out). Only parameters are averaged; float
+buffers (BatchNorm statistics) stay per group.
+
+--partitioned (LPP-SGD): after a warm-up (max(1 epoch, --warmup-epochs) of global progress,
+at most half the run), each thread alternates: on even steps it computes the gradient of its own
+contiguous slice of the parameter tensors only (split by size, as the reference code does; the
+backward pass stops at the slice's first layer: "partial backpropagation") and updates only that
+slice; on odd steps it runs the full backward and updates everything. A thread with an empty
+slice (more threads than tensors) always updates everything.
+
+Staleness (recorded): updates the other threads of the same group applied between a thread's
+forward read and its write, as for hogwild. The averaging thread's waits never block training;
+the end-of-run wait for the final average is the group's idle time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from ..engine import WorkerContext
+from ..exchange import FINAL, PARAMS, Exchange
+from .dasgd import flatten_params
+
+
+def partition(params, threads: int) -> list[tuple[int, int] | None]:
+    """Contiguous ranges of parameter tensors, one per thread, balanced by element count."""
+    sizes = [p.numel() for p in params]
+    total, offset, owner = sum(sizes), 0, []
+    for s in sizes:
+        owner.append(min(threads - 1, offset * threads // total))
+        offset += s
+    out = []
+    for t in range(threads):
+        mine = [i for i, o in enumerate(owner) if o == t]
+        out.append((mine[0], mine[-1] + 1) if mine else None)
+    return out
+
+
+def run(ctx) -> None:
+    cfg, board, k_groups, g = ctx.cfg, ctx.board, ctx.world_size, ctx.rank
+    threads_n = cfg.workers_per_group
+    model = ctx.replica()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = flatten_params(params)
+    lock = threading.Lock()  # this group's board row, the local step count
+    steps_since = [0]
+    trigger, training_done, failed = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    torchrun = ctx.spec.extra.get("launch") == "torchrun"
+    strided = iter(range(ctx.spec.start_batch + g, ctx.plan.num_batches, k_groups))
+    parts = partition(params, threads_n)
+    n_train = len(ctx.task.train_set)
+    warm = min(ctx.spec.total_samples / 2, n_train * max(1.0, cfg.warmup_epochs))
+
+    def next_batch() -> int | None:
+        if failed.is_set() or board.stop[0]:
+            return None
+        if torchrun:
+            with lock:
+                return next(strided, None)
+        k = board.claim()
+        return k if k < ctx.plan.num_batches else None
+
+    def work(t: int, c: WorkerContext) -> None:
+        opt = c.optimizer(params)  # momentum per thread, as per process in hogwild
+        step = 0
+        while (k := next_batch()) is not None:
+            x, y = c.fetch(k)
+            version = int(board.updates[g])
+            part = parts[t] if cfg.partitioned else None
+            partial = part is not None and step % 2 == 0 and c.global_samples() >= warm
+            loss = c.loss(model(x), y)
+            grads = torch.autograd.grad(loss, params[part[0]:part[1]] if partial else params)
+            c.compute_done()
+            lr = c.lr()
+            if partial:
+                for i, grad in zip(range(*part), grads):
+                    opt.update(i, grad, lr)
+            else:
+                opt.step(grads, lr)
+            with lock:
+                stale = int(board.updates[g]) - version
+                c.record(len(y), loss, staleness=stale, model=model if t == 0 else None, optimizer=opt,
+                         next_batch=(k // k_groups + 1) * k_groups if torchrun else None,
+                         grads=None if partial else grads)
+                steps_since[0] += 1
+                if steps_since[0] >= cfg.average_every:
+                    trigger.set()
+            step += 1
+
+    ex = Exchange(ctx, flat.numel(), dtype=flat.dtype, name="lpap")
+    got: dict[tuple[int, int], torch.Tensor] = {}
+    finals: dict[int, torch.Tensor] = {}
+
+    def file(msg) -> None:
+        if msg.kind == PARAMS:
+            got[(msg.sender, msg.seq)] = msg.payload.to(flat.device)
+        elif msg.kind == FINAL:
+            finals[msg.sender] = msg.payload.to(flat.device)
+
+    def collect(ready, deadline: float) -> None:
+        """File arriving messages until ready() or the deadline (or the exchange broke)."""
+        while not ready() and time.monotonic() < deadline and not ex.broken and not board.stop[0]:
+            msg = ex.get(timeout=0.01)
+            if msg is not None:
+                file(msg)
+        for msg in ex.drain():
+            file(msg)
+
+    @torch.no_grad()
+    def averager() -> None:
+        rnd = 0
+        while True:
+            for msg in ex.drain():
+                file(msg)
+            if training_done.is_set() or failed.is_set():
+                break
+            peer_started = any((p, rnd) in got for p in ex.live_peers())
+            if not (trigger.is_set() or peer_started):
+                trigger.wait(timeout=0.01)
+                msg = ex.get(timeout=0.001)
+                if msg is not None:
+                    file(msg)
+                continue
+            with lock:
+                steps_since[0] = 0
+                trigger.clear()
+            snap = flat.clone()
+            ex.post(ex.live_peers(), PARAMS, snap, seq=rnd)
+            collect(lambda: all((p, rnd) in got or p in finals for p in ex.live_peers()),
+                    time.monotonic() + cfg.stall_timeout)
+            members = [snap] + [got.pop((p, rnd)) if (p, rnd) in got else finals[p]
+                                for p in ex.live_peers() if (p, rnd) in got or p in finals]
+            flat.add_(torch.stack(members).mean(0).sub_(snap))  # keep what the threads did meanwhile
+            rnd += 1
+            board.exchange[g, 0] = rnd
+        # final average: every group's final parameters, so all groups end with the same model
+        final = flat.clone()
+        ex.send_last(FINAL, final)
+        collect(lambda: all(p in finals for p in ex.live_peers()), time.monotonic() + cfg.stall_timeout)
+        members = [final] + [finals[p] for p in ex.live_peers() if p in finals]
+        flat.copy_(torch.stack(members).mean(0))
+        missing = [p for p in ex.live_peers() if p not in finals]
+        if missing:
+            ex._log(f"final average without worker(s) {missing}: no FINAL within --stall-timeout")
+
+    def guarded(fn, *args):
+        try:
+            fn(*args)
+        except BaseException as e:
+            errors.append(e)
+            failed.set()
+
+    contexts = [ctx] + [WorkerContext(ctx.spec, g) for _ in range(threads_n - 1)]
+    ex.start()
+    avg_thread = None
+    try:
+        ctx.start()
+        for c in contexts[1:]:
+            c._step_start, c._slowed = time.perf_counter(), False
+        workers = [threading.Thread(target=guarded, args=(work, t, c), daemon=True, name=f"asyncsgd-lpap-{g}.{t}")
+                   for t, c in enumerate(contexts)]
+        avg_thread = threading.Thread(target=guarded, args=(averager,), daemon=True, name=f"asyncsgd-lpap-avg-{g}")
+        avg_thread.start()
+        for w in workers:
+            w.start()
+        deadline = None
+        for w in workers:  # they end when the plan is exhausted, on board.stop, or when one failed
+            while w.is_alive():
+                w.join(timeout=0.5)
+                if deadline is None and (failed.is_set() or board.stop[0]):
+                    deadline = time.monotonic() + cfg.stall_timeout
+                if deadline is not None and time.monotonic() > deadline and w.is_alive():
+                    raise TimeoutError(f"lpap group {g}: worker thread {w.name} did not stop within "
+                                       f"{cfg.stall_timeout:.0f} s")
+        training_done.set()
+        t = time.perf_counter()
+        avg_thread.join(timeout=cfg.stall_timeout + 30)
+        board.idle_s[g] += time.perf_counter() - t
+        if avg_thread.is_alive():
+            raise TimeoutError(f"lpap group {g}: the averaging thread did not finish within "
+                               f"{cfg.stall_timeout + 30:.0f} s")
+        if errors:
+            raise errors[0]
+    finally:
+        training_done.set()
+        if errors:
+            failed.set()
+        ex.close(timeout=30)
+    ctx.finish(model)
+
+
+def summary_extra(launcher, out: dict) -> None:
+    from ..exchange.summary import exchange_summary
+    n_params = sum(p.numel() for p in launcher.model.parameters() if p.requires_grad)
+    exchange_summary(launcher, out, n_params)
+    out["lpap"] = {"groups": launcher.cfg.groups, "workers_per_group": launcher.cfg.workers_per_group,
+                   "average_every": launcher.cfg.average_every, "partitioned": launcher.cfg.partitioned,
+                   "averaging_rounds_per_group": [int(r) for r in launcher.board.exchange[:, 0]]}

@@ -1,0 +1,134 @@
+"""dasgd: accuracy, replica agreement, staleness drops, message counts per topology, a killed worker.
+
+Settings: --momentum 0 --lr 0.1 (the paper's plain SGD). With the default momentum 0.9 and lr 0.05,
+4 asynchronous workers on 2 busy cores see a staleness of ~4-9 and diverge on mnist1d (so does
+a simulation with a fixed staleness of 3, docs/distributed.md), so the accuracy tests use the
+setting where asynchrony is stable here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import read_run, run_cli
+
+FAST = ["--threads-per-worker", "1", "--progress", "none", "--eval-points", "6"]
+PLAIN = ["--momentum", "0", "--lr", "0.1"]
+
+
+def test_dasgd_four_workers_learn_and_replicas_agree(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 20, *PLAIN, *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, metrics = read_run(out)
+    assert s["workers"] == 4 and s["lost_workers"] == []
+    assert s["samples"] == 20 * 8000
+    assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
+    # topology all, updates exchanged: once everything is delivered every replica applied the same set
+    assert s["consensus_distance"] is not None and s["consensus_distance"] < 1e-3
+    assert abs(s["final_avg_test_accuracy"] - s["final_test_accuracy"]) < 0.005
+    assert all("consensus_distance" in m and "avg_test_accuracy" in m for m in metrics)
+    assert s["staleness"]["count"] > 0 and s["staleness"]["max"] >= 1  # peers' updates arrive late
+    assert all(w["samples"] > 0 and w["idle_s"] >= 0 for w in s["per_worker"])
+
+
+@pytest.mark.slow
+def test_dasgd_within_one_point_of_sequential(tmp_path):
+    """Same total samples and settings; long enough for the staleness terms to fade."""
+    args = ["--epochs", 40, *PLAIN, *FAST]
+    seq, das = tmp_path / "seq", tmp_path / "dasgd"
+    assert run_cli("train", "--algo", "sequential", *args, "--out", seq, timeout=600).returncode == 0
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, *args, "--out", das, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = read_run(seq)[0]["final_test_accuracy"], read_run(das)[0]["final_test_accuracy"]
+    assert b >= a - 0.01, (a, b)
+
+
+def test_staleness_drop_discards_stale_updates(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 1, "--staleness", "drop:1", *PLAIN, *FAST,
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    assert s["dropped_updates"] > 0
+    assert s["staleness"]["max"] > 1  # what was dropped was measured (and was staler than MAX)
+    received = s["exchange"]["received"] - s["exchange"]["control_messages"]
+    assert s["dropped_updates"] <= received
+
+
+@pytest.mark.parametrize("topology,fanout", [("all", 3), ("ring", 1), ("random:2", 2)])
+def test_messages_per_round_and_bytes(tmp_path, topology, fanout):
+    """all: N-1 messages per worker per round (O(N^2) per round), ring: 1 (O(N)), random:M: M.
+    bytes_sent is exactly messages x message size (header + payload; DONE is a header only)."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 0.5, "--topology", topology, *PLAIN, *FAST,
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    x = s["exchange"]
+    steps = -(-4000 // 32)  # 0.5 epoch of 8,000 samples, batch 32
+    assert x["rounds"] == steps  # --send-every 1: one round per local step, summed over the workers
+    for w in x["per_worker"]:
+        # a gradient summed into a queued message (backlog) is one message less, never one lost
+        assert w["data_messages"] + w["coalesced"] == w["rounds"] * fanout
+        assert w["control_messages"] == 3  # DONE to every peer
+    assert s["messages_sent"] == x["data_messages"] + x["control_messages"]
+    assert s["bytes_sent"] == x["data_messages"] * (x["header_bytes"] + x["payload_bytes"]) + \
+        x["control_messages"] * x["header_bytes"]
+    assert x["header_bytes"] == (6 + 4) * 8 and x["payload_bytes"] == 9610 * 4
+    assert x["received"] == s["messages_sent"]  # every message sent was received
+
+
+def start_run(out, *args):
+    return subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--out", str(out), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def kill_worker_when_training(proc, out, worker: int, after_s: float, timeout: float = 120) -> int:
+    """Wait for workers.json to say training, then SIGKILL that worker's pid; returns the pid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            info = json.loads((out / "workers.json").read_text())
+            if info["state"] == "training":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before training started: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("workers.json never said training")
+    time.sleep(after_s)
+    pid = next(w["pid"] for w in info["workers"] if w["worker"] == worker)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_killed_dasgd_worker_survivors_finish(tmp_path):
+    out = tmp_path / "run"
+    proc = start_run(out, "--algo", "dasgd", "--workers", 4, "--epochs", 20, *PLAIN, *FAST)
+    try:
+        kill_worker_when_training(proc, out, worker=2, after_s=1.0)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "worker 2 was killed by SIGKILL" in err and "continuing with the survivors" in err
+    s, _ = read_run(out)
+    assert s["lost_workers"] == [2]
+    assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
+    # the survivors took over the batches the dead worker did not get to: the plan is covered
+    assert s["samples"] >= 0.97 * 20 * 8000
+    assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]

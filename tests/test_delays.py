@@ -1,0 +1,77 @@
+"""Delays and stragglers for the multi-worker algorithms, and what a dead worker does to sync.
+
+sync pays --delay on its critical path (every step waits for it); dasgd and lpap pay it in the
+exchange's sender thread, so their steps do not. A --straggler slows one worker: sync's steps
+all wait for it, lpap's slow group claims fewer batches, dasgd's fast workers wait at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+from conftest import read_run, run_cli
+from test_dasgd import FAST, PLAIN, kill_worker_when_training, start_run
+
+LATENCY_S = 0.1
+
+
+def test_sync_pays_the_delay_on_every_step(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "sync", "--workers", 2, "--epochs", 0.5, "--delay", f"latency={LATENCY_S}s",
+                *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    steps = math.ceil(math.ceil(4000 / 32) / 2)
+    assert s["wall_time_s"] >= 0.95 * steps * LATENCY_S, (s["wall_time_s"], steps)
+
+
+def test_dasgd_pays_the_delay_off_the_training_thread(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 2, "--epochs", 0.5, "--delay", f"latency={LATENCY_S}s",
+                *PLAIN, *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    steps_per_worker = math.ceil(math.ceil(4000 / 32) / 2)
+    assert s["exchange"]["latency_ms_mean"] >= LATENCY_S * 1000  # every message waited its latency...
+    assert s["wall_time_s"] < 0.5 * steps_per_worker * LATENCY_S  # ...but no step waited for one
+    assert s["samples"] == 4000
+
+
+def test_lpap_straggler_group_claims_fewer_batches(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "lpap", "--groups", 2, "--workers-per-group", 1, "--epochs", 2,
+                "--straggler", "worker=1,slowdown=4", "--delay", "latency=20ms", *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    fast, slow = s["per_worker"][0]["samples"], s["per_worker"][1]["samples"]
+    assert fast + slow == 2 * 8000
+    assert slow < 0.6 * fast, (fast, slow)
+    assert s["exchange"]["latency_ms_mean"] >= 20
+
+
+def test_dasgd_fast_workers_wait_for_the_straggler_at_the_end(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 2, "--epochs", 1, "--straggler", "worker=1,slowdown=4",
+                *PLAIN, *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    fast, slow = s["per_worker"]
+    assert fast["samples"] == slow["samples"] == 4000  # strided batches: the same share each
+    # the fast worker finished its share early and waited for the straggler's last updates
+    assert fast["idle_s"] > 0.3 * s["wall_time_s"], (fast, s["wall_time_s"])
+    assert slow["idle_s"] < fast["idle_s"]
+
+
+def test_killed_sync_worker_stops_the_run_with_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    proc = start_run(out, "--algo", "sync", "--workers", 3, "--epochs", 20, *FAST)
+    try:
+        kill_worker_when_training(proc, out, worker=1, after_s=0.5)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 1, err[-3000:]
+    assert "worker 1 was killed by SIGKILL" in err and "--algo sync cannot continue without it" in err
+    assert "Traceback" not in err

@@ -1,0 +1,64 @@
+"""lpap: Hogwild! threads per group + background averaging; partitioned (LPP) variant; a lost group."""
+
+from __future__ import annotations
+
+from conftest import read_run, run_cli
+from test_dasgd import FAST, kill_worker_when_training, start_run
+
+from asyncsgd.schedules.lpap import partition
+
+
+def test_lpap_two_groups_of_two_reaches_090(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "lpap", "--groups", 2, "--workers-per-group", 2, "--epochs", 12, *FAST,
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, metrics = read_run(out)
+    assert s["workers"] == 2 and s["samples"] == 12 * 8000
+    assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
+    rounds = s["lpap"]["averaging_rounds_per_group"]
+    # a round every --average-every (10) local steps of some group; both groups join every round
+    steps = 12 * 8000 // 32
+    assert rounds[0] == rounds[1] and steps / 10 / 3 <= rounds[0] <= steps / 10 + 1
+    assert s["exchange"]["data_messages"] == 2 * rounds[0] + 2  # PARAMS per round each way, FINAL each way
+    assert s["consensus_distance"] < 1e-4  # the final average: both groups end with the same model
+    assert s["staleness"]["max"] >= 1  # two Hogwild! threads per group do overlap
+
+
+def test_lpp_partitioned_variant_learns(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "lpap", "--groups", 2, "--workers-per-group", 2, "--partitioned",
+                "--epochs", 8, *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    assert s["lpap"]["partitioned"] is True
+    assert s["final_test_accuracy"] >= 0.85, s["final_test_accuracy"]
+
+
+def test_partition_is_contiguous_and_balanced():
+    import torch
+    sizes = [160, 32, 3072, 32, 3072, 32, 3200, 10]  # cnn1d
+    params = [torch.zeros(n) for n in sizes]
+    assert partition(params, 2) == [(0, 5), (5, 8)]
+    parts = partition(params, 3)
+    assert [p for p in parts if p] == sorted(p for p in parts if p)
+    assert partition(params[:1], 2) == [(0, 1), None]  # more threads than tensors: some update everything
+
+
+def test_killed_lpap_group_survivors_finish(tmp_path):
+    out = tmp_path / "run"
+    proc = start_run(out, "--algo", "lpap", "--groups", 3, "--workers-per-group", 1, "--epochs", 10, *FAST)
+    try:
+        kill_worker_when_training(proc, out, worker=1, after_s=1.0)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "worker 1 was killed by SIGKILL" in err
+    s, _ = read_run(out)
+    assert s["lost_workers"] == [1]
+    assert s["samples"] >= 10 * 8000 - 3 * 32  # the survivors claimed the rest of the plan
+    assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
+    assert s["consensus_distance"] < 1e-4  # survivors' final average
