@@ -10,7 +10,7 @@ algorithms) picks them up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -24,7 +24,7 @@ class Algorithm:
     processes: Callable  # (RunConfig) -> number of worker processes
     tolerates_failures: bool = False  # the run goes on when a worker dies
     snapshot_all_replicas: bool = False  # snapshot every replica (to evaluate their average), not only rank 0
-    default_workers: int = 2  # --workers when not given
+    defaults: dict = field(default_factory=dict)  # settings this algorithm needs when the user gives none
     summary_extra: str | None = None  # "module:function" (launcher, summary dict) -> None, adds fields
 
 
@@ -51,13 +51,16 @@ register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory mo
 register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
                    "gradient exists (one process by default; --workers N processes share one model)",
                    "asyncsgd.schedules.decoupled:run", shared_model=True, distributed=False, processes=_workers,
-                   default_workers=1, summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
+                   defaults={"workers": 1}, summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
 
 
 register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "
                    "applied on arrival (decentralized, no averaging)",
                    "asyncsgd.schedules.dasgd:run", shared_model=False, distributed=True, processes=_workers,
                    tolerates_failures=True, snapshot_all_replicas=True,
+                   # the analysed algorithm is plain SGD: stale updates pushed through momentum diverge
+                   # (docs/distributed.md); with momentum 0 the peak lr can be higher
+                   defaults={"momentum": 0.0, "lr": 0.1},
                    summary_extra="asyncsgd.schedules.dasgd:summary_extra"))
 register(Algorithm("lpap", "LPAP-SGD: Hogwild! threads inside each of --groups processes, parameters averaged "
                    "across groups every --average-every steps in the background",

@@ -30,6 +30,11 @@ STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
 RUNTIMES = ("real", "sim")
 
 
+# Defaults of the settings an algorithm may override (algorithms.Algorithm.defaults): a field
+# left None is resolved in validate() to the algorithm's value, else to this one.
+SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9}
+
+
 @dataclass
 class RunConfig:
     """Every setting of a run. Field names are the CLI flags with '-' for '_'."""
@@ -42,8 +47,8 @@ class RunConfig:
     workers: int | None = None  # default: the algorithm's (pdasgd 1 process of F+B threads, others 2)
     epochs: float = 10.0
     batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float | None = None  # default 0.05 (dasgd 0.1): see SHARED_DEFAULTS and Algorithm.defaults
+    momentum: float | None = None  # default 0.9 (dasgd 0)
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -192,8 +197,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     from .algorithms import ALGORITHMS
 
     _need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
-    if cfg.workers is None:
-        cfg = cfg.replace(workers=ALGORITHMS[cfg.algorithm].default_workers)
+    # Settings left unset take the algorithm's own default, else the shared one.
+    resolved = {**SHARED_DEFAULTS, **ALGORITHMS[cfg.algorithm].defaults}
+    cfg = cfg.replace(**{k: v for k, v in resolved.items() if getattr(cfg, k) is None})
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
                  "groups", "workers_per_group", "average_every", "send_every"):
         v = getattr(cfg, name)

@@ -158,3 +158,5 @@ def summary_extra(launcher, out: dict) -> None:
     from ..exchange.summary import exchange_summary
     n_params = sum(p.numel() for p in launcher.model.parameters() if p.requires_grad)
     exchange_summary(launcher, out, n_params)
+    from ..theory import add_theory  # measured staleness vs the bias bound's regime
+    add_theory(launcher, out)

@@ -14,6 +14,7 @@ users would run. --lr-scaling none keeps lr (then sync(N, B) equals sequential(N
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -45,8 +46,10 @@ def run(ctx) -> None:
             torch.cat([g.reshape(-1) for g in grads], out=packet[:numel]).mul_(len(y))
             packet[numel], packet[numel + 1] = len(y), loss.detach() * len(y)
         ctx.compute_done()
+        waited = time.perf_counter()
         pay(ctx.delay, packet.numel() * 4, ctx.rng)
-        dist.all_reduce(packet)
+        dist.all_reduce(packet)  # every rank waits here for the slowest one and the network
+        ctx.board.idle_s[rank] += time.perf_counter() - waited
         ctx.count_message(bytes_=int(packet.numel() * 4 * 2 * (n - 1) / n), messages=2 * (n - 1))
         total = packet[numel]
         mean_grad = packet[:numel] / total
