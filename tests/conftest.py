@@ -28,6 +28,17 @@ def read_run(out_dir) -> tuple[dict, list[dict]]:
     return summary, metrics
 
 
+def assert_one_line_error(proc, code: int, *needles: str) -> str:
+    """The CLI's contract for bad input: exit `code`, one line on stderr holding every needle, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 @pytest.fixture
 def cli():
     return run_cli

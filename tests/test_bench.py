@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_run, run_cli
+from conftest import assert_one_line_error, read_run, run_cli
 
 from asyncsgd import bench
 from asyncsgd.errors import WorkerError
@@ -21,12 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    return assert_one_line_error(proc, 2, *needles)
 
 
 def _pngs(out: Path) -> list[Path]:

@@ -4,19 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_run, run_cli
+from conftest import assert_one_line_error as _one_line_error, read_run, run_cli
 
 FAST = ["--progress", "none", "--threads-per-worker", "1"]
-
-
-def _one_line_error(proc, code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

@@ -92,6 +92,20 @@ def start_run(out, *args):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def run_and_kill(out, worker: int, after_s: float, *args, timeout: float = 240) -> tuple[int, str]:
+    """Start a run, SIGKILL one worker once training is under way, wait for the run to end:
+    (exit code, stderr). The run is killed if it outlives `timeout` (a hang fails the test)."""
+    proc = start_run(out, *args)
+    try:
+        kill_worker_when_training(proc, out, worker=worker, after_s=after_s)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
 def kill_worker_when_training(proc, out, worker: int, after_s: float, timeout: float = 120) -> int:
     """Wait for workers.json to say training, then SIGKILL that worker's pid; returns the pid."""
     deadline = time.time() + timeout
@@ -116,15 +130,8 @@ def kill_worker_when_training(proc, out, worker: int, after_s: float, timeout: f
 
 def test_killed_dasgd_worker_survivors_finish(tmp_path):
     out = tmp_path / "run"
-    proc = start_run(out, "--algo", "dasgd", "--workers", 4, "--epochs", 20, *PLAIN, *FAST)
-    try:
-        kill_worker_when_training(proc, out, worker=2, after_s=1.0)
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-3000:]
+    code, err = run_and_kill(out, 2, 1.0, "--algo", "dasgd", "--workers", 4, "--epochs", 20, *PLAIN, *FAST, timeout=240)
+    assert code == 0, err[-3000:]
     assert "worker 2 was killed by SIGKILL" in err and "continuing with the survivors" in err
     s, _ = read_run(out)
     assert s["lost_workers"] == [2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from conftest import read_run, run_cli
-from test_dasgd import FAST, PLAIN, kill_worker_when_training, start_run
+from test_dasgd import FAST, PLAIN, run_and_kill
 
 LATENCY_S = 0.1
 
@@ -64,14 +64,7 @@ def test_dasgd_fast_workers_wait_for_the_straggler_at_the_end(tmp_path):
 
 def test_killed_sync_worker_stops_the_run_with_a_clear_error(tmp_path):
     out = tmp_path / "run"
-    proc = start_run(out, "--algo", "sync", "--workers", 3, "--epochs", 20, *FAST)
-    try:
-        kill_worker_when_training(proc, out, worker=1, after_s=0.5)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-    assert proc.returncode == 1, err[-3000:]
+    code, err = run_and_kill(out, 1, 0.5, "--algo", "sync", "--workers", 3, "--epochs", 20, *FAST, timeout=120)
+    assert code == 1, err[-3000:]
     assert "worker 1 was killed by SIGKILL" in err and "--algo sync cannot continue without it" in err
     assert "Traceback" not in err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import read_run, run_cli
-from test_dasgd import FAST, kill_worker_when_training, start_run
+from test_dasgd import FAST, run_and_kill
 
 from asyncsgd.schedules.lpap import partition
 
@@ -36,26 +36,17 @@ def test_lpp_partitioned_variant_learns(tmp_path):
 
 
 def test_partition_is_contiguous_and_balanced():
-    import torch
     sizes = [160, 32, 3072, 32, 3072, 32, 3200, 10]  # cnn1d
-    params = [torch.zeros(n) for n in sizes]
-    assert partition(params, 2) == [(0, 5), (5, 8)]
-    parts = partition(params, 3)
+    assert partition(sizes, 2) == [(0, 5), (5, 8)]
+    parts = partition(sizes, 3)
     assert [p for p in parts if p] == sorted(p for p in parts if p)
-    assert partition(params[:1], 2) == [(0, 1), None]  # more threads than tensors: some update everything
+    assert partition(sizes[:1], 2) == [(0, 1), None]  # more threads than tensors: some update everything
 
 
 def test_killed_lpap_group_survivors_finish(tmp_path):
     out = tmp_path / "run"
-    proc = start_run(out, "--algo", "lpap", "--groups", 3, "--workers-per-group", 1, "--epochs", 10, *FAST)
-    try:
-        kill_worker_when_training(proc, out, worker=1, after_s=1.0)
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-    assert proc.returncode == 0, err[-3000:]
+    code, err = run_and_kill(out, 1, 1.0, "--algo", "lpap", "--groups", 3, "--workers-per-group", 1, "--epochs", 10, *FAST, timeout=240)
+    assert code == 0, err[-3000:]
     assert "worker 1 was killed by SIGKILL" in err
     s, _ = read_run(out)
     assert s["lost_workers"] == [1]

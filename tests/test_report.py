@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_run, run_cli
+from conftest import assert_one_line_error, read_run, run_cli
 
 from asyncsgd import report
 
@@ -16,12 +16,7 @@ TINY = ["--epochs", "0.25", "--eval-points", "4", "--progress", "none", "--threa
 
 
 def _one_line_error(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    return assert_one_line_error(proc, 2, *needles)
 
 
 @pytest.fixture(scope="module")

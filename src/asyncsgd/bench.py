@@ -32,7 +32,7 @@ from .errors import AsyncSGDError, ConfigError, DataError, DivergedError
 SUITES: dict[str, dict] = {
     "quick": {
         "about": "mnist1d, 2 workers, no delays: every algorithm once, a few minutes on 2 CPU cores",
-        "task": "mnist1d", "model": None, "workers": 2, "epochs": 8.0, "target_accuracy": 0.90, "repeats": 1,
+        "task": "mnist1d", "model": None, "workers": 2, "epochs": 10.0, "target_accuracy": 0.90, "repeats": 1,
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
         # pdasgd's parallelism is threads: one process of 1 forward + 2 backward threads uses the 2 cores
         "per_algorithm": {"pdasgd": {"workers": 1}},
@@ -41,8 +41,11 @@ SUITES: dict[str, dict] = {
     "delays": {
         "about": "mnist1d, 4 workers, one worker 4x slower and 20 ms on every message (PD-ASGD paper's delay "
                  "experiments), next to the same run without delays",
-        "task": "mnist1d", "model": None, "workers": 4, "epochs": 8.0, "target_accuracy": 0.90, "repeats": 3,
-        "settings": {"device": "cpu", "groups": 2, "workers_per_group": 2},
+        "task": "mnist1d", "model": None, "workers": 4, "epochs": 20.0, "target_accuracy": 0.90, "repeats": 2,
+        # lpap as 4 groups of 1 worker, so the straggler is one worker of four as for the others;
+        # pdasgd as 2 processes of 1F:2B threads (4 processes of 3 threads would be 12 on the cores)
+        "settings": {"device": "cpu", "groups": 4, "workers_per_group": 1},
+        "per_algorithm": {"pdasgd": {"workers": 2}},
         "scenarios": {"no-delay": {},
                       "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
     },

@@ -42,9 +42,9 @@ from ..exchange import FINAL, PARAMS, Exchange
 from .dasgd import flatten_params
 
 
-def partition(params, threads: int) -> list[tuple[int, int] | None]:
-    """Contiguous ranges of parameter tensors, one per thread, balanced by element count."""
-    sizes = [p.numel() for p in params]
+def partition(sizes: list[int], threads: int) -> list[tuple[int, int] | None]:
+    """Contiguous ranges of parameter tensors (given by element counts), one per thread, balanced
+    by element count. The simulator uses the same partition."""
     total, offset, owner = sum(sizes), 0, []
     for s in sizes:
         owner.append(min(threads - 1, offset * threads // total))
@@ -69,7 +69,7 @@ def run(ctx) -> None:
     errors: list[BaseException] = []
     torchrun = ctx.spec.extra.get("launch") == "torchrun"
     strided = iter(range(ctx.spec.start_batch + g, ctx.plan.num_batches, k_groups))
-    parts = partition(params, threads_n)
+    parts = partition([p.numel() for p in params], threads_n)
     n_train = len(ctx.task.train_set)
     warm = min(ctx.spec.total_samples / 2, n_train * max(1.0, cfg.warmup_epochs))
 

@@ -23,6 +23,7 @@ import torch
 
 from ..config import parse_staleness, parse_topology
 from ..optim import LayerSGD, learning_rate
+from ..schedules.lpap import partition  # the LPP slices of the real runtime
 
 
 class Simulation:
@@ -165,20 +166,6 @@ def sync(sim: Simulation) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def partition(sizes: list[int], threads: int) -> list[tuple[int, int] | None]:
-    """Contiguous ranges of parameter tensors, one per thread, balanced by element count (as
-    schedules/lpap.py's LPP partition)."""
-    total, offset, owner = sum(sizes), 0, []
-    for s in sizes:
-        owner.append(min(threads - 1, offset * threads // total))
-        offset += s
-    out = []
-    for t in range(threads):
-        mine = [i for i, o in enumerate(owner) if o == t]
-        out.append((mine[0], mine[-1] + 1) if mine else None)
-    return out
-
-
 def lpap(sim: Simulation, groups: int, per_group: int) -> None:
     """LPAP-SGD (schedules/lpap.py's semantics): `groups` devices, each running Hogwild! with
     `per_group` workers (threads) on its own model, claiming batches of the shared plan; momentum
