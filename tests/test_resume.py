@@ -55,7 +55,8 @@ def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig
     assert summary["samples"] == expected["samples"] == 4 * 8000
     assert summary["resumed_from_samples"] == ckpt["samples_done"]
     assert summary["config"]["algorithm"] == algo
-    assert summary["final_test_accuracy"] > 0.8  # 4 epochs; the point here is the sample count
+    # the resumed model is as good as the uninterrupted one (4 epochs: both near 0.8-0.9, noisy)
+    assert summary["final_test_accuracy"] > expected["final_test_accuracy"] - 0.1
     samples = [m["samples"] for m in metrics]
     assert samples == sorted(samples) and samples[-1] == expected["samples"]
     if sig == signal.SIGINT:  # a graceful stop keeps the evaluation points its checkpoint covers

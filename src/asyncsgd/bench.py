@@ -49,6 +49,13 @@ SUITES: dict[str, dict] = {
         "scenarios": {"no-delay": {},
                       "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
     },
+    "images": {
+        "about": "MNIST test-set images (--data-dir: the t10k IDX files), seeded 8,000/2,000 split, 2-D CNN",
+        "task": "mnist10k", "model": None, "workers": 2, "epochs": 3.0, "target_accuracy": 0.95, "repeats": 1,
+        "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
+        "per_algorithm": {"pdasgd": {"workers": 1}},
+        "scenarios": {"mnist10k": {}},
+    },
     "paper": {
         "about": "ResNet-18 on CIFAR-10 (--data-dir), 4 workers on one GPU: the paper-scale comparison",
         "task": "cifar10", "model": "resnet18", "workers": 4, "epochs": 30.0, "target_accuracy": 0.80, "repeats": 3,
