@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset, default_collate
 from .engine import StateFlattener, loss_fn
 
 METHOD = ("bias <= G*a*lr*tau_max/(1-a*lr*tau_max) (PD-ASGD); tau_max = max staleness of the run; "
-          "G = largest mini-batch gradient norm observed; a = max over consecutive parameter snapshots of "
+          "G = largest mini-batch gradient norm observed; a = max over consecutive parameter snapshots (real runs: at most 12, evenly spaced) of "
           "||g(w_i)-g(w_j)||/||w_i-w_j||, g the full-batch gradient on the 2,000-sample training slice "
           "(eval mode), plus weight decay: a secant lower bound on the Lipschitz constant; lr = peak --lr")
 
@@ -106,12 +106,20 @@ def theory_check(task, states, grad_norm_max: float | None, staleness_mean: floa
             "lipschitz_pairs": pairs, "method": METHOD}
 
 
+MAX_SNAPSHOTS = 12
+
+
 def add_theory(launcher, summary: dict) -> None:
     """summary["theory"] for a real run: call from an algorithm's summary_extra hook (records.summary
     passes (launcher, summary)). Reads launcher.board (snapshots of row 0, grad_norm_max),
     launcher.task, launcher.cfg (lr, weight_decay), launcher.device and summary["staleness"]."""
     b = launcher.board
-    states = [b.snap[0, i] for i in range(int(b.snap_count[0]))]
+    count = int(b.snap_count[0])
+    # At most MAX_SNAPSHOTS evenly spaced snapshots: each costs a full-batch gradient, and a big
+    # model's 40 would cost minutes of evaluation (still off the training clock).
+    keep = sorted({round(i * (count - 1) / (MAX_SNAPSHOTS - 1)) for i in range(MAX_SNAPSHOTS)}) if count > MAX_SNAPSHOTS \
+        else range(count)
+    states = [b.snap[0, i] for i in keep]
     stale = summary["staleness"]
     summary["theory"] = theory_check(launcher.task, states, float(b.grad_norm_max.max()), stale["mean"], stale["max"],
                                      launcher.cfg.lr, launcher.cfg.weight_decay, launcher.device)
