@@ -51,7 +51,8 @@ register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory mo
 register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
                    "gradient exists (one process by default; --workers N processes share one model)",
                    "asyncsgd.schedules.decoupled:run", shared_model=True, distributed=False, processes=_workers,
-                   defaults={"workers": 1}, summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
+                   defaults={"workers": 1, "staleness": "adaptive"},
+                   summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
 
 
 register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "

@@ -89,7 +89,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dasgd")
     g.add_argument("--send-every", type=INT, default=S, help="local steps summed into one message (default 1)")
     g.add_argument("--topology", default=S, help="all (default), ring or random:M")
-    g.add_argument("--staleness", default=S, help="none (default), scale, drop:MAX or adaptive")
+    g.add_argument("--staleness", default=S, help="none (default; pdasgd: adaptive), scale, drop:MAX or adaptive: what a stale update does")
     g = p.add_argument_group("delays and stragglers")
     g.add_argument("--delay", default=S, help="latency=20ms[,jitter=exp][,bandwidth=1Gbps] on every message")
     g.add_argument("--straggler", default=S, help="worker=1,slowdown=4: that worker's steps take 4x as long")

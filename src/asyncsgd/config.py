@@ -32,7 +32,7 @@ RUNTIMES = ("real", "sim")
 
 # Defaults of the settings an algorithm may override (algorithms.Algorithm.defaults): a field
 # left None is resolved in validate() to the algorithm's value, else to this one.
-SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9}
+SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none"}
 
 
 @dataclass
@@ -80,7 +80,7 @@ class RunConfig:
     # dasgd
     send_every: int = 1
     topology: str = "all"
-    staleness: str = "none"
+    staleness: str | None = None  # default none (pdasgd: adaptive)
     # delays and stragglers (every multi-worker algorithm)
     delay: str | None = None
     straggler: str | None = None

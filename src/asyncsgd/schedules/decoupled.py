@@ -136,6 +136,12 @@ class Decoupled:
         # One LayerSGD (momentum buffers) per backward thread, as Hogwild! keeps one per process:
         # a thread's momentum then sees its own updates without delay (see docs/pdasgd.md).
         self.opts = [ctx.optimizer(self.params) for _ in range(backward_threads)]
+        # --staleness on layer updates (pdasgd's default: adaptive). The concurrency c is what a
+        # layer update sees in normal operation: the other backward threads of every worker plus
+        # the queued forwards; staler updates (a descheduled thread's) get lr * c / s.
+        from ..exchange.policy import StalenessPolicy
+        cfg = ctx.cfg
+        self.policy = StalenessPolicy(cfg.staleness, backward_threads * cfg.workers + forward_threads + 1)
         self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
         self.device = self.params[0].device if self.params else ctx.device
         self.cuda = self.device.type == "cuda"
@@ -210,12 +216,19 @@ class Decoupled:
         grads = [None] * len(self.params)
         stale = item.stale
 
+        def apply(i, g, s):
+            stale.append((i, s))
+            factor = self.policy.factor(s)
+            if factor is None:  # --staleness drop:MAX
+                self.board.dropped[self.rank] += 1
+                return
+            opt.update(i, g, lr * factor)
+            self.bump(writer, i)
+
         def on_grad(i, g):
             grads[i] = g if grads[i] is None else grads[i] + g
             if layer_mode:
-                stale.append((i, self.version_of(i) - item.read[i]))
-                opt.update(i, g, lr)
-                self.bump(writer, i)
+                apply(i, g, self.version_of(i) - item.read[i])
 
         handles = [v.register_hook(functools.partial(on_grad, i)) for i, v in item.views]
         inputs = [v for _, v in item.views]
@@ -233,9 +246,7 @@ class Decoupled:
             now = self.versions()
             for i, g in enumerate(grads):
                 if g is not None:
-                    stale.append((i, now[i] - item.read[i]))
-                    opt.update(i, g, lr)
-                    self.bump(writer, i)
+                    apply(i, g, now[i] - item.read[i])
         return grads
 
     def book(self, item: Pending, grads: list, opt) -> None:
