@@ -384,3 +384,17 @@ def test_default_pdasgd_close_to_sequential(tmp_path, task):
     seq, seq_accs = _mean_accuracy(tmp_path, "sequential", task, (0, 1, 2), 10)
     pd, pd_accs = _mean_accuracy(tmp_path, "pdasgd", task, (0, 1, 2), 10)
     assert pd >= seq - TOLERANCE[task], (pd_accs, seq_accs)
+
+
+def test_staleness_policy_applies_to_layer_updates(tmp_path):
+    """--staleness is honoured: drop:0 discards every layer update that saw another update land
+    (counted), while the adaptive default drops nothing and still learns."""
+    code, dropped = train(tmp_path, "drop", "--epochs", 0.5, "--staleness", "drop:0")
+    assert code == 0
+    total = dropped["staleness"]["count"]
+    stale = total - dropped["staleness_histogram"].get("0", 0)
+    assert dropped["config"]["staleness"] == "drop:0"
+    assert dropped["dropped_updates"] == stale > 0
+    code, adaptive = train(tmp_path, "adaptive", "--epochs", 2)
+    assert code == 0 and adaptive["config"]["staleness"] == "adaptive"
+    assert adaptive["dropped_updates"] == 0 and adaptive["final_test_accuracy"] > 0.6

@@ -127,7 +127,8 @@ class ViewedReplica:
 class Decoupled:
     """One worker process of PD-ASGD: its threads, queue, counters and bookkeeping."""
 
-    def __init__(self, ctx, forward_threads: int, backward_threads: int, queue_size: int, updates: str):
+    def __init__(self, ctx, forward_threads: int, backward_threads: int, queue_size: int, updates: str,
+                 staleness: str = "none", workers: int = 1):
         self.ctx, self.board, self.rank = ctx, ctx.board, ctx.rank
         self.model = ctx.spec.model
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -140,8 +141,7 @@ class Decoupled:
         # layer update sees in normal operation: the other backward threads of every worker plus
         # the queued forwards; staler updates (a descheduled thread's) get lr * c / s.
         from ..exchange.policy import StalenessPolicy
-        cfg = ctx.cfg
-        self.policy = StalenessPolicy(cfg.staleness, backward_threads * cfg.workers + forward_threads + 1)
+        self.policy = StalenessPolicy(staleness, backward_threads * workers + forward_threads + 1)
         self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
         self.device = self.params[0].device if self.params else ctx.device
         self.cuda = self.device.type == "cuda"
@@ -452,7 +452,7 @@ def run(ctx) -> None:
     board.fb_threads[rank, 0], board.fb_threads[rank, 1] = F, B
     # set_threads gave this process its share of the cores; its F + B threads split it.
     torch.set_num_threads(max(1, torch.get_num_threads() // (F + B)))
-    worker = Decoupled(ctx, F, B, queue_size, cfg.updates)
+    worker = Decoupled(ctx, F, B, queue_size, cfg.updates, cfg.staleness, cfg.workers)
     ctx.start()
     worker.run()
     ctx.finish(model)

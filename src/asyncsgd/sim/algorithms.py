@@ -403,6 +403,9 @@ def pdasgd(sim: Simulation) -> None:
         for j in order:
             loop.at(t0 + dur * frac[j], land, w, j, views[j], read, ps)
 
+    from ..exchange.policy import StalenessPolicy  # as the real pdasgd: --staleness on layer updates
+    policy = StalenessPolicy(cfg.staleness, B_ * sim.workers + F_ + 1)
+
     def land(w: int, j: int, grad, read, ps) -> None:
         s = int(lv[j] - read[j])
         stats.layer_stale_sum[j] += s
@@ -411,8 +414,12 @@ def pdasgd(sim: Simulation) -> None:
             stats.layer_stale_max[j] = s
         stats.staleness(w, s)
         ps["misaligned"] |= s > 0
-        opts[w].update(j, grad, ps["lr"])
-        lv[j] += 1
+        factor = policy.factor(s)
+        if factor is None:
+            stats.dropped[w] += 1
+        else:
+            opts[w].update(j, grad, ps["lr"] * factor)
+            lv[j] += 1
         ps["left"] -= 1
         if ps["left"] == 0:
             stats.backward_passes += 1
