@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from .config import FIELD_NAMES, RunConfig
+from .config import FIELD_NAMES, RunConfig, check_algorithm_options
 from .errors import ConfigError
 
 
@@ -25,6 +25,7 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
     unknown = sorted(set(settings) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"train(): unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}")
+    check_algorithm_options(algorithm or default_algorithm(), settings)
     cfg = RunConfig(algorithm=algorithm or default_algorithm(), **settings)
     if model_fn is None:
         if train_set is not None:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .config import FIELD_NAMES, RunConfig, flag, load_toml
+from .config import FIELD_NAMES, RunConfig, check_algorithm_options, flag, load_toml
 from .errors import AsyncSGDError, ConfigError
 
 BOOL_FIELDS = {"nesterov", "partitioned"}
@@ -134,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         except ValueError:
             raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
     values.setdefault("algorithm", default_algorithm())
+    if values.get("resume") is None:  # a resumed run keeps its saved settings
+        check_algorithm_options(values["algorithm"], [k for k, v in values.items() if v is not None])
     return RunConfig(**values)
 
 

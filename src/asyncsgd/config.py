@@ -192,6 +192,27 @@ def parse_topology(spec: str) -> tuple[str, int | None]:
     return "random", int(m.group(1))
 
 
+# Settings only some algorithms use. Given explicitly to another algorithm they would be silently
+# ignored, so the CLI, TOML files and the Python API reject them (the bench, which sets them for
+# a whole suite, does not go through this check).
+ALGORITHM_OPTIONS = {
+    "forward_threads": ("pdasgd",), "backward_threads": ("pdasgd",), "fb_ratio": ("pdasgd",),
+    "queue_size": ("pdasgd",), "updates": ("pdasgd",),
+    "groups": ("lpap",), "workers_per_group": ("lpap",), "average_every": ("lpap",), "partitioned": ("lpap",),
+    "send_every": ("dasgd",), "topology": ("dasgd",), "staleness": ("dasgd", "pdasgd"),
+    "lr_scaling": ("sync",),
+}
+
+
+def check_algorithm_options(algorithm: str, given) -> None:
+    """ConfigError for an explicitly given setting the chosen algorithm does not use."""
+    for name in given:
+        users = ALGORITHM_OPTIONS.get(name)
+        if users and algorithm not in users:
+            raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
+                              f"{', '.join('--algo ' + u for u in users)}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value; returns the config with defaults resolved. Raises ConfigError."""
     from .algorithms import ALGORITHMS
