@@ -34,6 +34,8 @@ BAD_INPUTS = {
     "mnist files missing": (["--task", "mnist", "--data-dir", "{tmp}/empty"], ["{tmp}/empty", "put the four IDX files"]),
     "resume without checkpoint": (["--resume", "{tmp}"], ["--resume", "checkpoint.pt"]),
     "missing config": (["--config", "{tmp}/nope.toml"], ["nope.toml", "no such file"]),
+    "simulator flag on the real runtime": (["--sim-workers", "64"],
+                                           ["--sim-workers is only used by the simulated cluster", "--runtime sim"]),
     "option of another algorithm": (["--algo", "sync", "--topology", "ring"],
                                     ["--topology is not used by --algo sync", "--algo dasgd"]),
 }

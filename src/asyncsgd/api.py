@@ -25,7 +25,7 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
     unknown = sorted(set(settings) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"train(): unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}")
-    check_algorithm_options(algorithm or default_algorithm(), settings)
+    check_algorithm_options(algorithm or default_algorithm(), settings, settings.get("runtime"))
     cfg = RunConfig(algorithm=algorithm or default_algorithm(), **settings)
     if model_fn is None:
         if train_set is not None:

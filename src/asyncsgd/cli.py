@@ -135,7 +135,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
     values.setdefault("algorithm", default_algorithm())
     if values.get("resume") is None:  # a resumed run keeps its saved settings
-        check_algorithm_options(values["algorithm"], [k for k, v in values.items() if v is not None])
+        check_algorithm_options(values["algorithm"], [k for k, v in values.items() if v is not None],
+                                values.get("runtime"))
     return RunConfig(**values)
 
 

@@ -204,9 +204,14 @@ ALGORITHM_OPTIONS = {
 }
 
 
-def check_algorithm_options(algorithm: str, given) -> None:
-    """ConfigError for an explicitly given setting the chosen algorithm does not use."""
+SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute")
+
+
+def check_algorithm_options(algorithm: str, given, runtime: str | None = None) -> None:
+    """ConfigError for an explicitly given setting the chosen algorithm (or runtime) does not use."""
     for name in given:
+        if name in SIM_OPTIONS and runtime != "sim":
+            raise ConfigError(f"{flag(name)} is only used by the simulated cluster; accepted with: --runtime sim")
         users = ALGORITHM_OPTIONS.get(name)
         if users and algorithm not in users:
             raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
