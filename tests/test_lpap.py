@@ -18,9 +18,10 @@ def test_lpap_two_groups_of_two_reaches_090(tmp_path):
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     rounds = s["lpap"]["averaging_rounds_per_group"]
     # a round every --average-every (10) local steps of some group; both groups join every round
+    # while both train (the last one may be answered by a group that just finished, with FINAL)
     steps = 12 * 8000 // 32
-    assert rounds[0] == rounds[1] and steps / 10 / 3 <= rounds[0] <= steps / 10 + 1
-    assert s["exchange"]["data_messages"] == 2 * rounds[0] + 2  # PARAMS per round each way, FINAL each way
+    assert abs(rounds[0] - rounds[1]) <= 1 and steps / 10 / 3 <= min(rounds) <= steps / 10 + 1
+    assert s["exchange"]["data_messages"] == sum(rounds) + 2  # PARAMS per round each way, FINAL each way
     assert s["consensus_distance"] < 1e-4  # the final average: both groups end with the same model
     assert s["staleness"]["max"] >= 1  # two Hogwild! threads per group do overlap
 
