@@ -63,6 +63,20 @@ def test_staleness_drop_discards_stale_updates(tmp_path):
     assert s["dropped_updates"] <= received
 
 
+def test_staleness_drop_does_not_feed_itself(tmp_path):
+    """A MAX above the usual staleness drops only the stragglers among the messages. (Before a
+    dropped update entered the receiver's clock, each drop made every later message between the
+    two replicas look staler, until nearly all of them were dropped.)"""
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 3, "--staleness", "drop:8", *PLAIN, *FAST,
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    received = s["exchange"]["received"] - s["exchange"]["control_messages"]
+    assert 0 < s["dropped_updates"] < 0.25 * received, (s["dropped_updates"], received)
+    assert s["final_test_accuracy"] > 0.3
+
+
 @pytest.mark.parametrize("topology,fanout", [("all", 3), ("ring", 1), ("random:2", 2)])
 def test_messages_per_round_and_bytes(tmp_path, topology, fanout):
     """all: N-1 messages per worker per round (O(N^2) per round), ring: 1 (O(N)), random:M: M.

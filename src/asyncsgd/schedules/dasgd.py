@@ -67,7 +67,10 @@ def run(ctx) -> None:
             factor = policy.factor(s)
             if factor is not None:
                 flat.add_(delta, alpha=factor)
-                clock[msg.sender] += msg.steps
+            # a dropped update enters the clock too (processed, by decision): otherwise every later
+            # message of ours would look that much staler to its sender, and with drop:MAX the
+            # drops would feed themselves until every message between the two was dropped
+            clock[msg.sender] += msg.steps
         with stats:
             ctx.record_staleness(s)
             board.updates[rank] += int(factor is not None)

@@ -561,13 +561,13 @@ def dasgd(sim: Simulation) -> None:
         ms = [messages[mid] for mid in ids]
         k = len(ms)
         s = np.empty(k, np.int64)
-        if policy == "drop":  # a dropped gradient does not enter the clock: one message at a time
+        if policy == "drop":  # one message at a time; a dropped gradient enters the clock too, as real
             keep = []
             for j, msg in enumerate(ms):
                 s[j] = np.maximum(V[i] - msg[2], 0).sum()
                 if s[j] <= max_stale:
                     keep.append(j)
-                    V[i, msg[0]] += msg[3]
+                V[i, msg[0]] += msg[3]
             keep = np.asarray(keep, np.int64)
         else:
             senders = np.fromiter((m_[0] for m_ in ms), np.int64, k)
