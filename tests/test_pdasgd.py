@@ -182,8 +182,9 @@ def test_auto_threads_ratio_and_clamp():
 
 
 def test_registered_and_default():
-    algo = get_algorithm("pdasgd")
-    assert algo.shared_model and not algo.distributed and default_algorithm() == "pdasgd"
+    from asyncsgd.config import RunConfig, validate
+    algo = get_algorithm("pdasgd").for_config(validate(RunConfig(algorithm="pdasgd", device="cpu")))
+    assert algo.shared_model and not algo.distributed and default_algorithm() == "pdasgd"  # replicas: test_pdasgd_replicas.py
     assert algo.summary_extra == "asyncsgd.schedules.decoupled:summary_extra"
 
 

@@ -6,12 +6,20 @@ many processes the launcher starts, whether they share one model in shared memor
 keep a replica, whether they need a torch.distributed process group, and which function
 each process runs. New algorithms register here and every command (train, bench, report,
 algorithms) picks them up.
+
+The four properties shared_model, distributed, tolerates_failures and snapshot_all_replicas are
+a bool, or a callable (RunConfig) -> bool where the run's settings decide (pdasgd --sharing:
+one shared model, or replicas averaged across processes). Read them from for_config(cfg), never
+from the registry entry itself (a callable is always truthy); the Launcher and worker_main do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
+
+Flag = Union[bool, Callable]  # a bool, or (RunConfig) -> bool
 
 
 @dataclass(frozen=True)
@@ -19,13 +27,22 @@ class Algorithm:
     name: str
     description: str
     worker: str  # "module:function" run in every worker process with a WorkerContext
-    shared_model: bool  # True: one model in shared memory; False: a replica per process
-    distributed: bool  # True: the processes form a torch.distributed group
+    shared_model: Flag  # True: one model in shared memory; False: a replica per process
+    distributed: Flag  # True: the processes form a torch.distributed group
     processes: Callable  # (RunConfig) -> number of worker processes
-    tolerates_failures: bool = False  # the run goes on when a worker dies
-    snapshot_all_replicas: bool = False  # snapshot every replica (to evaluate their average), not only rank 0
+    tolerates_failures: Flag = False  # the run goes on when a worker dies
+    snapshot_all_replicas: Flag = False  # snapshot every replica (to evaluate their average), not only rank 0
     defaults: dict = field(default_factory=dict)  # settings this algorithm needs when the user gives none
     summary_extra: str | None = None  # "module:function" (launcher, summary dict) -> None, adds fields
+    distributed_with: str = ""  # for messages, when `distributed` depends on the settings: which ones make it true
+
+    def for_config(self, cfg) -> "Algorithm":
+        """This entry with its setting-dependent properties decided for cfg (plain bools)."""
+        decide = lambda v: bool(v(cfg)) if callable(v) else v
+        return dataclasses.replace(self, **{k: decide(getattr(self, k)) for k in FLAGS})
+
+
+FLAGS = ("shared_model", "distributed", "tolerates_failures", "snapshot_all_replicas")
 
 
 def _workers(cfg) -> int:
@@ -48,11 +65,24 @@ register(Algorithm("sync", "synchronous data parallelism: N processes, gradients
 register(Algorithm("hogwild", "Hogwild!: N processes update one shared-memory model without locks",
                    "asyncsgd.schedules.hogwild:run", shared_model=True, distributed=False, processes=_workers))
 
+
+def _replicas(cfg) -> bool:
+    """pdasgd keeps a replica per process (--sharing average, or auto on several GPUs)."""
+    from .config import resolve_sharing
+    return resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "average"
+
+
 register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
-                   "gradient exists (one process by default; --workers N processes share one model)",
-                   "asyncsgd.schedules.decoupled:run", shared_model=True, distributed=False, processes=_workers,
+                   "gradient exists (one process by default; --workers N processes share one model, or with "
+                   "--sharing average keep replicas averaged in the background, one per GPU)",
+                   "asyncsgd.schedules.decoupled:run", shared_model=lambda cfg: not _replicas(cfg),
+                   distributed=_replicas, processes=_workers,
+                   # Not tolerates_failures, in either mode: its workers claim batches from the shared
+                   # plan under one lock, and a worker SIGKILLed while holding it would block every
+                   # survivor (measured with replicas: 1 kill in 5); the run stops with exit 1 instead.
+                   snapshot_all_replicas=_replicas,
                    defaults={"workers": 1, "staleness": "adaptive"},
-                   summary_extra="asyncsgd.schedules.decoupled:summary_extra"))
+                   summary_extra="asyncsgd.schedules.decoupled:summary_extra", distributed_with="--sharing average"))
 
 
 register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "

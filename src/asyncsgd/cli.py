@@ -81,10 +81,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
     g.add_argument("--queue-size", type=INT, default=S, help="finished forwards waiting for a backward thread (default F; deeper queues add staleness)")
     g.add_argument("--updates", default=S, help="layer (default: each layer updated when its gradient is ready) or block")
+    g.add_argument("--sharing", default=S, help="memory: the --workers processes update one shared model; average: a replica "
+                   "per process (one per GPU), averaged in the background every --average-every backward passes; "
+                   "auto (default): average with --device cuda, several GPUs and --workers > 1, else memory")
     g = p.add_argument_group("lpap")
     g.add_argument("--groups", type=INT, default=S, help="groups (devices), parameters averaged across them (default 2)")
     g.add_argument("--workers-per-group", type=INT, default=S, help="Hogwild! workers per group (default 2)")
-    g.add_argument("--average-every", type=INT, default=S, help="local steps between averagings (default 10)")
+    g.add_argument("--average-every", type=INT, default=S, help="local steps (pdasgd --sharing average: backward passes) between averagings (default 10)")
     g.add_argument("--partitioned", action="store_true", default=S, help="LPP variant: workers update their own layer slices")
     g = p.add_argument_group("dasgd")
     g.add_argument("--send-every", type=INT, default=S, help="local steps summed into one message (default 1)")
@@ -136,7 +139,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     values.setdefault("algorithm", default_algorithm())
     if values.get("resume") is None:  # a resumed run keeps its saved settings
         check_algorithm_options(values["algorithm"], [k for k, v in values.items() if v is not None],
-                                values.get("runtime"))
+                                values.get("runtime"), values)
     return RunConfig(**values)
 
 

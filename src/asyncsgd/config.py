@@ -25,6 +25,7 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("cpu", "cuda", "auto")
 PROGRESS = ("auto", "bar", "lines", "none")
 UPDATES = ("layer", "block")
+SHARING = ("memory", "average", "auto")
 TOPOLOGIES = ("all", "ring", "random:M")
 STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
 RUNTIMES = ("real", "sim")
@@ -72,7 +73,10 @@ class RunConfig:
     fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
     queue_size: int | None = None  # default forward_threads (docs/pdasgd.md: deeper queues add staleness)
     updates: str = "layer"
-    # lpap
+    # memory: every worker process updates one shared model; average: a replica per process (one per
+    # GPU), averaged every --average-every backward passes in the background; auto: resolve_sharing()
+    sharing: str = "auto"
+    # lpap (average_every: pdasgd --sharing average too)
     groups: int = 2
     workers_per_group: int = 2
     average_every: int = 10
@@ -197,8 +201,8 @@ def parse_topology(spec: str) -> tuple[str, int | None]:
 # a whole suite, does not go through this check).
 ALGORITHM_OPTIONS = {
     "forward_threads": ("pdasgd",), "backward_threads": ("pdasgd",), "fb_ratio": ("pdasgd",),
-    "queue_size": ("pdasgd",), "updates": ("pdasgd",),
-    "groups": ("lpap",), "workers_per_group": ("lpap",), "average_every": ("lpap",), "partitioned": ("lpap",),
+    "queue_size": ("pdasgd",), "updates": ("pdasgd",), "sharing": ("pdasgd",),
+    "groups": ("lpap",), "workers_per_group": ("lpap",), "average_every": ("lpap", "pdasgd"), "partitioned": ("lpap",),
     "send_every": ("dasgd",), "topology": ("dasgd",), "staleness": ("dasgd", "pdasgd"),
     "lr_scaling": ("sync",),
 }
@@ -207,8 +211,12 @@ ALGORITHM_OPTIONS = {
 SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute")
 
 
-def check_algorithm_options(algorithm: str, given, runtime: str | None = None) -> None:
-    """ConfigError for an explicitly given setting the chosen algorithm (or runtime) does not use."""
+def check_algorithm_options(algorithm: str, given, runtime: str | None = None, values: dict | None = None) -> None:
+    """ConfigError for an explicitly given setting the chosen algorithm (or runtime) does not use.
+    values: the given settings' values (default: `given` itself when it is a dict), for options
+    used only in one mode of an algorithm (pdasgd's --average-every: only with replicas)."""
+    if values is None and isinstance(given, dict):
+        values = given
     for name in given:
         if name in SIM_OPTIONS and runtime != "sim":
             raise ConfigError(f"{flag(name)} is only used by the simulated cluster; accepted with: --runtime sim")
@@ -216,6 +224,24 @@ def check_algorithm_options(algorithm: str, given, runtime: str | None = None) -
         if users and algorithm not in users:
             raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
                               f"{', '.join('--algo ' + u for u in users)}")
+    if algorithm == "pdasgd" and "average_every" in given and values is not None:
+        v = values.get
+        if resolve_sharing(v("sharing") or "auto", v("device") or "auto", v("workers"), runtime or "real") == "memory":
+            raise ConfigError(f"--average-every {v('average_every')!r} is not used by --algo pdasgd when its workers "
+                              "share one model; accepted with: --algo pdasgd --sharing average (replicas), --algo lpap")
+
+
+def resolve_sharing(sharing: str, device: str, workers: int | None, runtime: str = "real") -> str:
+    """pdasgd --sharing: memory or average as given; auto is average (a replica per process, each on
+    its own GPU) when the run has several processes and more than one GPU to put them on (--device
+    cuda, or auto with CUDA visible), else memory (one shared model, on one GPU if any). The
+    simulated runtime models the shared model only."""
+    if sharing != "auto":
+        return sharing
+    if runtime == "sim" or (workers or 1) < 2 or device not in ("cuda", "auto"):
+        return "memory"
+    import torch
+    return "average" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else "memory"
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -291,6 +317,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("--device 'cuda' is not accepted: no CUDA device is visible; accepted: cpu, auto")
+    _need(cfg.sharing in SHARING, "sharing", cfg.sharing, ", ".join(SHARING))
+    if cfg.algorithm == "pdasgd":  # recorded resolved: summary.json says which mode ran
+        cfg = cfg.replace(sharing=resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime))
+        if cfg.sharing == "average" and cfg.workers < 2:
+            raise ConfigError(f"--sharing 'average' is not accepted with --workers {cfg.workers}; accepted: "
+                              "--workers 2 or more (a replica per worker process to average), or --sharing memory, auto")
+        if cfg.sharing == "average" and cfg.runtime == "sim":
+            raise ConfigError("--sharing 'average' is not accepted with --runtime sim; accepted: memory, auto "
+                              "(the simulated cluster runs pdasgd on one shared model)")
     return cfg
 
 

@@ -67,7 +67,12 @@ def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude
         row = {"wall_time_s": round(float(board.snap_time[0, i]), 4), "samples": int(board.snap_samples[0, i]),
                "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss}
         if average_replicas and len(keep) > 1:
-            members = [board.snap[r, min(i, int(board.snap_count[r]) - 1)] for r in keep]
+            # Replicas may hold one snapshot more than row 0 (the last sample mark is reached by
+            # whichever worker records the last batch); the last row pairs every replica's LAST
+            # snapshot, its state at finish (after lpap's / pdasgd's final average), not an earlier one.
+            last = i == count - 1
+            members = [board.snap[r, int(board.snap_count[r]) - 1 if last else min(i, int(board.snap_count[r]) - 1)]
+                       for r in keep]
             avg = torch.stack(members).mean(0)
             row["consensus_distance"] = float(torch.stack([(m - avg).norm() for m in members]).mean())
             flat.load_flat(model, avg.to(device))

@@ -4,6 +4,8 @@ transport.py  Exchange: messages (one byte tensor: an int64 header, then the pay
               gloo point-to-point, a sender thread and a receiver thread per peer, delays paid
               in the sender thread, the shutdown protocol and failure handling (its docstring).
 summary.py    the summary.json fields of the algorithms that use it.
+averaging.py  BackgroundAverager: parameters averaged across processes in a background thread
+              (rounds, final average, lost peers dropped); lpap and pdasgd --sharing average.
 policy.py     Topology (all / ring / random:M) and StalenessPolicy (none / scale / drop / adaptive),
               vector-clock staleness.
 """

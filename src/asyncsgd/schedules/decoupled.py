@@ -26,6 +26,16 @@ over all rows, across processes. The staleness of one layer update = the layer's
 it is applied - its version when the forward read that layer. A backward pass is misaligned
 when any of its layers was updated by someone else between its forward and its update (the
 backward then ran on weights newer than its forward's). docs/pdasgd.md says this for users.
+
+Sharing between worker processes (--sharing, resolved in config.validate):
+- memory: the --workers processes all run their threads on ONE model in shared memory (or on
+  the one GPU that holds it: _align_device), Hogwild! style; versions count every worker's updates.
+- average: each process keeps its own replica, on its own device (worker_main: cuda:{rank % GPUs},
+  or the CPU), runs its forward and backward threads with layer-wise updates on it exactly as
+  above, and a background averaging thread (exchange/averaging.py, the one lpap uses) averages
+  the replicas' parameters every --average-every local backward passes, keeping the local
+  progress made meanwhile; a final average at the end makes every replica equal. Versions and
+  staleness are per replica (this worker's rows only); BatchNorm statistics stay per replica.
 """
 
 from __future__ import annotations
@@ -128,9 +138,11 @@ class Decoupled:
     """One worker process of PD-ASGD: its threads, queue, counters and bookkeeping."""
 
     def __init__(self, ctx, forward_threads: int, backward_threads: int, queue_size: int, updates: str,
-                 staleness: str = "none", workers: int = 1):
+                 staleness: str = "none", workers: int = 1, model=None, replica: bool = False):
+        """model: what the threads train (default the shared ctx.spec.model); replica: it is this
+        process's own replica, so only this worker's updates count in its layer versions."""
         self.ctx, self.board, self.rank = ctx, ctx.board, ctx.rank
-        self.model = ctx.spec.model
+        self.model = ctx.spec.model if model is None else model
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -156,10 +168,19 @@ class Decoupled:
         self.peak = 0
         lv = self.board.layer_version
         self.layer_version = lv
-        self.columns = [lv[:, :, i] for i in range(len(self.params))]
+        # The updates a layer's version counts: every worker's on the shared model; on a replica,
+        # this worker's only (peers' progress arrives by averaging, not as layer updates).
+        self.scope = lv[self.rank:self.rank + 1] if replica else lv
+        self.columns = [self.scope[:, :, i] for i in range(len(self.params))]
         self.rows = lv.shape[1]
         # More backward threads than rows: threads share a row, and bump it under its lock.
         self.row_locks = [threading.Lock() for _ in range(self.rows)] if backward_threads > self.rows else None
+        # Set by run() where needed: each forward thread's batch indices (default: claim the next
+        # batch of the shared plan), the resume point a checkpoint records after batch k (default:
+        # the claim counter), and a callback after every backward pass (the averager's step count).
+        self.batch_iter = lambda: ctx.batches(mode="claim")
+        self.next_batch_of = None
+        self.on_pass = None
         self._guard_plan()
 
     def _guard_plan(self) -> None:
@@ -175,7 +196,7 @@ class Decoupled:
 
     # -- versions -------------------------------------------------------------------------
     def versions(self) -> list:
-        return self.layer_version.sum((0, 1)).tolist()
+        return self.scope.sum((0, 1)).tolist()
 
     def bump(self, writer: int, i: int) -> None:
         row = self.layer_version[self.rank, writer % self.rows]
@@ -264,7 +285,10 @@ class Decoupled:
                     b.misaligned[r] += 1
             b.backward_passes[r] += 1
             ctx.record(item.samples, item.loss, staleness=None, model=self.model, optimizer=opt,
+                       next_batch=None if self.next_batch_of is None else self.next_batch_of(item.batch),
                        grads=[g for g in grads if g is not None] or None)
+            if self.on_pass is not None:
+                self.on_pass()
 
     # -- threads --------------------------------------------------------------------------
     def _fail(self, name: str, e: BaseException, batch: int | None) -> None:
@@ -283,7 +307,7 @@ class Decoupled:
         return False
 
     def _forward_loop(self, index: int) -> None:
-        batches = self.ctx.batches(mode="claim")  # each thread its own generator over board.claim()
+        batches = self.batch_iter()  # each thread its own generator (over board.claim() by default)
         k = None
         try:
             if self.cuda:
@@ -426,8 +450,8 @@ def auto_threads(forward_threads: int, t_forward: float, t_backward: float) -> t
 
 
 def _align_device(ctx, model) -> None:
-    """The shared model lives on one GPU; every worker of this run computes there (replicas
-    averaged across several GPUs are not available for pdasgd yet)."""
+    """--sharing memory: the shared model lives on one GPU; every worker of this run computes
+    there (with --sharing average each worker keeps a replica on its own GPU instead)."""
     p = next(model.parameters(), None)
     if p is None or p.device.type != "cuda" or ctx.device == p.device:
         return
@@ -438,9 +462,13 @@ def _align_device(ctx, model) -> None:
 
 def run(ctx) -> None:
     cfg, board, rank = ctx.cfg, ctx.board, ctx.rank
-    model = ctx.spec.model  # shared memory (or the one GPU): every thread and process updates it
+    replicas = cfg.sharing == "average"
+    if replicas:  # this process's own replica on its own device (cuda:{rank % GPUs} or the CPU)
+        model = ctx.replica()
+    else:
+        model = ctx.spec.model  # shared memory (or the one GPU): every thread and process updates it
+        _align_device(ctx, model)
     model.train()
-    _align_device(ctx, model)
     F, B = cfg.forward_threads, cfg.backward_threads
     if cfg.fb_ratio == "auto":
         tf, tb = measure(ctx, model)
@@ -452,15 +480,68 @@ def run(ctx) -> None:
     board.fb_threads[rank, 0], board.fb_threads[rank, 1] = F, B
     # set_threads gave this process its share of the cores; its F + B threads split it.
     torch.set_num_threads(max(1, torch.get_num_threads() // (F + B)))
-    worker = Decoupled(ctx, F, B, queue_size, cfg.updates, cfg.staleness, cfg.workers)
-    ctx.start()
-    worker.run()
-    ctx.finish(model)
+    if not replicas:
+        worker = Decoupled(ctx, F, B, queue_size, cfg.updates, cfg.staleness, cfg.workers)
+        ctx.start()
+        worker.run()
+        ctx.finish(model)
+        return
+    from .dasgd import flatten_params
+    # After --fb-ratio auto's private copy: the parameters become views of one vector, the averaged one
+    flat = flatten_params([p for p in model.parameters() if p.requires_grad])
+    # The staleness policy's concurrency counts this replica's threads only
+    worker = Decoupled(ctx, F, B, queue_size, cfg.updates, cfg.staleness, 1, model=model, replica=True)
+    run_replica(ctx, worker, flat)
+
+
+def run_replica(ctx, worker: Decoupled, flat: torch.Tensor) -> None:
+    """--sharing average: the worker's threads train its replica while a BackgroundAverager averages
+    the replicas every --average-every local backward passes; the final average ends the run."""
+    from ..exchange.averaging import BackgroundAverager
+
+    cfg, rank, n = ctx.cfg, ctx.rank, ctx.world_size
+    failures: list[BaseException] = []
+
+    def on_error(e: BaseException) -> None:  # the averaging thread failed: stop this worker's threads
+        failures.append(e)
+        worker._fail("averaging thread", e, None)
+
+    averager = BackgroundAverager(ctx, flat, cfg.average_every, name="pdasgd", stopping=worker._stopping,
+                                  on_error=on_error)
+    worker.on_pass = averager.step
+    if ctx.spec.extra.get("launch") == "torchrun":
+        # No board shared across machines to claim from: replica r takes batches r, r+N, ... and
+        # its forward threads share them (one generator, so under a lock). Otherwise replicas
+        # claim from the shared plan like every worker: a faster GPU simply does more batches.
+        mine, lock = ctx.batches(mode="strided", stride=n, offset=rank), threading.Lock()
+
+        def take():
+            while True:
+                with lock:
+                    k = next(mine, None)
+                if k is None:
+                    return
+                yield k
+        worker.batch_iter = take
+        worker.next_batch_of = lambda k: (k // n + 1) * n  # where a resumed run starts
+    averager.open()  # collective: every worker makes the exchange's gloo group
+    try:
+        ctx.start()
+        averager.start()
+        worker.run()  # raises ThreadFailed if a thread (or the averaging thread) failed
+        averager.finish()  # the final average: every replica ends equal; its wait is idle time
+        if failures:  # failed during the final average
+            e = failures[0]
+            raise ThreadFailed(f"pdasgd averaging thread of worker {rank} failed: {type(e).__name__}: {e}") from e
+    finally:
+        averager.close(timeout=30)  # joins the averaging thread and the exchange's threads
+    ctx.finish(worker.model)
 
 
 # -- the record -------------------------------------------------------------------------------
 def summary_extra(launcher, out: dict) -> None:
-    """Per-layer staleness, misalignment, queue depth and the thread counts, into summary.json."""
+    """Per-layer staleness, misalignment, queue depth and the thread counts, into summary.json;
+    with replicas (--sharing average) also the averaging and the exchange that carried it."""
     b, cfg = launcher.board, launcher.cfg
     names = [n for n, p in launcher.model.named_parameters() if p.requires_grad]
     keep = [w for w in range(b.workers) if w not in launcher.lost]
@@ -480,5 +561,15 @@ def summary_extra(launcher, out: dict) -> None:
     out["queue_size"] = cfg.queue_size or fb[0]
     out["queue_peak"] = int(b.queue_peak.max())
     out["updates_mode"] = cfg.updates
+    out["sharing"] = cfg.sharing
+    if cfg.sharing == "average":
+        from ..exchange.summary import exchange_summary
+        exchange_summary(launcher, out, sum(p.numel() for p in launcher.model.parameters() if p.requires_grad))
+        gpus = torch.cuda.device_count() if launcher.device == "cuda" else 0
+        local = launcher.spec.extra.get("launch") != "torchrun"  # under torchrun each machine numbers its own
+        out["averaging"] = {
+            "average_every": cfg.average_every,  # local backward passes between rounds
+            "rounds_per_worker": [int(r) for r in b.exchange[:, 0]],
+            "devices": [f"cuda:{w % gpus}" if gpus else "cpu" for w in range(b.workers)] if local else None}
     from ..theory import add_theory  # measured staleness vs the PD-ASGD bias bound
     add_theory(launcher, out)

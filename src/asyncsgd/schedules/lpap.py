@@ -6,17 +6,17 @@ THREADS on the process's own model (lock-free updates; torch ops release the GIL
 threads of every group claim the next batch of the shared plan (board.claim, a lock shared by the
 local processes); under torchrun, group g takes batches g, g+K, ... and its threads share them.
 
-Averaging (LAP): a background averaging thread per group. Round r starts when this group has
-made --average-every local steps since its last averaging, or when a peer's round-r parameters
-arrive (so a straggler group never delays the others' averaging; LPP-SGD's reference code starts
-rounds on the largest step count of any group the same way). In a round the thread copies the
-parameters (snapshot), sends them to every live peer (point-to-point, exchange/transport.py),
-waits for every live peer's round-r parameters, and adds (average - snapshot) to the live
-parameters: local progress made by the Hogwild! threads meanwhile is kept, training never stops.
-A group that finished training answers further rounds with its final parameters (FINAL). At the
-end every group sends FINAL, waits for everyone's, and takes their average: all groups end with
-the same model (unless a group was lost or timed out). Only parameters are averaged; float
-buffers (BatchNorm statistics) stay per group.
+Averaging (LAP): a background averaging thread per group (exchange/averaging.py, shared with
+pdasgd --sharing average). Round r starts when this group has made --average-every local steps
+since its last averaging, or when a peer's round-r parameters arrive (so a straggler group never
+delays the others' averaging; LPP-SGD's reference code starts rounds on the largest step count of
+any group the same way). In a round the thread copies the parameters (snapshot), sends them to
+every live peer (point-to-point, exchange/transport.py), waits for every live peer's round-r
+parameters, and adds (average - snapshot) to the live parameters: local progress made by the
+Hogwild! threads meanwhile is kept, training never stops. A group that finished training answers
+further rounds with its final parameters (FINAL). At the end every group sends FINAL, waits for
+everyone's, and takes their average: all groups end with the same model (unless a group was lost
+or timed out). Only parameters are averaged; float buffers (BatchNorm statistics) stay per group.
 
 --partitioned (LPP-SGD): after a warm-up (max(1 epoch, --warmup-epochs) of global progress,
 at most half the run), each thread alternates: on even steps it computes the gradient of its own
@@ -38,7 +38,7 @@ import time
 import torch
 
 from ..engine import WorkerContext
-from ..exchange import FINAL, PARAMS, Exchange
+from ..exchange.averaging import BackgroundAverager
 from .dasgd import flatten_params
 
 
@@ -63,15 +63,22 @@ def run(ctx) -> None:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     flat = flatten_params(params)
-    lock = threading.Lock()  # this group's board row, the local step count
-    steps_since = [0]
-    trigger, training_done, failed = threading.Event(), threading.Event(), threading.Event()
+    lock = threading.Lock()  # this group's board row
+    failed = threading.Event()
     errors: list[BaseException] = []
     torchrun = ctx.spec.extra.get("launch") == "torchrun"
     strided = iter(range(ctx.spec.start_batch + g, ctx.plan.num_batches, k_groups))
     parts = partition([p.numel() for p in params], threads_n)
     n_train = len(ctx.task.train_set)
     warm = min(ctx.spec.total_samples / 2, n_train * max(1.0, cfg.warmup_epochs))
+
+    def on_error(e: BaseException) -> None:
+        errors.append(e)
+        failed.set()
+
+    # LAP: rounds every --average-every local steps (or when a peer starts one), final average at the end
+    averager = BackgroundAverager(ctx, flat, cfg.average_every, name="lpap", label=f"lpap group {g}",
+                                  stopping=failed.is_set, on_error=on_error)
 
     def next_batch() -> int | None:
         if failed.is_set() or board.stop[0]:
@@ -104,85 +111,24 @@ def run(ctx) -> None:
                 c.record(len(y), loss, staleness=stale, model=model if t == 0 else None, optimizer=opt,
                          next_batch=(k // k_groups + 1) * k_groups if torchrun else None,
                          grads=None if partial else grads)
-                steps_since[0] += 1
-                if steps_since[0] >= cfg.average_every:
-                    trigger.set()
+                averager.step()
             step += 1
-
-    ex = Exchange(ctx, flat.numel(), dtype=flat.dtype, name="lpap")
-    got: dict[tuple[int, int], torch.Tensor] = {}
-    finals: dict[int, torch.Tensor] = {}
-
-    def file(msg) -> None:
-        if msg.kind == PARAMS:
-            got[(msg.sender, msg.seq)] = msg.payload.to(flat.device)
-        elif msg.kind == FINAL:
-            finals[msg.sender] = msg.payload.to(flat.device)
-
-    def collect(ready, deadline: float) -> None:
-        """File arriving messages until ready() or the deadline (or the exchange broke)."""
-        while not ready() and time.monotonic() < deadline and not ex.broken and not board.stop[0]:
-            msg = ex.get(timeout=0.01)
-            if msg is not None:
-                file(msg)
-        for msg in ex.drain():
-            file(msg)
-
-    @torch.no_grad()
-    def averager() -> None:
-        rnd = 0
-        while True:
-            for msg in ex.drain():
-                file(msg)
-            if training_done.is_set() or failed.is_set():
-                break
-            peer_started = any((p, rnd) in got for p in ex.live_peers())
-            if not (trigger.is_set() or peer_started):
-                trigger.wait(timeout=0.01)
-                msg = ex.get(timeout=0.001)
-                if msg is not None:
-                    file(msg)
-                continue
-            with lock:
-                steps_since[0] = 0
-                trigger.clear()
-            snap = flat.clone()
-            ex.post(ex.live_peers(), PARAMS, snap, seq=rnd)
-            collect(lambda: all((p, rnd) in got or p in finals for p in ex.live_peers()),
-                    time.monotonic() + cfg.stall_timeout)
-            members = [snap] + [got.pop((p, rnd)) if (p, rnd) in got else finals[p]
-                                for p in ex.live_peers() if (p, rnd) in got or p in finals]
-            flat.add_(torch.stack(members).mean(0).sub_(snap))  # keep what the threads did meanwhile
-            rnd += 1
-            board.exchange[g, 0] = rnd
-        # final average: every group's final parameters, so all groups end with the same model
-        final = flat.clone()
-        ex.send_last(FINAL, final)
-        collect(lambda: all(p in finals for p in ex.live_peers()), time.monotonic() + cfg.stall_timeout)
-        members = [final] + [finals[p] for p in ex.live_peers() if p in finals]
-        flat.copy_(torch.stack(members).mean(0))
-        missing = [p for p in ex.live_peers() if p not in finals]
-        if missing:
-            ex._log(f"final average without worker(s) {missing}: no FINAL within --stall-timeout")
 
     def guarded(fn, *args):
         try:
             fn(*args)
         except BaseException as e:
-            errors.append(e)
-            failed.set()
+            on_error(e)
 
     contexts = [ctx] + [WorkerContext(ctx.spec, g) for _ in range(threads_n - 1)]
-    ex.start()
-    avg_thread = None
+    averager.open()
     try:
         ctx.start()
         for c in contexts[1:]:
             c._step_start, c._slowed = time.perf_counter(), False
         workers = [threading.Thread(target=guarded, args=(work, t, c), daemon=True, name=f"asyncsgd-lpap-{g}.{t}")
                    for t, c in enumerate(contexts)]
-        avg_thread = threading.Thread(target=guarded, args=(averager,), daemon=True, name=f"asyncsgd-lpap-avg-{g}")
-        avg_thread.start()
+        averager.start()
         for w in workers:
             w.start()
         deadline = None
@@ -194,20 +140,13 @@ def run(ctx) -> None:
                 if deadline is not None and time.monotonic() > deadline and w.is_alive():
                     raise TimeoutError(f"lpap group {g}: worker thread {w.name} did not stop within "
                                        f"{cfg.stall_timeout:.0f} s")
-        training_done.set()
-        t = time.perf_counter()
-        avg_thread.join(timeout=cfg.stall_timeout + 30)
-        board.idle_s[g] += time.perf_counter() - t
-        if avg_thread.is_alive():
-            raise TimeoutError(f"lpap group {g}: the averaging thread did not finish within "
-                               f"{cfg.stall_timeout + 30:.0f} s")
+        averager.finish()  # the final average; its wait is the group's idle time
         if errors:
             raise errors[0]
     finally:
-        training_done.set()
         if errors:
             failed.set()
-        ex.close(timeout=30)
+        averager.close(timeout=30)  # joins the averaging thread (an error path: without the final wait)
     ctx.finish(model)
 
 
