@@ -73,7 +73,9 @@ def test_staleness_drop_does_not_feed_itself(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s, _ = read_run(out)
     received = s["exchange"]["received"] - s["exchange"]["control_messages"]
-    assert 0 < s["dropped_updates"] < 0.25 * received, (s["dropped_updates"], received)
+    # measured 13% dropped after the fix, 60% before (and rising with the run's length); busy
+    # cores raise the staleness of everything, hence the margin
+    assert 0 < s["dropped_updates"] < 0.4 * received, (s["dropped_updates"], received)
     assert s["final_test_accuracy"] > 0.3
 
 
@@ -149,9 +151,8 @@ def test_killed_dasgd_worker_survivors_finish(tmp_path):
     assert "worker 2 was killed by SIGKILL" in err and "continuing with the survivors" in err
     s, _ = read_run(out)
     assert s["lost_workers"] == [2]
-    # Issue 4 asks >= 0.88; measured 0.78-0.92 here (the lost worker's batches are redone late), so
-    # the test guards learning (>= 0.70) and the 0.88 bar stays open work on issue 4.
-    assert s["final_test_accuracy"] >= 0.70, s["final_test_accuracy"]
+    # the issue's bar; the survivors take the dead worker's batches in plan order (batches())
+    assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
     # the survivors took over the batches the dead worker did not get to: the plan is covered
     assert s["samples"] >= 0.97 * 20 * 8000
     assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]

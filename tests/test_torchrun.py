@@ -1,12 +1,18 @@
-"""torchrun: two invocations on loopback (--nnodes 2, one process each) train one run together;
-rank 0 writes the record, the other rank writes nothing and exits 0."""
+"""torchrun: invocations on loopback (--nnodes 2 or 3, one process each) train one run together;
+rank 0 writes the record, the other ranks write nothing and exit 0. Failures (a node's worker
+SIGKILLed once training is under way): dasgd survivors of a rank other than 0 finish, exit 0 and
+the record names it in lost_workers; without rank 0 the others stop with one line and exit 1;
+sync stops with exit 1 and a clear error. No hangs: every node has a deadline."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -21,29 +27,111 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_pair(tmp_path, *train_args, timeout: float = 150):
-    """Start node 0 and node 1 (static rendezvous at 127.0.0.1:free port); return both results."""
+def start_torchrun_nodes(tmp_path, nodes: int, *train_args) -> list[subprocess.Popen]:
+    """Start torchrun for node 0 .. nodes-1 (static rendezvous at 127.0.0.1:free port, one
+    process per node, --max-restarts 0); node k's run directory is tmp_path/node<k>."""
     port = free_port()
     procs = []
-    for node in (0, 1):
+    for node in range(nodes):
         out = tmp_path / f"node{node}"  # each node gets its own --out: only node 0's may appear
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", "1",
                "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
                "--max-restarts", "0", "-m", "asyncsgd", "train", "--out", str(out), *map(str, train_args), *ARGS]
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**env, "PYTHONUNBUFFERED": "1"}))
-    results = []
+        # output to files, not pipes: a node blocked on a full pipe while the test waits on another
+        # one would stall the nodes that wait for it
+        with open(tmp_path / f"node{node}.stdout", "w") as out_f, open(tmp_path / f"node{node}.stderr", "w") as err_f:
+            p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+        p.logs = (tmp_path / f"node{node}.stdout", tmp_path / f"node{node}.stderr")
+        procs.append(p)
+    return procs
+
+
+def finish_nodes(procs, timeout: float) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of every node; a node still running after `timeout` seconds
+    (counted from now, for all of them together) is killed, and that fails the test (a hang)."""
+    deadline = time.monotonic() + timeout
     try:
         for p in procs:
-            out, err = p.communicate(timeout=timeout)
-            results.append((p.returncode, out, err))
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a torchrun node did not finish within {timeout:.0f} s (hang)")
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()
-                p.communicate(timeout=30)
-    return results
+                kill_tree(p.pid)
+                p.wait(timeout=30)
+    return [(p.returncode, p.logs[0].read_text(), p.logs[1].read_text()) for p in procs]
+
+
+def torchrun_pair(tmp_path, *train_args, timeout: float = 150):
+    """Start node 0 and node 1 (static rendezvous at 127.0.0.1:free port); return both results."""
+    return finish_nodes(start_torchrun_nodes(tmp_path, 2, *train_args), timeout)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc/*/stat, so every thread's children count)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after "(comm)"
+                kids.append(int(d.name))
+    return kids
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a torchrun process and its workers (the agent cannot pass SIGKILL on)."""
+    for p in [*child_pids(pid), pid]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def torchrun_worker_pid(torchrun: subprocess.Popen, timeout: float = 60) -> int:
+    """The pid of the asyncsgd worker that this torchrun invocation's agent started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and torchrun.poll() is None:
+        for pid in child_pids(torchrun.pid):
+            try:
+                if b"asyncsgd" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.05)
+    pytest.fail("no asyncsgd worker under the torchrun process")
+
+
+def wait_for_file(path: Path, procs, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            pytest.fail(f"{path.name} never appeared (training did not get under way)")
+        time.sleep(0.05)
+
+
+def kill_node_worker_under_way(tmp_path, nodes: int, victim: int, *train_args, timeout: float = 90):
+    """Start the nodes, SIGKILL node `victim`'s worker once rank 0 wrote its first checkpoint
+    (training under way), and return every node's (exit code, stdout, stderr)."""
+    procs = start_torchrun_nodes(tmp_path, nodes, *train_args, "--checkpoint-every", 0.5)
+    try:
+        worker = torchrun_worker_pid(procs[victim])
+        wait_for_file(tmp_path / "node0" / "checkpoint.pt", procs)
+        os.kill(worker, signal.SIGKILL)
+        return finish_nodes(procs, timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_tree(p.pid)
+
+
+def asyncsgd_lines(err: str) -> list[str]:
+    """Our own lines (torchrun adds its failure report, "asyncsgd FAILED" and a traceback)."""
+    return [line for line in err.splitlines() if line.startswith("asyncsgd:")]
 
 
 @pytest.mark.parametrize("algo,extra", [("dasgd", ["--momentum", "0", "--lr", "0.1"]), ("sync", [])])
@@ -68,3 +156,49 @@ def test_torchrun_rejects_a_single_process_algorithm(tmp_path):
     assert r.returncode == 2
     assert "does not run across processes under torchrun" in r.stderr and "dasgd" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_torchrun_survivors_finish_without_a_killed_node(tmp_path):
+    """3 nodes of dasgd; node 2's worker is SIGKILLed once training is under way (rank 0 wrote its
+    first checkpoint, at 0.5 epoch). torchrun on node 2 exits non-zero (its business); nodes 0
+    and 1 carry on, agree on the survivors through the store, and exit 0 without waiting for
+    torchrun's exit barrier (300 s; finish_nodes allows 120 s); the record names the lost worker."""
+    (rc0, out0, err0), (rc1, _, err1), (rc2, _, _) = kill_node_worker_under_way(
+        tmp_path, 3, 2, "--algo", "dasgd", "--momentum", 0, "--lr", 0.1, "--epochs", 4, timeout=120)
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert rc2 != 0  # torchrun reports its own worker's death
+    for err in (err0, err1):  # each survivor says once that it goes on without worker 2
+        assert err.count("worker 2 is gone") == 1 and "continuing with the survivors" in err, err[-3000:]
+        assert "Traceback" not in err.split("worker 2 is gone")[1], err[-3000:]
+    s, metrics = read_run(tmp_path / "node0")
+    assert s["workers"] == 3 and s["lost_workers"] == [2]
+    assert s["final_test_accuracy"] > 0.3 and len(metrics) >= 2
+    # worker 2's rows died with it; the survivors took over the batches it had not done: each did
+    # more than its own strided share (1,000 batches of 32, rank r has r, r+3, ...)
+    assert s["per_worker"][2]["samples"] == 0
+    for r in (0, 1):
+        assert s["per_worker"][r]["samples"] > len(range(r, 1000, 3)) * 32, s["per_worker"]
+    assert s["consensus_distance"] is not None
+    assert "record" in out0
+
+
+def test_torchrun_without_rank0_the_others_stop_with_one_line(tmp_path):
+    """Rank 0 keeps the record (and node 0's agent the store): without it the others stop, say
+    so in one line and exit 1 (torchrun too), within seconds: 40 epochs would take over a minute."""
+    (_, _, _), (rc1, out1, err1) = kill_node_worker_under_way(
+        tmp_path, 2, 0, "--algo", "dasgd", "--momentum", 0, "--lr", 0.1, "--epochs", 40, timeout=45)
+    assert rc1 != 0
+    assert asyncsgd_lines(err1) == ["asyncsgd: error: worker 0 is gone; under torchrun rank 0 writes the run record, "
+                                    "so this run has none (worker 1 stopped)"], err1[-3000:]
+    assert out1.strip() == "" and not (tmp_path / "node1").exists()
+
+
+def test_torchrun_sync_stops_on_a_dead_rank(tmp_path):
+    """sync needs every rank each step: a dead one stops the others with exit 1 and a clear error."""
+    (rc0, _, err0), (rc1, _, _) = kill_node_worker_under_way(tmp_path, 2, 1, "--algo", "sync", "--epochs", 40,
+                                                             timeout=45)
+    assert rc0 != 0 and rc1 != 0
+    (line,) = asyncsgd_lines(err0)
+    assert line.startswith("asyncsgd: error: worker 0: a peer is gone (") and \
+        line.endswith("); --algo sync cannot continue without every rank"), err0[-3000:]

@@ -185,7 +185,11 @@ class WorkerContext:
 
     def global_samples(self) -> int:
         if self.spec.extra.get("launch") == "torchrun":  # a local board has only this rank's row
-            return self.spec.samples_before + int(self.board.samples[self.rank]) * self.world_size
+            # every rank does about as many (strided batches); capped at the plan, which dasgd's
+            # survivors of a lost rank pass when they take over its batches (the snapshot slots
+            # are sized for the plan: past it the final snapshot would find no slot)
+            return min(self.spec.total_samples,
+                       self.spec.samples_before + int(self.board.samples[self.rank]) * self.world_size)
         return self.spec.samples_before + int(self.board.samples.sum())
 
     def lr(self, samples_done: int | None = None) -> float:

@@ -32,11 +32,12 @@ import torch.multiprocessing as mp
 
 from . import records
 from .algorithms import get_algorithm
-from .board import Board
+from .board import Board, ClaimLock
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, default_out_dir, validate
 from .engine import StateFlattener, WorkerContext, WorkerSpec, set_threads
 from .errors import AsyncSGDError, ConfigError, DivergedError, WorkerError
+from .exchange.transport import brief as _brief, peer_gone as _peer_gone
 
 STOP_GRACE_S = 10.0
 POLL_S = 0.05
@@ -56,9 +57,10 @@ def free_port() -> int:
 
 def worker_main(rank: int, spec: WorkerSpec) -> None:
     """Entry point of every worker (process or in-process): runs the algorithm's schedule."""
-    algo = get_algorithm(spec.algorithm)
+    algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
     board = spec.board
     group = False
+    job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
     if spec.errors is not None and not isinstance(spec.errors, queue.Queue):
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
@@ -75,15 +77,20 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
             # nccl needs one GPU per rank; ranks sharing a GPU all-reduce CUDA tensors through gloo
             one_gpu_each = spec.device.startswith("cuda") and spec.world_size <= torch.cuda.device_count()
             backend = "nccl" if one_gpu_each else "gloo"
-            dist.init_process_group(backend, init_method=spec.dist_init, rank=rank, world_size=spec.world_size,
-                                    timeout=datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout)))
+            timeout = datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout))
+            if torchrun:  # the same store env:// would make, kept: the end of the run is agreed on through it
+                job = TorchrunJob(rank, spec.world_size, timeout)
+                job.init_process_group(backend)
+            else:
+                dist.init_process_group(backend, init_method=spec.dist_init, rank=rank, world_size=spec.world_size,
+                                        timeout=timeout)
             group = True
             if torchrun:
                 dist.barrier()  # no shared board across machines: this is the start line
         module, fn = algo.worker.split(":")
         getattr(importlib.import_module(module), fn)(WorkerContext(spec, rank))
-        if torchrun and group:
-            gather_board(board)
+        if job is not None:
+            job.finish(board, algo, spec.config)
     except DivergedError as e:
         _report(spec, rank, "diverged", str(e))
     except KeyboardInterrupt:
@@ -91,10 +98,16 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         raise
     except BaseException as e:  # report every failure to the launcher, then leave
         board.status[rank] = 4
-        _report(spec, rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc())
+        message = str(e) if isinstance(e, WorkerError) else f"{type(e).__name__}: {e}"  # ours: already says it all
+        if torchrun and not algo.tolerates_failures and _peer_gone(e):  # no launcher to name the dead rank
+            message = (f"worker {rank}: a peer is gone ({_brief(e)}); --algo {spec.algorithm} cannot continue "
+                       "without every rank")
+        _report(spec, rank, "error", message, traceback.format_exc())
         if spec.errors is None:
             raise
     finally:
+        if job is not None:
+            job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
         if group:
             import torch.distributed as dist
             try:
@@ -109,23 +122,171 @@ _MAX_FIELDS = {"stale_max", "layer_stale_max", "grad_norm_max", "stop", "diverge
                "next_batch", "finish"}
 
 
-def gather_board(board: Board) -> None:
+def gather_board(board: Board, ranks: list[int] | None = None) -> None:
     """torchrun: each process has its own board with only its own rows filled; combine them
     (all_reduce) so rank 0 holds the whole run's counters, snapshots and timings. Finish times
-    travel as durations since each rank's own start (clock skew between machines cancels)."""
+    travel as durations since each rank's own start (clock skew between machines cancels).
+    ranks: the ranks that take part (default: all), the survivors agreed on by TorchrunJob; a
+    dead rank's rows are lost with it (they stay zero). The all-reduce runs in a gloo group of
+    those ranks made with use_local_synchronization=True: only its members take part in making it
+    (a plain new_group is a collective of the whole world, which a dead rank never joins)."""
     import torch.distributed as dist
 
-    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")  # CPU tensors
+    ranks = list(range(dist.get_world_size())) if ranks is None else ranks
+    if len(ranks) < 2:
+        return  # a lone survivor's board is the run's
+    group = dist.new_group(ranks=ranks, backend="gloo", use_local_synchronization=True)  # CPU tensors
     t0 = float(board.t0[0])
     board.finish.copy_(torch.where(board.finish > 0, (board.finish - t0).clamp(min=1e-9), board.finish))
     for name, t in board.tensors().items():
-        if name == "t0":
+        if name in ("t0", "lost"):  # t0: rank 0's own; lost: set from the agreement by the caller
             continue
         op = dist.ReduceOp.MAX if name in _MAX_FIELDS else dist.ReduceOp.SUM
         buf = t.to(torch.float64 if t.is_floating_point() else torch.int64).contiguous()
         dist.all_reduce(buf, op=op, group=group)
         t.copy_(buf.to(t.dtype))
     board.finish.copy_(torch.where(board.finish > 0, board.finish + t0, board.finish))
+
+
+class TorchrunJob:
+    """One rank's handle on its torchrun job's torch.distributed store: the store env:// init
+    uses (rendezvous("env://"): under torchrun's static rendezvous the TCPStore of node 0's
+    agent). The end of the run is agreed on through it, because a dead rank never joins a
+    collective. Plain string keys (no pickles) under a prefix of this job and restart:
+
+      node/<r>    the node (GROUP_RANK) of rank r, set at the start
+      end/<r>     "done" when rank r's schedule returned, "failed" when it did not
+      survivors   "0,1,3": rank 0's decision, the ranks whose boards make the run record
+
+    Rank 0 decides once every rank ended or is known lost (its exchange saw it die and set
+    board.lost), or after --stall-timeout; the survivors then combine their boards in a group of
+    their own (gather_board). Rank 0 writes the record, so without it there is none: the other
+    ranks stop (TorchrunLauncher watches board.lost[0]) and exit 1. Every wait here is bounded."""
+
+    def __init__(self, rank: int, world: int, timeout):
+        import torch.distributed as dist
+
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self.store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        env = os.environ  # keys of an earlier attempt (torchrun --max-restarts) stay in the store
+        prefix = f"asyncsgd/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.kv = dist.PrefixStore(prefix, self.store)
+        self.ended = False
+
+    def init_process_group(self, backend: str) -> None:
+        import torch.distributed as dist
+
+        # the "default_pg" prefix is what init_process_group adds to a store it makes itself
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", self.store), rank=self.rank,
+                                world_size=self.world, timeout=self.timeout)
+        self.kv.set(f"node/{self.rank}", os.environ.get("GROUP_RANK", "0"))
+
+    def close(self) -> None:
+        """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
+        effort: the store may be gone with node 0)."""
+        if not self.ended:
+            self.ended = True
+            try:
+                self.kv.set(f"end/{self.rank}", "failed")
+            except Exception:
+                pass
+
+    def finish(self, board: Board, algo, cfg: RunConfig) -> None:
+        """After the schedule: agree on the survivors, let torchrun's agents go (rank 0), and
+        combine the survivors' boards; board.lost then names the ranks left out."""
+        if self.rank != 0 and int(board.lost[0]):
+            raise WorkerError(RANK0_GONE.format(rank=self.rank))
+        try:
+            survivors = self._survivors(board, cfg.stall_timeout)
+        except RuntimeError as e:  # DistStoreError / DistNetworkError: the store's host is gone
+            raise WorkerError(f"worker {self.rank}: the torchrun store is unreachable ({_brief(e)}); "
+                              "node 0 is probably gone, and with it rank 0, which writes the run record") from None
+        lost = [r for r in range(self.world) if r not in survivors]
+        if lost and not algo.tolerates_failures:
+            raise WorkerError(f"worker(s) {lost} did not finish; --algo {cfg.algorithm} cannot continue without them")
+        if lost and self.rank == 0:
+            self._release_agents(lost)
+        try:
+            gather_board(board, survivors)
+        except RuntimeError as e:
+            raise WorkerError(f"worker {self.rank}: combining the boards of workers {survivors} failed "
+                              f"({_brief(e)})") from None
+        board.lost.zero_()  # the agreement is the record's truth (a rank's own view may differ)
+        for r in lost:
+            board.lost[r] = 1
+
+    def _survivors(self, board: Board, stall_timeout: float) -> list[int]:
+        self.kv.set(f"end/{self.rank}", "done")
+        self.ended = True
+        if self.rank == 0:
+            ended: dict[int, bool] = {0: True}  # rank -> finished normally
+            deadline = time.monotonic() + stall_timeout
+            while True:
+                for r in range(1, self.world):
+                    if r not in ended and self.kv.check([f"end/{r}"]):
+                        ended[r] = self.kv.get(f"end/{r}") == b"done"
+                waiting = [r for r in range(self.world) if r not in ended and not int(board.lost[r])]
+                if not waiting or time.monotonic() >= deadline:
+                    break
+                time.sleep(POLL_S)
+            if waiting:  # not known dead (those were logged when the exchange saw them go): say why
+                print(f"asyncsgd: worker(s) {waiting} did not finish within --stall-timeout ({stall_timeout:.0f} s); "
+                      "the run record leaves them out", file=sys.stderr, flush=True)
+            survivors = sorted(r for r, ok in ended.items() if ok)
+            self.kv.set("survivors", ",".join(map(str, survivors)))
+            return survivors
+        # rank 0 may still be waiting up to --stall-timeout for a peer, after a wait of up to as
+        # long at the end of its schedule: give it both, then give up
+        deadline = time.monotonic() + 2 * stall_timeout + 30
+        while not self.kv.check(["survivors"]):
+            if int(board.lost[0]):
+                raise WorkerError(RANK0_GONE.format(rank=self.rank))
+            if time.monotonic() >= deadline:
+                raise WorkerError(f"worker {self.rank}: rank 0 did not close the run within {2 * stall_timeout + 30:.0f} s "
+                                  "(2 x --stall-timeout + 30 s); no run record")
+            time.sleep(POLL_S)
+        survivors = [int(r) for r in self.kv.get("survivors").decode().split(",")]
+        if self.rank not in survivors:
+            raise WorkerError(f"worker {self.rank} finished after rank 0 closed the run without it "
+                              f"(--stall-timeout {stall_timeout:.0f} s); its work is not in the run record")
+        return survivors
+
+    def _release_agents(self, lost: list[int]) -> None:
+        """torchrun's agents wait for each other in an exit barrier after their workers ended
+        (300 s, not settable from the command line). The agent of a node whose worker died never
+        comes (it fails instead), so the survivors' torchrun would hang on for 5 minutes after
+        the run. Rank 0 checks in for each such node. This uses torchrun internals (the barrier's
+        keys, in the agents' store, which the workers share by default): where they do not fit
+        it says so, and the survivors' torchrun exits after its 300 s."""
+        env = os.environ
+        if "TORCHELASTIC_RUN_ID" not in env:
+            return  # not started by torchrun: no agents, no exit barrier
+        nodes = set()
+        for r in lost:  # a node's agent fails if any of its workers does, so count nodes, not ranks
+            if self.kv.check([f"node/{r}"]):
+                nodes.add(self.kv.get(f"node/{r}").decode())
+        try:
+            import torch.distributed as dist
+            from torch.distributed.elastic.agent.server.api import _TERMINAL_STATE_SYNC_ID
+            from torch.distributed.elastic.utils.store import _barrier_nonblocking
+
+            if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+                raise LookupError("the workers do not share the agents' store")
+            # static rendezvous (--master-addr/--master-port): the agents' keys are under the run id,
+            # where this node's agent registered its role. (c10d rendezvous: the workers get a store
+            # server of their own, the agents' keys are out of reach.)
+            agents = dist.PrefixStore(env["TORCHELASTIC_RUN_ID"], self.store)
+            if not agents.check([f"torchelastic/role_info/{env['GROUP_RANK']}"]):
+                raise LookupError("the agents' keys are not in the workers' store: not the static rendezvous")
+            for _ in nodes:
+                _barrier_nonblocking(agents, int(env["GROUP_WORLD_SIZE"]), _TERMINAL_STATE_SYNC_ID)
+        except Exception as e:
+            print(f"asyncsgd: could not release torchrun's exit barrier for node(s) {sorted(nodes)} ({e}); the "
+                  "other nodes' torchrun may wait up to 300 s before exiting", file=sys.stderr, flush=True)
+
+
+RANK0_GONE = ("worker 0 is gone; under torchrun rank 0 writes the run record, so this run has none "
+              "(worker {rank} stopped)")
 
 
 def _exit_reason(rank: int, code: int) -> str:
@@ -156,7 +317,7 @@ class Launcher:
         from .tasks import get_task
 
         self.cfg = cfg = validate(cfg)
-        self.algo = get_algorithm(cfg.algorithm)
+        self.algo = get_algorithm(cfg.algorithm).for_config(cfg)  # properties decided by the settings
         self.resumed = None
         if cfg.resume:
             self.resumed = load_checkpoint(cfg.resume)
@@ -191,7 +352,7 @@ class Launcher:
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
-                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ctx.Lock())
+                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock())
         start_batch = samples_before = 0
         elapsed = 0.0
         momentum = None
@@ -332,7 +493,11 @@ class Launcher:
         self.board.stop[0] = 1
         kind, message = self.failure[0], self.failure[1]
         if kind == "diverged":
-            raise DivergedError(message + f"; last good checkpoint kept in {self.out}")
+            if self.writes_record:
+                self._write_checkpoint()  # a copy the monitor had not saved yet is still a good one
+            if (self.out / "checkpoint.pt").exists():
+                raise DivergedError(message + f"; last good checkpoint kept in {self.out}")
+            raise DivergedError(message + "; it diverged before the first checkpoint (see --checkpoint-every)")
         if len(self.failure) > 2 and self.failure[2] and self.writes_record:
             (self.out / "error.log").write_text(self.failure[2])
         raise WorkerError(message)
@@ -353,8 +518,8 @@ class Launcher:
 
     def _poll(self, progress) -> None:
         progress.update()
-        if self.board.diverged_step[0] >= 0:
-            return  # keep the last good checkpoint: never save after a divergence
+        # After a divergence the slot may still be saved: the lead copies the model into it only
+        # after a step whose loss was finite, and never leaves a non-finite copy there.
         seq = int(self.board.ckpt_seq[0])
         if seq != self._ckpt_seen and seq % 2 == 0:
             self._write_checkpoint_slot(seq)
@@ -372,8 +537,6 @@ class Launcher:
                         int(progress[0]), int(progress[1]), float(progress[2]), self.cfg.to_dict())
 
     def _write_checkpoint(self) -> None:
-        if self.board.diverged_step[0] >= 0:
-            return
         seq = int(self.board.ckpt_seq[0])
         if seq != self._ckpt_seen and seq % 2 == 0:
             self._write_checkpoint_slot(seq)
@@ -443,20 +606,24 @@ class TorchrunLauncher(Launcher):
     """This process IS worker RANK of a torchrun job (`torchrun ... -m asyncsgd train ...`).
 
     Every rank builds the task and the model with the same seed, keeps a local Board and runs
-    worker_main inline (init_method env://, the start line is a barrier). The world size is the
-    number of workers: --workers (sync, dasgd) or --groups (lpap) is set from WORLD_SIZE. Data:
-    strided batches (no shared claim counter across machines). At the end the boards are summed
-    across ranks (gather_board) and rank 0 evaluates and writes the run record (and writes the
-    checkpoints during the run); the other ranks write nothing and return. A rank that fails
-    raises (exit code 1); torchrun then stops the job: there is no launcher to carry on
-    without it, so worker failures are only tolerated with `asyncsgd train --workers N`."""
+    worker_main inline (the env:// store, held by TorchrunJob; a barrier is the start line). The
+    world size is the number of workers: --workers (sync, dasgd) or --groups (lpap) is set from
+    WORLD_SIZE. Data:
+    strided batches (no shared claim counter across machines). At the end the ranks agree on who
+    finished through the job's store (TorchrunJob), the survivors' boards are summed
+    (gather_board) and rank 0 evaluates and writes the run record (and writes the checkpoints
+    during the run); the other ranks write nothing and return. Failures: a rank that fails
+    raises (exit code 1). dasgd and lpap survivors of a dead rank other than 0 carry on (their
+    exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
+    record, so the other ranks stop and exit 1 (_watch_rank0)."""
 
     def __init__(self, cfg: RunConfig, env: dict, task=None):
-        algo = get_algorithm(cfg.algorithm)
         world = env["world_size"]
+        algo = get_algorithm(cfg.algorithm).for_config(cfg.replace(workers=world))  # as it will run: WORLD_SIZE workers
         if not algo.distributed:
             from .algorithms import ALGORITHMS
-            distributed = ", ".join(n for n, a in ALGORITHMS.items() if a.distributed)
+            distributed = ", ".join(n if a.distributed is True else f"{n} {a.distributed_with}"
+                                    for n, a in ALGORITHMS.items() if a.distributed)
             raise ConfigError(f"--algo {cfg.algorithm!r} does not run across processes under torchrun "
                               f"(WORLD_SIZE={world}); accepted: {distributed}")
         if algo.processes(cfg) != world:
@@ -481,23 +648,43 @@ class TorchrunLauncher(Launcher):
     def run(self) -> dict:
         progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
         done = threading.Event()
-        monitor = None
         if self.writes_record:  # progress and checkpoints: rank 0 only
             monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
-            monitor.start()
+        else:
+            monitor = threading.Thread(target=self._watch_rank0, args=(done,), name="asyncsgd-watch-rank0")
+        monitor.start()
         try:
             worker_main(self.dist_rank, self.spec)
         finally:
             done.set()
-            if monitor is not None:
-                monitor.join(timeout=30)
+            monitor.join(timeout=30)
             progress.close()
         self._drain_errors()
         self._raise_failure()
+        self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
         if not self.writes_record:
             return {"torchrun_rank": self.dist_rank, "record_written": False}
         self._write_checkpoint()
         return self._finish()
+
+    def _watch_rank0(self, done: threading.Event) -> None:
+        """Ranks other than 0: once this rank's exchange saw rank 0 die, stop training (board.stop)
+        instead of finishing work that no record will hold; TorchrunJob.finish then fails the rank."""
+        while not done.wait(POLL_S):
+            if int(self.board.lost[0]):
+                self.board.stop[0] = 1
+                return
+
+    def _drain_errors(self) -> None:
+        """Every report on this queue is this process's own failure (a peer's death is seen by the
+        exchange and settled by TorchrunJob), so never the base class's 'continue without it'."""
+        while True:
+            try:
+                _, kind, message, tb = self.errors.get_nowait()
+            except queue.Empty:
+                return
+            if self.failure is None or (kind == "diverged" and self.failure[0] != "diverged"):
+                self.failure = (kind, message, tb)
 
 
 def run(cfg: RunConfig, task=None) -> dict:

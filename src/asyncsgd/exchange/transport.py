@@ -58,6 +58,9 @@ Shutdown protocol (torchft-style: every party can tell when it may stop, nobody 
     message arrives after everything else that process sent.
  2. A peer is finished for us once its last message has arrived or it is gone. Gone = the
     launcher flagged it lost on the board (it saw the process die), or a send/recv to it raised.
+    Under torchrun there is no launcher watching the processes: the exchange is what sees a peer
+    die, so it sets board.lost itself (this process's own board); dasgd then takes over the dead
+    rank's batches and the runner's end-of-run agreement (runner.TorchrunJob) leaves it out.
  3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
     the sender thread leaves once its queues are empty (messages to gone peers are dropped),
     each receiver once its peer is finished; all are joined with timeouts. A thread still
@@ -72,6 +75,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import re
 import sys
 import threading
 import time
@@ -115,6 +119,7 @@ class Exchange:
         self.handler = handler
         self.error: BaseException | None = None  # a handler's exception, re-raised by close()
         self.board = ctx.board
+        self.torchrun = ctx.spec.extra.get("launch") == "torchrun"  # no launcher: we record lost peers
         self.numel, self.dtype, self.name = numel, dtype, name
         self.delay = ctx.delay
         import random
@@ -284,7 +289,16 @@ class Exchange:
         self._gone.add(peer)
         self._queues[peer].clear()
         self._cv.notify_all()
-        self._log(f"worker {peer} unreachable ({str(why).splitlines()[0][:160]}); not sending to it any more")
+        why = brief(why)
+        if not self.torchrun:
+            self._log(f"worker {peer} unreachable ({why}); not sending to it any more")
+            return
+        # torchrun: nobody else will notice (no launcher), so the loss goes on this process's board
+        # for dasgd's batch takeover and the runner's end-of-run agreement (protocol step 2)
+        self.board.lost[peer] = 1
+        if peer == 0:
+            return  # rank 0 keeps the run record: the runner stops this rank and says so (one line, exit 1)
+        self._log(f"worker {peer} is gone ({why}); continuing with the survivors")
 
     def _log(self, text: str) -> None:
         print(f"asyncsgd: worker {self.rank}: {text}", file=sys.stderr, flush=True)
@@ -390,3 +404,17 @@ class Exchange:
 
 class _HandlerError(Exception):
     pass
+
+
+def brief(error) -> str:
+    """The gist of a gloo error for a one-line log: its first sentence without the source location
+    ("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:4012. This is
+    typically caused by ..." -> "Connection closed by peer [10.0.0.2]:4012")."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r"^\[[^\]]*\] ", "", text).split(". ")[0][:200]
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether a torch.distributed error says the other end of a connection went away."""
+    return isinstance(error, RuntimeError) and any(
+        s in str(error) for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
