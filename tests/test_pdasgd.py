@@ -372,10 +372,10 @@ def _mean_accuracy(tmp_path, algo, task, seeds, epochs):
     return sum(accs) / len(accs), accs
 
 
-# The issue asks for 1.0 point. On logreg pdasgd meets it. On mnist1d our measured 3-seed means
-# (10 epochs, 2-core CPU) are pdasgd 0.957-0.964 vs sequential 0.971: 0.7-1.4 points, so a 1.0
-# bar would be a coin flip. The test guards 2.0 points; docs/pdasgd.md records the gap.
-TOLERANCE = {"mnist1d": 0.02, "logreg": 0.01}
+# The issue's bar: within 1.0 point of sequential (3-seed means). Measured on a quiet 2-core
+# machine: gap 0.30 points for seeds 0-2 and 0.34 over seeds 0-4 (docs/pdasgd.md); earlier
+# measurements, under load and before the adaptive default, ranged 0.7-1.4.
+TOLERANCE = {"mnist1d": 0.01, "logreg": 0.01}
 
 
 @pytest.mark.acceptance
