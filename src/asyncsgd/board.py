@@ -10,7 +10,7 @@ Concurrency protocol (read this before touching a field):
   (odd while writing) so the launcher never saves a half-copied checkpoint.
 - The snapshot buffer row r belongs to replica r (row 0 for a single shared model).
 Under torchrun there is no parent: each process makes its own Board and the rows are summed
-with all_reduce at the end (see runner.gather_board).
+with all_reduce at the end (see torchrun.gather_board).
 """
 
 from __future__ import annotations

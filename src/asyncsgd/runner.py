@@ -36,7 +36,7 @@ from .board import Board, ClaimLock
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, default_out_dir, validate
 from .engine import StateFlattener, WorkerContext, WorkerSpec, set_threads
-from .errors import AsyncSGDError, ConfigError, DivergedError, WorkerError
+from .errors import ConfigError, DivergedError, WorkerError
 from .exchange.transport import brief as _brief, peer_gone as _peer_gone
 
 STOP_GRACE_S = 10.0
@@ -79,6 +79,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
             backend = "nccl" if one_gpu_each else "gloo"
             timeout = datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout))
             if torchrun:  # the same store env:// would make, kept: the end of the run is agreed on through it
+                from .torchrun import TorchrunJob
                 job = TorchrunJob(rank, spec.world_size, timeout)
                 job.init_process_group(backend)
             else:
@@ -114,179 +115,6 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
                 dist.destroy_process_group()
             except Exception:
                 pass
-
-
-# Board fields that are one value for the whole run (or a maximum), not rows with one writer:
-# combined with MAX across ranks; every other field is a sum of exclusive rows.
-_MAX_FIELDS = {"stale_max", "layer_stale_max", "grad_norm_max", "stop", "diverged_step", "status", "t0",
-               "next_batch", "finish"}
-
-
-def gather_board(board: Board, ranks: list[int] | None = None) -> None:
-    """torchrun: each process has its own board with only its own rows filled; combine them
-    (all_reduce) so rank 0 holds the whole run's counters, snapshots and timings. Finish times
-    travel as durations since each rank's own start (clock skew between machines cancels).
-    ranks: the ranks that take part (default: all), the survivors agreed on by TorchrunJob; a
-    dead rank's rows are lost with it (they stay zero). The all-reduce runs in a gloo group of
-    those ranks made with use_local_synchronization=True: only its members take part in making it
-    (a plain new_group is a collective of the whole world, which a dead rank never joins)."""
-    import torch.distributed as dist
-
-    ranks = list(range(dist.get_world_size())) if ranks is None else ranks
-    if len(ranks) < 2:
-        return  # a lone survivor's board is the run's
-    group = dist.new_group(ranks=ranks, backend="gloo", use_local_synchronization=True)  # CPU tensors
-    t0 = float(board.t0[0])
-    board.finish.copy_(torch.where(board.finish > 0, (board.finish - t0).clamp(min=1e-9), board.finish))
-    for name, t in board.tensors().items():
-        if name in ("t0", "lost"):  # t0: rank 0's own; lost: set from the agreement by the caller
-            continue
-        op = dist.ReduceOp.MAX if name in _MAX_FIELDS else dist.ReduceOp.SUM
-        buf = t.to(torch.float64 if t.is_floating_point() else torch.int64).contiguous()
-        dist.all_reduce(buf, op=op, group=group)
-        t.copy_(buf.to(t.dtype))
-    board.finish.copy_(torch.where(board.finish > 0, board.finish + t0, board.finish))
-
-
-class TorchrunJob:
-    """One rank's handle on its torchrun job's torch.distributed store: the store env:// init
-    uses (rendezvous("env://"): under torchrun's static rendezvous the TCPStore of node 0's
-    agent). The end of the run is agreed on through it, because a dead rank never joins a
-    collective. Plain string keys (no pickles) under a prefix of this job and restart:
-
-      node/<r>    the node (GROUP_RANK) of rank r, set at the start
-      end/<r>     "done" when rank r's schedule returned, "failed" when it did not
-      survivors   "0,1,3": rank 0's decision, the ranks whose boards make the run record
-
-    Rank 0 decides once every rank ended or is known lost (its exchange saw it die and set
-    board.lost), or after --stall-timeout; the survivors then combine their boards in a group of
-    their own (gather_board). Rank 0 writes the record, so without it there is none: the other
-    ranks stop (TorchrunLauncher watches board.lost[0]) and exit 1. Every wait here is bounded."""
-
-    def __init__(self, rank: int, world: int, timeout):
-        import torch.distributed as dist
-
-        self.rank, self.world, self.timeout = rank, world, timeout
-        self.store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
-        env = os.environ  # keys of an earlier attempt (torchrun --max-restarts) stay in the store
-        prefix = f"asyncsgd/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        self.kv = dist.PrefixStore(prefix, self.store)
-        self.ended = False
-
-    def init_process_group(self, backend: str) -> None:
-        import torch.distributed as dist
-
-        # the "default_pg" prefix is what init_process_group adds to a store it makes itself
-        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", self.store), rank=self.rank,
-                                world_size=self.world, timeout=self.timeout)
-        self.kv.set(f"node/{self.rank}", os.environ.get("GROUP_RANK", "0"))
-
-    def close(self) -> None:
-        """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
-        effort: the store may be gone with node 0)."""
-        if not self.ended:
-            self.ended = True
-            try:
-                self.kv.set(f"end/{self.rank}", "failed")
-            except Exception:
-                pass
-
-    def finish(self, board: Board, algo, cfg: RunConfig) -> None:
-        """After the schedule: agree on the survivors, let torchrun's agents go (rank 0), and
-        combine the survivors' boards; board.lost then names the ranks left out."""
-        if self.rank != 0 and int(board.lost[0]):
-            raise WorkerError(RANK0_GONE.format(rank=self.rank))
-        try:
-            survivors = self._survivors(board, cfg.stall_timeout)
-        except RuntimeError as e:  # DistStoreError / DistNetworkError: the store's host is gone
-            raise WorkerError(f"worker {self.rank}: the torchrun store is unreachable ({_brief(e)}); "
-                              "node 0 is probably gone, and with it rank 0, which writes the run record") from None
-        lost = [r for r in range(self.world) if r not in survivors]
-        if lost and not algo.tolerates_failures:
-            raise WorkerError(f"worker(s) {lost} did not finish; --algo {cfg.algorithm} cannot continue without them")
-        if lost and self.rank == 0:
-            self._release_agents(lost)
-        try:
-            gather_board(board, survivors)
-        except RuntimeError as e:
-            raise WorkerError(f"worker {self.rank}: combining the boards of workers {survivors} failed "
-                              f"({_brief(e)})") from None
-        board.lost.zero_()  # the agreement is the record's truth (a rank's own view may differ)
-        for r in lost:
-            board.lost[r] = 1
-
-    def _survivors(self, board: Board, stall_timeout: float) -> list[int]:
-        self.kv.set(f"end/{self.rank}", "done")
-        self.ended = True
-        if self.rank == 0:
-            ended: dict[int, bool] = {0: True}  # rank -> finished normally
-            deadline = time.monotonic() + stall_timeout
-            while True:
-                for r in range(1, self.world):
-                    if r not in ended and self.kv.check([f"end/{r}"]):
-                        ended[r] = self.kv.get(f"end/{r}") == b"done"
-                waiting = [r for r in range(self.world) if r not in ended and not int(board.lost[r])]
-                if not waiting or time.monotonic() >= deadline:
-                    break
-                time.sleep(POLL_S)
-            if waiting:  # not known dead (those were logged when the exchange saw them go): say why
-                print(f"asyncsgd: worker(s) {waiting} did not finish within --stall-timeout ({stall_timeout:.0f} s); "
-                      "the run record leaves them out", file=sys.stderr, flush=True)
-            survivors = sorted(r for r, ok in ended.items() if ok)
-            self.kv.set("survivors", ",".join(map(str, survivors)))
-            return survivors
-        # rank 0 may still be waiting up to --stall-timeout for a peer, after a wait of up to as
-        # long at the end of its schedule: give it both, then give up
-        deadline = time.monotonic() + 2 * stall_timeout + 30
-        while not self.kv.check(["survivors"]):
-            if int(board.lost[0]):
-                raise WorkerError(RANK0_GONE.format(rank=self.rank))
-            if time.monotonic() >= deadline:
-                raise WorkerError(f"worker {self.rank}: rank 0 did not close the run within {2 * stall_timeout + 30:.0f} s "
-                                  "(2 x --stall-timeout + 30 s); no run record")
-            time.sleep(POLL_S)
-        survivors = [int(r) for r in self.kv.get("survivors").decode().split(",")]
-        if self.rank not in survivors:
-            raise WorkerError(f"worker {self.rank} finished after rank 0 closed the run without it "
-                              f"(--stall-timeout {stall_timeout:.0f} s); its work is not in the run record")
-        return survivors
-
-    def _release_agents(self, lost: list[int]) -> None:
-        """torchrun's agents wait for each other in an exit barrier after their workers ended
-        (300 s, not settable from the command line). The agent of a node whose worker died never
-        comes (it fails instead), so the survivors' torchrun would hang on for 5 minutes after
-        the run. Rank 0 checks in for each such node. This uses torchrun internals (the barrier's
-        keys, in the agents' store, which the workers share by default): where they do not fit
-        it says so, and the survivors' torchrun exits after its 300 s."""
-        env = os.environ
-        if "TORCHELASTIC_RUN_ID" not in env:
-            return  # not started by torchrun: no agents, no exit barrier
-        nodes = set()
-        for r in lost:  # a node's agent fails if any of its workers does, so count nodes, not ranks
-            if self.kv.check([f"node/{r}"]):
-                nodes.add(self.kv.get(f"node/{r}").decode())
-        try:
-            import torch.distributed as dist
-            from torch.distributed.elastic.agent.server.api import _TERMINAL_STATE_SYNC_ID
-            from torch.distributed.elastic.utils.store import _barrier_nonblocking
-
-            if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-                raise LookupError("the workers do not share the agents' store")
-            # static rendezvous (--master-addr/--master-port): the agents' keys are under the run id,
-            # where this node's agent registered its role. (c10d rendezvous: the workers get a store
-            # server of their own, the agents' keys are out of reach.)
-            agents = dist.PrefixStore(env["TORCHELASTIC_RUN_ID"], self.store)
-            if not agents.check([f"torchelastic/role_info/{env['GROUP_RANK']}"]):
-                raise LookupError("the agents' keys are not in the workers' store: not the static rendezvous")
-            for _ in nodes:
-                _barrier_nonblocking(agents, int(env["GROUP_WORLD_SIZE"]), _TERMINAL_STATE_SYNC_ID)
-        except Exception as e:
-            print(f"asyncsgd: could not release torchrun's exit barrier for node(s) {sorted(nodes)} ({e}); the "
-                  "other nodes' torchrun may wait up to 300 s before exiting", file=sys.stderr, flush=True)
-
-
-RANK0_GONE = ("worker 0 is gone; under torchrun rank 0 writes the run record, so this run has none "
-              "(worker {rank} stopped)")
 
 
 def _exit_reason(rank: int, code: int) -> str:
@@ -590,103 +418,6 @@ class Launcher:
         return summary
 
 
-def torchrun_env() -> dict | None:
-    """This process's place in a torchrun job (RANK, WORLD_SIZE, MASTER_ADDR/PORT set), or None."""
-    env = os.environ
-    if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        return None
-    try:
-        return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
-                "local_rank": int(env.get("LOCAL_RANK", 0)), "local_world_size": int(env.get("LOCAL_WORLD_SIZE", 1))}
-    except ValueError:
-        return None
-
-
-class TorchrunLauncher(Launcher):
-    """This process IS worker RANK of a torchrun job (`torchrun ... -m asyncsgd train ...`).
-
-    Every rank builds the task and the model with the same seed, keeps a local Board and runs
-    worker_main inline (the env:// store, held by TorchrunJob; a barrier is the start line). The
-    world size is the number of workers: --workers (sync, dasgd) or --groups (lpap) is set from
-    WORLD_SIZE. Data:
-    strided batches (no shared claim counter across machines). At the end the ranks agree on who
-    finished through the job's store (TorchrunJob), the survivors' boards are summed
-    (gather_board) and rank 0 evaluates and writes the run record (and writes the checkpoints
-    during the run); the other ranks write nothing and return. Failures: a rank that fails
-    raises (exit code 1). dasgd and lpap survivors of a dead rank other than 0 carry on (their
-    exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
-    record, so the other ranks stop and exit 1 (_watch_rank0)."""
-
-    def __init__(self, cfg: RunConfig, env: dict, task=None):
-        world = env["world_size"]
-        algo = get_algorithm(cfg.algorithm).for_config(cfg.replace(workers=world))  # as it will run: WORLD_SIZE workers
-        if not algo.distributed:
-            from .algorithms import ALGORITHMS
-            distributed = ", ".join(n if a.distributed is True else f"{n} {a.distributed_with}"
-                                    for n, a in ALGORITHMS.items() if a.distributed)
-            raise ConfigError(f"--algo {cfg.algorithm!r} does not run across processes under torchrun "
-                              f"(WORLD_SIZE={world}); accepted: {distributed}")
-        if algo.processes(cfg) != world:
-            for field_ in ("workers", "groups"):
-                if algo.processes(cfg.replace(**{field_: world})) == world:
-                    cfg = cfg.replace(**{field_: world})
-                    break
-            else:
-                raise ConfigError(f"torchrun started {world} processes but --algo {cfg.algorithm} runs "
-                                  f"{algo.processes(cfg)}; accepted: a world size equal to its process count")
-        self.dist_rank = env["rank"]
-        self.writes_record = self.dist_rank == 0
-        if not self.writes_record:
-            cfg = cfg.replace(progress="none")
-        super().__init__(cfg, task)
-        self.errors = queue.Queue()
-        self.spec.errors = self.errors
-        self.spec.dist_init = "env://"
-        self.spec.extra.update(launch="torchrun", local_rank=env["local_rank"],
-                               local_world_size=env["local_world_size"])
-
-    def run(self) -> dict:
-        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
-        done = threading.Event()
-        if self.writes_record:  # progress and checkpoints: rank 0 only
-            monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
-        else:
-            monitor = threading.Thread(target=self._watch_rank0, args=(done,), name="asyncsgd-watch-rank0")
-        monitor.start()
-        try:
-            worker_main(self.dist_rank, self.spec)
-        finally:
-            done.set()
-            monitor.join(timeout=30)
-            progress.close()
-        self._drain_errors()
-        self._raise_failure()
-        self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
-        if not self.writes_record:
-            return {"torchrun_rank": self.dist_rank, "record_written": False}
-        self._write_checkpoint()
-        return self._finish()
-
-    def _watch_rank0(self, done: threading.Event) -> None:
-        """Ranks other than 0: once this rank's exchange saw rank 0 die, stop training (board.stop)
-        instead of finishing work that no record will hold; TorchrunJob.finish then fails the rank."""
-        while not done.wait(POLL_S):
-            if int(self.board.lost[0]):
-                self.board.stop[0] = 1
-                return
-
-    def _drain_errors(self) -> None:
-        """Every report on this queue is this process's own failure (a peer's death is seen by the
-        exchange and settled by TorchrunJob), so never the base class's 'continue without it'."""
-        while True:
-            try:
-                _, kind, message, tb = self.errors.get_nowait()
-            except queue.Empty:
-                return
-            if self.failure is None or (kind == "diverged" and self.failure[0] != "diverged"):
-                self.failure = (kind, message, tb)
-
-
 def run(cfg: RunConfig, task=None) -> dict:
     """Train one run and write its record; returns the summary dict. Under torchrun (RANK,
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment) this process is one worker of the
@@ -700,6 +431,7 @@ def run(cfg: RunConfig, task=None) -> dict:
         saved["lr_steps"] = tuple(saved.get("lr_steps", ()))
         cfg = RunConfig(**{**saved, "resume": cfg.resume, "out": cfg.resume,
                            "progress": cfg.progress})
+    from .torchrun import TorchrunLauncher, torchrun_env
     env = torchrun_env()
     if env is not None and env["world_size"] > 1:
         return TorchrunLauncher(cfg, env, task).run()

@@ -60,7 +60,7 @@ Shutdown protocol (torchft-style: every party can tell when it may stop, nobody 
     launcher flagged it lost on the board (it saw the process die), or a send/recv to it raised.
     Under torchrun there is no launcher watching the processes: the exchange is what sees a peer
     die, so it sets board.lost itself (this process's own board); dasgd then takes over the dead
-    rank's batches and the runner's end-of-run agreement (runner.TorchrunJob) leaves it out.
+    rank's batches and the runner's end-of-run agreement (torchrun.TorchrunJob) leaves it out.
  3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
     the sender thread leaves once its queues are empty (messages to gone peers are dropped),
     each receiver once its peer is finished; all are joined with timeouts. A thread still
