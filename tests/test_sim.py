@@ -152,18 +152,18 @@ def test_dasgd_vector_clocks_and_message_accounting(tmp_path):
     at most about one round of the others (<= N) and never 0, an own update's is always 0."""
     n, batches = 8, math.ceil(4000 / 32)
     s = sim(tmp_path, algorithm="dasgd", task="logreg", sim_workers=n, epochs=1, sim_forward_s=0.001,
-            sim_backward_s=0.002, sim_compute="fixed", momentum=0.0)
+            sim_backward_s=0.002, sim_compute="fixed", momentum=0.0, send_every=1, staleness="none")
     assert s["exchange"]["data_messages"] == batches * (n - 1)
     assert s["messages_sent"] == batches * (n - 1) + n * (n - 1)
     assert s["updates"] == batches + batches * (n - 1) and s["dropped_updates"] == 0
     hist = {int(k): v for k, v in s["staleness_histogram"].items()}
     assert hist[0] == batches and sum(hist.values()) == batches * n
     assert 1 <= min(k for k in hist if k > 0) and s["staleness"]["max"] <= n
-    assert s["consensus_distance"] < 0.05  # everyone applied every gradient (lr differs by receiver)
+    assert s["consensus_distance"] < 1e-4  # everyone applied every update (in a different order)
     assert s["final_avg_test_accuracy"] >= 0.75
 
     dropped = sim(tmp_path, "drop", algorithm="dasgd", task="logreg", sim_workers=n, epochs=1, sim_forward_s=0.001,
-                  sim_backward_s=0.002, sim_compute="fixed", momentum=0.0, staleness="drop:4")
+                  sim_backward_s=0.002, sim_compute="fixed", momentum=0.0, send_every=1, staleness="drop:4")
     assert 0 < dropped["dropped_updates"] < batches * (n - 1)
     assert dropped["updates"] + dropped["dropped_updates"] == batches * n
     assert dropped["consensus_distance"] > s["consensus_distance"]  # dropped gradients never reach those replicas

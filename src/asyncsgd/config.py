@@ -33,7 +33,7 @@ RUNTIMES = ("real", "sim")
 
 # Defaults of the settings an algorithm may override (algorithms.Algorithm.defaults): a field
 # left None is resolved in validate() to the algorithm's value, else to this one.
-SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none"}
+SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1}
 
 
 @dataclass
@@ -48,8 +48,8 @@ class RunConfig:
     workers: int | None = None  # default: the algorithm's (pdasgd 1 process of F+B threads, others 2)
     epochs: float = 10.0
     batch_size: int = 32
-    lr: float | None = None  # default 0.05 (dasgd 0.1): see SHARED_DEFAULTS and Algorithm.defaults
-    momentum: float | None = None  # default 0.9 (dasgd 0)
+    lr: float | None = None  # default 0.05: see SHARED_DEFAULTS and Algorithm.defaults
+    momentum: float | None = None  # default 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -82,9 +82,9 @@ class RunConfig:
     average_every: int = 10
     partitioned: bool = False
     # dasgd
-    send_every: int = 1
+    send_every: int | None = None  # default 4 (docs/distributed.md); 1 is the per-step exchange
     topology: str = "all"
-    staleness: str | None = None  # default none (pdasgd: adaptive)
+    staleness: str | None = None  # default none (pdasgd, dasgd: adaptive)
     # delays and stragglers (every multi-worker algorithm)
     delay: str | None = None
     straggler: str | None = None

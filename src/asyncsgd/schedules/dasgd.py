@@ -84,10 +84,14 @@ def run(ctx) -> None:
     try:
         ctx.start()
         pending, pending_steps, pending_clock, rounds = None, 0, None, 0
-        # how far a lost worker got: the shared board says it locally; under torchrun the board is
-        # this process's own, so use its updates this replica applied (the vector clock)
+        # Local processes claim the next batch of the shared plan (board.claim), as Hogwild! does:
+        # a straggler simply processes fewer batches, nobody waits for it, and the survivors of a
+        # dead worker go on claiming. Under torchrun there is no shared board: strided batches,
+        # with the survivors taking over a lost rank's (batches(); how far it got: the updates of
+        # it this replica applied, its vector clock entry).
         torchrun = ctx.spec.extra.get("launch") == "torchrun"
-        for k in batches(ctx, done=(lambda w: clock[w]) if torchrun else None):
+        source = batches(ctx, done=lambda w: clock[w]) if torchrun else ctx.batches(mode="claim")
+        for k in source:
             x, y = ctx.fetch(k)
             with lock:
                 seen = list(clock)  # what this replica had applied when the forward read it
@@ -114,7 +118,7 @@ def run(ctx) -> None:
                 pending_steps = 0
             with stats:
                 ctx.record(len(y), loss, staleness=own_staleness, model=model, optimizer=opt,
-                           next_batch=(k // n + 1) * n, grads=grads)
+                           next_batch=(k // n + 1) * n if torchrun else None, grads=grads)
         if pending_steps:
             ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
                     clock=torch.tensor(pending_clock), coalesce=True)

@@ -7,8 +7,8 @@ simulated clock then decides when that gradient lands. Real gradient computation
 the plan (--epochs x training set / --batch-size), as in real runs.
 
 Batch assignment, as the real schedules: sync takes the plan's fixed order (step s = batches
-s*N .. s*N+N-1), dasgd strided batches (w, w+N, ...), hogwild / lpap / pdasgd claim the next batch
-of the shared plan when a worker (thread) becomes free, so fast workers process more batches.
+s*N .. s*N+N-1), hogwild / dasgd / lpap / pdasgd claim the next batch of the shared plan when a
+worker (thread) becomes free, so fast workers process more batches.
 """
 
 from __future__ import annotations
@@ -469,41 +469,19 @@ def _chunk_staleness(clock: np.ndarray, sender_clocks: np.ndarray, senders: np.n
     return base + corr
 
 
-@torch.no_grad()
-def _apply_batched(w: torch.Tensor, buf: torch.Tensor | None, grads, lrs: np.ndarray, f: np.ndarray, m: float) -> None:
-    """k momentum-SGD updates applied one after another (buf = m*buf + f_l*g_l; w -= lr_l*buf), in
-    closed form: w -= (sum_l lr_l m^(l+1)) buf0 + sum_l c_l f_l g_l with c_l = sum_{j>=l} lr_j m^(j-l),
-    and buf = m^k buf0 + sum_l m^(k-1-l) f_l g_l. One matmul instead of 3k small tensor ops; the
-    same maths as LayerSGD.update without weight decay or Nesterov (rounding differs slightly)."""
-    G = torch.stack(grads)
-    k = len(lrs)
-    if buf is None:
-        w.sub_(torch.from_numpy(lrs * f).to(G.dtype) @ G)
-        return
-    c = np.empty(k)
-    acc = 0.0
-    for j in range(k - 1, -1, -1):
-        acc = lrs[j] + m * acc
-        c[j] = acc
-    powers = m ** np.arange(1, k + 1)
-    coef = torch.from_numpy(np.stack([c * f, m ** np.arange(k - 1, -1, -1) * f])).to(G.dtype) @ G  # [2, P]
-    w.sub_(buf, alpha=float((lrs * powers).sum())).sub_(coef[0])
-    buf.mul_(float(m ** k)).add_(coef[1])
-
-
 # ---------------------------------------------------------------------------------------------
 def dasgd(sim: Simulation) -> None:
     """DASGD (schedules/dasgd.py's semantics): N replicas, no server, no averaging, no barrier.
 
-    Worker w takes batches w, w+N, w+2N, ... of the plan (strided, as real). Each step it first
-    applies the peers' gradients that have ARRIVED by then (in arrival order), computes the REAL
+    A free worker claims the next batch of the plan (as real local runs). Each step it first
+    applies the peers' updates that have ARRIVED by then (in arrival order), computes the REAL
     gradient of its batch on its replica, and when the simulated step ends applies it at once
-    (lr of the batch's place in the plan) and sends it, summed over --send-every steps, to its
-    peers (--topology all: every other worker; ring: one peer, rotating rank+1+(r mod N-1);
-    random:M: M peers drawn per round). Peers' gradients are applied with the receiver's current
-    lr x the --staleness factor (none 1; scale 1/(1+s); drop:MAX skip when s > MAX, counted in
-    dropped_updates; adaptive min(1, (N-1)/s)). Messages: header (5+N int64, the vector clock) +
-    payload, delays from --delay (core.Network: FIFO per pair). At the end every worker sends DONE
+    with its own optimizer (lr of the batch's place in the plan, its own momentum) and sends the
+    update that step made (summed over --send-every steps) to its peers (--topology all: every
+    other worker; ring: one peer, rotating rank+1+(r mod N-1); random:M: M peers drawn per round).
+    Peers' updates are added x the --staleness factor (none 1; scale 1/(1+s); drop:MAX skip when
+    s > MAX, counted in dropped_updates; adaptive min(1, (N-1)/s)). Messages: header (6+N int64,
+    the vector clock) + payload, delays from --delay (core.Network: FIFO per pair). At the end every worker sends DONE
     to every peer and applies what still arrives until all DONEs are in (its idle time).
 
     Staleness (vector clocks, exchange/policy.py's definition): V_i[o] = gradients of origin o that
@@ -523,15 +501,13 @@ def dasgd(sim: Simulation) -> None:
     adaptive_c = max(1, N - 1)
     V = np.zeros((N, N), np.int32)  # vector clocks
     pending: list[list] = [[] for _ in range(N)]  # per replica: heap of (arrival, seq, message id)
-    messages: dict[int, list] = {}  # id -> [sender, grad sum, sender clock, steps, recipients left]
-    acc: list = [None] * N  # per worker: [grad sum, clock at its first gradient, steps]
+    messages: dict[int, list] = {}  # id -> [sender, update sum, sender clock, steps, recipients left]
+    acc: list = [None] * N  # per worker: [update sum, clock at its first gradient, steps]
     rounds = [0] * N
-    lr_now = [sim.lr(0)] * N  # each replica's lr: set at its own steps, used for peers' gradients
     seq = [0]
-    header = (5 + N) * 8
+    header = (6 + N) * 8
     msg_bytes = header + sim.nbytes
     topo_rngs = [None] * N
-    batched = not cfg.nesterov and not cfg.weight_decay
     bins = stats.hist.shape[1]
     last_step = [0.0] * N
     recv = {"sum": 0, "n": 0}
@@ -587,19 +563,18 @@ def dasgd(sim: Simulation) -> None:
                 f = 1.0 / (1.0 + s[keep])
             elif policy == "adaptive":
                 f = np.minimum(1.0, adaptive_c / np.maximum(s[keep], 1))
-            lrs = lr_now[i] * f
-            grads = [ms[j][1] for j in keep]
-            if batched:
-                _apply_batched(state[i], None if mom is None else mom[i], grads, lrs, np.ones(len(keep)), cfg.momentum)
-            else:
-                for g, lr in zip(grads, lrs):
-                    opts[i].step([g], float(lr))
+            deltas = torch.stack([ms[j][1] for j in keep])
+            state[i].add_(torch.from_numpy(f).to(deltas.dtype) @ deltas)  # the senders' updates, as real
         for mid, msg in zip(ids, ms):
             msg[4] -= 1
             if msg[4] == 0:
                 del messages[mid]
 
-    def start(w: int, k: int) -> None:
+    def start(w: int) -> None:
+        k = sim.claim()
+        if k is None:
+            end(w)
+            return
         flush(w, loop.now)
         fm.load(state[w])
         g, loss, n = fm.gradient(k)
@@ -607,24 +582,21 @@ def dasgd(sim: Simulation) -> None:
         loop.at(loop.now + sim.compute.step(w), finish, w, k, g, loss, n)
 
     def finish(w: int, k: int, g, loss: float, n: int) -> None:
-        lr = lr_now[w] = sim.lr(sim.plan.samples_before(k))
+        before = state[w].clone()
+        opts[w].step([g], sim.lr(sim.plan.samples_before(k)))
+        delta = state[w] - before  # exactly the update this step made: what the peers add
         if acc[w] is None:
-            acc[w] = [g if cfg.send_every == 1 else g.clone(), V[w].copy(), 1]
+            acc[w] = [delta, V[w].copy(), 1]
         else:
-            acc[w][0].add_(g)
+            acc[w][0].add_(delta)
             acc[w][2] += 1
-        opts[w].step([g], lr)
         V[w, w] += 1
         stats.staleness(w, 0)
         stats.step(w, n, loss)
         if acc[w][2] >= cfg.send_every:
             send(w)
         sim.maybe_snapshot()
-        nxt = k + N
-        if nxt < sim.plan.num_batches:
-            start(w, nxt)
-        else:
-            end(w)
+        start(w)
 
     def send(w: int) -> None:
         grad, clock, steps = acc[w]
@@ -649,10 +621,7 @@ def dasgd(sim: Simulation) -> None:
         sim.done_time(loop.now)
 
     for w in range(N):
-        if w < sim.plan.num_batches:
-            loop.at(0.0, start, w, w)
-        else:
-            loop.at(0.0, end, w)
+        loop.at(0.0, start, w)
     loop.run(sim.on_event)
     # Shutdown: DONE (header only) from every worker to every peer, FIFO behind its gradients;
     # a worker finishes when the last DONE reaches it, applying the gradients still arriving.
