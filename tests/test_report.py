@@ -77,7 +77,7 @@ def test_report_with_a_different_target_and_a_parent_folder(two_runs, tmp_path):
     assert "time to 0.11 (s)" in (out / "report.md").read_text()
 
 
-def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float) -> Path:
+def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float, **config) -> Path:
     path.mkdir(parents=True)
     rows = [{"wall_time_s": t, "samples": int(1000 * t), "test_accuracy": 0.95 if t >= t_hit else 0.4,
              "test_loss": 0.2, "train_loss": 0.2} for t in (1.0, 2.0, 3.0, 4.0)]
@@ -85,7 +85,7 @@ def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps
     summary = {"algorithm": algo, "task": "mytask", "model": "mlp", "workers": 2, "samples": 4000,
                "wall_time_s": 4.0, "samples_per_s": sps, "final_test_accuracy": 0.95, "final_test_loss": 0.2,
                "target_accuracy": 0.9, "staleness": {"mean": 0.5, "max": 2}, "staleness_histogram": {"0": 3, "2": 1},
-               "bytes_sent": 0, "config": {"algorithm": algo, "lr": lr, "seed": seed, "out": str(path)},
+               "bytes_sent": 0, "config": {"algorithm": algo, "lr": lr, "seed": seed, "out": str(path), **config},
                "task_info": {"train_samples": 1000}, "device": "elsewhere"}
     (path / "summary.json").write_text(json.dumps(summary))
     return path
@@ -107,6 +107,17 @@ def test_runs_are_grouped_into_labels_and_repeats(tmp_path):
     assert algos["hogwild lr=0.1"]["time_to_target_ratio_vs_hogwild"] is None  # no plain "hogwild" label
     assert algos["hogwild lr=0.1"]["mfu"]["median"] is None  # no peak known
     assert res["scenarios"]["mytask"]["winner"]["algorithm"] == "hogwild lr=0.2"
+
+
+def test_differing_settings_only_among_the_algorithms_that_use_them(tmp_path):
+    """Every config carries every field; --sharing (pdasgd only) or --staleness where only its
+    users agree is not a difference between algorithms, lr is."""
+    dirs = [_fake_run_dir(tmp_path / "h", "hogwild", 0.05, 0, 2.0, 100.0, sharing="auto", staleness="none"),
+            _fake_run_dir(tmp_path / "p", "pdasgd", 0.05, 0, 2.0, 100.0, sharing="memory", staleness="adaptive"),
+            _fake_run_dir(tmp_path / "d", "dasgd", 0.1, 0, 2.0, 100.0, sharing="auto", staleness="adaptive")]
+    runs, _ = report.collect(dirs)
+    differ = report.build_results(runs, target=0.9, peak=None, flops={})["scenarios"]["mytask"]["differing_settings"]
+    assert differ == {"lr": {"hogwild": 0.05, "pdasgd": 0.05, "dasgd": 0.1}}
 
 
 def test_not_reached_counts_as_slowest_in_the_median():

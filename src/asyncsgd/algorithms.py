@@ -77,10 +77,11 @@ register(Algorithm("pdasgd", "PD-ASGD: decoupled forward and backward threads, e
                    "--sharing average keep replicas averaged in the background, one per GPU)",
                    "asyncsgd.schedules.decoupled:run", shared_model=lambda cfg: not _replicas(cfg),
                    distributed=_replicas, processes=_workers,
-                   # Not tolerates_failures, in either mode: its workers claim batches from the shared
-                   # plan under one lock, and a worker SIGKILLed while holding it would block every
-                   # survivor (measured with replicas: 1 kill in 5); the run stops with exit 1 instead.
-                   snapshot_all_replicas=_replicas,
+                   # With replicas the survivors of a dead worker carry on, as lpap's: they claim the
+                   # rest of the plan (board.ClaimLock, which the OS releases when its holder dies)
+                   # and average among themselves. One shared model: a worker killed mid-update may
+                   # leave it half-written, so that run stops with exit 1.
+                   tolerates_failures=_replicas, snapshot_all_replicas=_replicas,
                    defaults={"workers": 1, "staleness": "adaptive"},
                    summary_extra="asyncsgd.schedules.decoupled:summary_extra", distributed_with="--sharing average"))
 
@@ -90,9 +91,11 @@ register(Algorithm("dasgd", "DASGD: a replica per process, gradients applied at 
                    "asyncsgd.schedules.dasgd:run", shared_model=False, distributed=True, processes=_workers,
                    tolerates_failures=True, snapshot_all_replicas=True,
                    # the analysed algorithm is --staleness none --send-every 1 --momentum 0; these
-                   # defaults reach 0.90 about 3x sooner under delays and a straggler, and learn
-                   # more per sample without them (measured: docs/distributed.md, "Defaults")
-                   defaults={"staleness": "adaptive", "send_every": 4},
+                   # defaults reach 0.90 about 3x sooner than sync under delays and a straggler, and
+                   # learn more per sample without them. lr 0.07, not the shared 0.05: peers' updates
+                   # arrive down-weighted (adaptive), so a replica takes in less of the others' work
+                   # than a Hogwild! process (measured, 6 seeds: docs/distributed.md, "Defaults")
+                   defaults={"staleness": "adaptive", "send_every": 4, "lr": 0.07},
                    summary_extra="asyncsgd.schedules.dasgd:summary_extra"))
 register(Algorithm("lpap", "LPAP-SGD: Hogwild! threads inside each of --groups processes, parameters averaged "
                    "across groups every --average-every steps in the background",

@@ -55,7 +55,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=INT, default=S, help="worker processes (default 2; pdasgd 1: its parallelism is threads)")
     p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together (default {d.epochs:g})")
     p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread (default {d.batch_size})")
-    p.add_argument("--lr", type=FLOAT, default=S, help="peak learning rate (default 0.05)")
+    p.add_argument("--lr", type=FLOAT, default=S, help="peak learning rate (default 0.05; dasgd 0.07)")
     p.add_argument("--momentum", type=FLOAT, default=S, help="momentum (default 0.9)")
     p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
     p.add_argument("--weight-decay", type=FLOAT, default=S, help="L2 weight decay (default 0)")

@@ -48,7 +48,7 @@ class RunConfig:
     workers: int | None = None  # default: the algorithm's (pdasgd 1 process of F+B threads, others 2)
     epochs: float = 10.0
     batch_size: int = 32
-    lr: float | None = None  # default 0.05: see SHARED_DEFAULTS and Algorithm.defaults
+    lr: float | None = None  # default 0.05 (dasgd 0.07): see SHARED_DEFAULTS and Algorithm.defaults
     momentum: float | None = None  # default 0.9
     nesterov: bool = False
     weight_decay: float = 0.0

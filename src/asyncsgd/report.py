@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import ALGORITHM_OPTIONS
 from .errors import ConfigError
 
 SCHEMA = "asyncsgd.results/1"
@@ -264,15 +265,19 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
 
 
 def _differences(runs: list[Run]) -> dict:
-    """{setting: {label: value}} for settings (not seeds, paths, ...) whose values differ between labels."""
-    by_label: dict[str, dict] = {}
+    """{setting: {label: value}} for settings (not seeds, paths, ...) whose values differ between
+    labels, among the algorithms that use the setting (an lpap-only --groups is not a difference
+    between hogwild and sync, whose configs merely carry its default)."""
+    by_label: dict[str, tuple[str, dict]] = {}
     for r in runs:
-        by_label.setdefault(r.label, r.summary.get("config") or {})
-    keys = sorted({k for c in by_label.values() for k in c} - _NOT_A_DIFFERENCE)
+        by_label.setdefault(r.label, (r.summary.get("algorithm"), r.summary.get("config") or {}))
+    keys = sorted({k for _, c in by_label.values() for k in c} - _NOT_A_DIFFERENCE)
     out = {}
     for k in keys:
-        if len({json.dumps(c.get(k), sort_keys=True) for c in by_label.values()}) > 1:
-            out[k] = {label: c.get(k) for label, c in by_label.items()}
+        users = ALGORITHM_OPTIONS.get(k)
+        values = {label: c.get(k) for label, (algo, c) in by_label.items() if users is None or algo in users}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            out[k] = values
     return out
 
 
