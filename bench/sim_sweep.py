@@ -9,8 +9,8 @@ each batch costs forward 10 ms + backward 20 ms at best, times a Pareto(1.5) fac
 mean 3, P(factor > x) = x^-1.5: most steps near the best case, a heavy tail of stragglers), and
 every message or collective pays 1 ms latency with exponential jitter plus 10 Gbit/s transfer.
 Same task, seed, epochs (total samples) and target for every point; sync with its default linear
-lr scaling (lr x N) and with --lr-scaling none (sync:none), dasgd with the plain lr and with
---staleness scale (dasgd:scale). Writes results.json and results.md (the table
+lr scaling (lr x N) and with --lr-scaling none (sync:none), dasgd as analysed (plain SGD at lr
+0.1, an update per message, --staleness none) and with --staleness scale (dasgd:scale). Writes results.json and results.md (the table
 docs/simulator.md quotes) to --out, and prints the table.
 """
 
@@ -25,6 +25,7 @@ from asyncsgd.config import RunConfig
 from asyncsgd.errors import DivergedError
 from asyncsgd.runner import run
 
+DASGD_PLAIN = dict(momentum=0.0, lr=0.1, send_every=1)
 CLUSTER = dict(sim_forward_s=0.010, sim_backward_s=0.020, sim_compute="pareto:1.5",
                delay="latency=1ms,jitter=exp,bandwidth=10Gbps")
 
@@ -34,7 +35,9 @@ def point(spec: str, workers: int, args, out: Path) -> dict:
     sync:SCALING (--lr-scaling SCALING, e.g. sync:none keeps the lr at N workers)."""
     algo, _, variant = spec.partition(":")
     name = f"{spec.replace(':', '-')}-{workers}"
-    extra = {"lr_scaling": variant} if algo == "sync" and variant else {"staleness": variant} if variant else {}
+    extra = {"lr_scaling": variant} if algo == "sync" and variant else {}
+    if algo == "dasgd":  # the analysed algorithm (plain SGD, an update per message), not dasgd's defaults
+        extra = {**DASGD_PLAIN, "staleness": variant or "none"}
     cfg = RunConfig(algorithm=algo, runtime="sim", task=args.task, sim_workers=workers, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, target_accuracy=args.target, eval_points=args.eval_points,
                     progress="none", out=str(out / name), **CLUSTER, **extra)

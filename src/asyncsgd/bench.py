@@ -41,7 +41,7 @@ SUITES: dict[str, dict] = {
     "delays": {
         "about": "mnist1d, 4 workers, one worker 4x slower and 20 ms on every message (PD-ASGD paper's delay "
                  "experiments), next to the same run without delays",
-        "task": "mnist1d", "model": None, "workers": 4, "epochs": 20.0, "target_accuracy": 0.90, "repeats": 2,
+        "task": "mnist1d", "model": None, "workers": 4, "epochs": 20.0, "target_accuracy": 0.90, "repeats": 3,
         # lpap as the paper runs it, Hogwild! inside each device: 2 groups x 2 workers (4 groups of 1
         # average 4 replicas, which per sample learns like sync without its lr scaling: 1.8x sync
         # under delays, against 3.4x for 2 x 2); pdasgd as 2 processes of 1F:2B threads (4
