@@ -16,9 +16,15 @@ ARGS = ["--epochs", "4", "--checkpoint-every", "0.5", "--progress", "none", "--t
         "--eval-points", "8"]
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored SIGINT is inherited: Python
+    # then installs no KeyboardInterrupt handler and the run would finish as if never interrupted
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out, *extra):
     return subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--out", str(out), *ARGS, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_checkpoint(proc, out, timeout=120):

@@ -107,7 +107,7 @@ class WorkerSpec:
     checkpoint_every: int
     world_size: int
     device: str
-    dist_init: str | None = None  # tcp://host:port for locally spawned process groups
+    dist_init: str | None = None  # tcp://host:port of the launcher's store (local runs), or env:// (torchrun)
     errors: object = None  # multiprocessing queue: (rank, kind, message)
     extra: dict = field(default_factory=dict)
 

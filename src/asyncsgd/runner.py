@@ -20,7 +20,6 @@ import json
 import math
 import os
 import queue
-import socket
 import sys
 import threading
 import time
@@ -47,12 +46,6 @@ def resolve_device(cfg: RunConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return cfg.device
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_main(rank: int, spec: WorkerSpec) -> None:
@@ -82,9 +75,10 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
                 from .torchrun import TorchrunJob
                 job = TorchrunJob(rank, spec.world_size, timeout)
                 job.init_process_group(backend)
-            else:
-                dist.init_process_group(backend, init_method=spec.dist_init, rank=rank, world_size=spec.world_size,
-                                        timeout=timeout)
+            else:  # the launcher hosts the store (Launcher._run_processes); every worker is a client
+                host, port = spec.dist_init.removeprefix("tcp://").rsplit(":", 1)
+                store = dist.TCPStore(host, int(port), spec.world_size, is_master=False, timeout=timeout)
+                dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
             group = True
             if torchrun:
                 dist.barrier()  # no shared board across machines: this is the start line
@@ -194,8 +188,7 @@ class Launcher:
             total_samples=self.total, start_batch=start_batch, samples_before=samples_before,
             elapsed_before=elapsed, momentum_init=momentum, snapshot_every=self.snapshot_every,
             checkpoint_every=max(1, round(cfg.checkpoint_every * n_train)), world_size=self.n_proc,
-            device=self.device, dist_init=f"tcp://127.0.0.1:{free_port()}" if self.algo.distributed else None,
-            errors=self.errors)
+            device=self.device, errors=self.errors)
         self.ctx = ctx
         self.lost: list[int] = []
         self.failure: tuple | None = None
@@ -245,6 +238,17 @@ class Launcher:
         except Exception as e:
             raise ConfigError(f"model_fn {self.task.model_fn!r} is not picklable ({type(e).__name__}); accepted for "
                               f"multi-process algorithms: a module-level function or class, or functools.partial of one") from None
+        store = None
+        if self.algo.distributed:
+            # The launcher hosts the process group's store on a port it holds for the whole run. (A
+            # port picked free here and bound later by worker 0 could be taken in between, e.g. by
+            # another worker's connect attempt to it, leaving the workers waiting on a store
+            # that is not theirs.)
+            import datetime
+            import torch.distributed as dist
+            store = dist.TCPStore("127.0.0.1", 0, self.n_proc, is_master=True, wait_for_workers=False,
+                                  timeout=datetime.timedelta(seconds=max(60.0, self.cfg.stall_timeout)))
+            self.spec.dist_init = f"tcp://127.0.0.1:{store.port}"
         procs = []
         for rank in range(self.n_proc):
             p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
@@ -256,6 +260,7 @@ class Launcher:
             self._watch(procs, progress)
         finally:
             self._stop_all(procs)
+            del store  # after the workers: the server closes with it
 
     def _write_workers_json(self, state: str) -> None:
         """workers.json in the run directory: the worker processes' pids (to watch or kill them)."""
