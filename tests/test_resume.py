@@ -61,8 +61,13 @@ def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig
     assert summary["samples"] == expected["samples"] == 4 * 8000
     assert summary["resumed_from_samples"] == ckpt["samples_done"]
     assert summary["config"]["algorithm"] == algo
-    # the resumed model is as good as the uninterrupted one (4 epochs: both near 0.8-0.9, noisy)
-    assert summary["final_test_accuracy"] > expected["final_test_accuracy"] - 0.1
+    # the resumed model learned like the uninterrupted one. Two hogwild processes are not
+    # deterministic, and 4 epochs of them end anywhere in 0.78-0.89 (measured), so hogwild gets a
+    # floor (chance is 0.1); sequential is compared with its uninterrupted twin
+    if algo == "sequential":
+        assert summary["final_test_accuracy"] > expected["final_test_accuracy"] - 0.1
+    else:
+        assert summary["final_test_accuracy"] >= 0.7, (summary["final_test_accuracy"], expected["final_test_accuracy"])
     samples = [m["samples"] for m in metrics]
     assert samples == sorted(samples) and samples[-1] == expected["samples"]
     if sig == signal.SIGINT:  # a graceful stop keeps the evaluation points its checkpoint covers
