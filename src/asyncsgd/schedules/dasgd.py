@@ -1,7 +1,8 @@
 """DASGD (Tosi & Theobald, arXiv 2309.03754): decentralized asynchronous SGD.
 
 A full replica per worker process, no parameter server, no averaging, no barrier. Each step a
-worker computes the gradient of its batch (strided batches of the plan: rank, rank+N, ...),
+worker computes the gradient of its batch (local runs: the next batch of the shared plan, claimed
+as Hogwild! does; torchrun: strided, rank, rank+N, ...),
 applies it to its own replica at once, and sends the update (summed over --send-every steps) to
 its peers (--topology); the receiver thread applies peers' updates the moment they arrive, so
 no step ever waits for the network and a peer's update is never held back by a local step.
@@ -27,8 +28,8 @@ forwarding): each replica applies a different subset, so the replicas drift apar
 reconciles them during the run; the record shows how far apart they are (consensus_distance)
 and how good their average is (avg_test_accuracy), next to replica 0's own accuracy.
 Lost workers (the launcher saw the process die and set board.lost; under torchrun the exchange
-sets it): the exchange stops sending to them; the survivors take over the batches they did not
-get to (batches() below).
+sets it): the exchange stops sending to them; local survivors go on claiming the plan, torchrun
+survivors take over the strided batches the lost rank did not get to (batches() below).
 End of the run: DONE to every peer, then wait until every peer has sent DONE or is gone (the
 exchange's shutdown protocol), applying their last updates; that wait is the worker's idle time.
 """
@@ -36,7 +37,6 @@ exchange's shutdown protocol), applying their last updates; that wait is the wor
 from __future__ import annotations
 
 import heapq
-import math
 import threading
 
 import torch
@@ -133,17 +133,17 @@ def run(ctx) -> None:
         ctx.finish(model)
 
 
-def batches(ctx, done=None):
-    """This worker's strided batches (rank, rank+N, ...) merged in plan order with its share of
+def batches(ctx, done):
+    """Under torchrun (no shared board to claim from): this worker's strided batches (rank, rank+N, ...) merged in plan order with its share of
     the batches that workers seen to die did not get to (split among the survivors), so the run
     still covers the whole plan. In plan order, not after its own share: a batch's lr follows its
     plan position (the run's global progress), so batches taken over only at the end would be
     trained at mid-run learning rates just before the run ends (with a worker of 4 killed 1 s in,
     the final accuracy was 0.78-0.92 that way). Best effort: a worker lost after this one
     finished is not covered.
-    done(w): batches worker w got through (default: its samples on the shared board). Under
-    torchrun dasgd passes w's updates this replica applied: in-flight messages are missed, and
-    with --topology ring / random:M a replica sees only part of them, so some batches are redone."""
+    done(w): batches worker w got through; dasgd passes w's updates this replica applied (its
+    vector clock entry): in-flight messages are missed, and with --topology ring / random:M a
+    replica sees only part of them, so some batches are redone."""
     n, rank, board = ctx.world_size, ctx.rank, ctx.board
     sources = {-1: iter(ctx.batches(mode="strided", stride=n, offset=rank))}
     heap: list[tuple[int, int]] = []  # (next batch, source): the smallest plan position first
@@ -154,7 +154,7 @@ def batches(ctx, done=None):
             heapq.heappush(heap, (k, src))
 
     def takeover(w: int, survivors: list[int]):
-        got = done(w) if done is not None else math.ceil(int(board.samples[w]) / ctx.cfg.batch_size)
+        got = done(w)
         j = got + survivors.index(rank)
         while (k := ctx.spec.start_batch + w + j * n) < ctx.plan.num_batches:
             yield k
