@@ -206,7 +206,7 @@ def test_every_suite_is_a_small_declarative_dict():
 
 
 def test_default_algorithms_are_the_registry(tmp_path):
-    from asyncsgd.algorithms import ALGORITHMS
+    from asyncsgd.algorithms.registry import ALGORITHMS
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

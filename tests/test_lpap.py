@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import read_run, run_cli
 from test_dasgd import FAST, run_and_kill
 
-from asyncsgd.schedules.lpap import partition
+from asyncsgd.algorithms.lpap.worker import partition
 
 
 def test_lpap_two_groups_of_two_reaches_090(tmp_path):

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from asyncsgd import cli
-from asyncsgd.algorithms import default_algorithm, get_algorithm
+from asyncsgd.algorithms.pdasgd import rules, threads, views
+from asyncsgd.algorithms.registry import default_algorithm, get_algorithm
 from asyncsgd.board import Board
 from asyncsgd.optim import LayerSGD
-from asyncsgd.schedules import decoupled
 from conftest import read_run, run_cli
 
 SMALL = ("--threads-per-worker", "1", "--progress", "none", "--eval-points", "2")
@@ -68,14 +68,15 @@ def fake_ctx(model, workers=1):
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     return SimpleNamespace(board=board, rank=0, spec=SimpleNamespace(model=model), device=torch.device("cpu"),
                            plan=SimpleNamespace(indices=lambda k: k), optimizer=lambda ps: LayerSGD(ps, 0.9),
-                           fetch=lambda k: (x, y), loss=torch.nn.functional.cross_entropy, lr=lambda: 0.1)
+                           fetch=lambda k: (x, y), loss=torch.nn.functional.cross_entropy, lr=lambda: 0.1,
+                           batch_source=lambda: None)
 
 
 @pytest.mark.parametrize("mode", ["layer", "block"])
 def test_layer_updates_land_during_the_backward(mode):
     torch.manual_seed(0)
     model = Sandwich()
-    w = decoupled.Decoupled(fake_ctx(model), 1, 1, 1, mode)
+    w = threads.Decoupled(fake_ctx(model), 1, 1, 1, mode)
     high0, low0 = model.high.weight.detach().clone(), model.low.weight.detach().clone()
     high_i = w.names.index("high.weight")
     Marker.seen = []
@@ -101,7 +102,7 @@ def test_staleness_counts_other_writers_between_read_and_update():
     torch.manual_seed(0)
     model = Sandwich()
     Marker.probe = lambda: None
-    w = decoupled.Decoupled(fake_ctx(model), 1, 2, 2, "layer")
+    w = threads.Decoupled(fake_ctx(model), 1, 2, 2, "layer")
     replica = w.replica()
     a = w.forward(replica, 0)
     b = w.forward(replica, 1)  # read before a's updates land
@@ -120,7 +121,7 @@ def test_forward_reads_each_layer_when_its_module_runs():
     """The version a forward records for a layer is the one current when that layer's module
     ran, not when the pass started."""
     model = Sandwich()
-    w = decoupled.Decoupled(fake_ctx(model), 1, 1, 1, "layer")
+    w = threads.Decoupled(fake_ctx(model), 1, 1, 1, "layer")
     replica = w.replica()
     high = [w.names.index("high.weight"), w.names.index("high.bias")]
     low = [w.names.index("low.weight"), w.names.index("low.bias")]
@@ -157,7 +158,7 @@ def test_update_is_the_full_gradient_for_tied_and_borrowed_parameters(mode):
     ctx = fake_ctx(model)
     x, y = ctx.fetch(0)
     grads = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x), y), list(ref.parameters()))
-    w = decoupled.Decoupled(ctx, 1, 1, 1, mode)
+    w = threads.Decoupled(ctx, 1, 1, 1, mode)
     assert len(w.params) == 5  # a.weight (= b.weight), a.bias, b.bias, side.weight, side.bias
     before = [p.detach().clone() for p in w.params]
     w.backward(w.forward(w.replica(), 0), 0)
@@ -168,24 +169,26 @@ def test_update_is_the_full_gradient_for_tied_and_borrowed_parameters(mode):
 
 def test_replica_shares_parameters_and_buffers():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    rep = decoupled.shared_replica(model)
+    rep = views.shared_replica(model)
     assert rep is not model and rep[1] is not model[1]
     assert all(a is b for a, b in zip(rep.parameters(), model.parameters()))
     assert all(a is b for a, b in zip(rep.buffers(), model.buffers()))
 
 
 def test_auto_threads_ratio_and_clamp():
-    assert decoupled.auto_threads(1, 1.0, 2.0) == (1, 2)
-    assert decoupled.auto_threads(2, 1.0, 2.1) == (2, 4)
-    assert decoupled.auto_threads(1, 1.0, 0.2) == (1, 1)
-    assert decoupled.auto_threads(3, 1.0, 9.0) == (3, 8)
+    assert rules.auto_threads(1, 1.0, 2.0) == (1, 2)
+    assert rules.auto_threads(2, 1.0, 2.1) == (2, 4)
+    assert rules.auto_threads(1, 1.0, 0.2) == (1, 1)
+    assert rules.auto_threads(3, 1.0, 9.0) == (3, 8)
 
 
 def test_registered_and_default():
-    from asyncsgd.config import RunConfig, validate
+    from asyncsgd.config import RunConfig
+    from asyncsgd.settings import resolve as validate
     algo = get_algorithm("pdasgd").for_config(validate(RunConfig(algorithm="pdasgd", device="cpu")))
     assert algo.shared_model and not algo.distributed and default_algorithm() == "pdasgd"  # replicas: test_pdasgd_replicas.py
-    assert algo.summary_extra == "asyncsgd.schedules.decoupled:summary_extra"
+    from asyncsgd.algorithms.pdasgd import spec
+    assert algo.summary_extra is spec.summary_extra
 
 
 # ------------------------------------------------------------------ whole runs

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from asyncsgd import cli
-from asyncsgd.algorithms import ALGORITHMS, get_algorithm
-from asyncsgd.config import RunConfig, resolve_sharing, validate
-from asyncsgd.schedules import decoupled
+from asyncsgd.algorithms.pdasgd import threads
+from asyncsgd.algorithms.pdasgd.rules import resolve_sharing
+from asyncsgd.algorithms.registry import ALGORITHMS, get_algorithm
+from asyncsgd.config import RunConfig
+from asyncsgd.settings import resolve as validate
 from conftest import assert_one_line_error, read_run, run_cli
 from test_dasgd import run_and_kill
 from test_pdasgd import Marker, Sandwich, fake_ctx
@@ -60,8 +62,8 @@ def test_replica_versions_count_only_this_workers_updates():
     torch.manual_seed(0)
     Marker.probe = lambda: None
     ctx = fake_ctx(Sandwich(), workers=2)
-    shared = decoupled.Decoupled(ctx, 1, 1, 1, "layer")
-    replica = decoupled.Decoupled(ctx, 1, 1, 1, "layer", replica=True)
+    shared = threads.Decoupled(ctx, 1, 1, 1, "layer")
+    replica = threads.Decoupled(ctx, 1, 1, 1, "layer", replica=True)
     ctx.board.layer_version[1, 0] += 5  # worker 1's updates
     assert shared.versions() == [5] * 4 and replica.versions() == [0] * 4
     item = replica.forward(replica.replica(), 0)

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from asyncsgd.config import RunConfig
+from asyncsgd.exchange.transport import HEADER_FIELDS
 from asyncsgd.runner import run
 from conftest import read_run, run_cli
 
@@ -51,10 +52,24 @@ def test_same_seed_gives_bit_identical_summaries_and_metrics(tmp_path):
     assert sc["wall_time_s"] != sa["wall_time_s"]
 
 
+def test_default_compute_times_read_no_clock(tmp_path):
+    """By default the compute times are the model's FLOPs over --sim-device-flops: two runs with one
+    seed and no given times write the same summary.json, apart from host wall-clock fields and paths."""
+    runs = [sim(tmp_path, name, algorithm="dasgd", sim_workers=256, task="logreg", seed=5, epochs=1)
+            for name in ("a", "b")]
+    assert runs[0]["sim"]["compute_times"] == "flops" and runs[0]["idle_s"] if "idle_s" in runs[0] else True
+    assert comparable(runs[0]) == comparable(runs[1])
+    assert [w["idle_s"] for w in runs[0]["per_worker"]] == [w["idle_s"] for w in runs[1]["per_worker"]]
+    faster = sim(tmp_path, "c", algorithm="dasgd", sim_workers=256, task="logreg", seed=5, epochs=1,
+                 sim_device_flops=2e10)
+    assert faster["sim"]["forward_s"] == pytest.approx(runs[0]["sim"]["forward_s"] / 2)
+
+
 def test_measured_compute_times_replay_exactly(tmp_path):
-    """Measured forward/backward times are the only host-dependent input; the summary records them,
-    and giving them back (--sim-forward-s/--sim-backward-s) replays the run bit for bit."""
-    first = sim(tmp_path, "measured", algorithm="pdasgd", task="logreg", epochs=2, workers=2)
+    """Measured forward/backward times (--sim-times measured, an opt-in) are the only host-dependent
+    input; the summary records them, and giving them back (--sim-forward-s/--sim-backward-s)
+    replays the run bit for bit."""
+    first = sim(tmp_path, "measured", algorithm="pdasgd", task="logreg", epochs=2, workers=2, sim_times="measured")
     assert first["sim"]["compute_times"] == "measured"
     assert first["sim"]["forward_s"] > 0 and first["sim"]["backward_s"] > 0
     again = sim(tmp_path, "given", algorithm="pdasgd", task="logreg", epochs=2, workers=2,
@@ -63,7 +78,7 @@ def test_measured_compute_times_replay_exactly(tmp_path):
     a, b = comparable(first), comparable(again)
     for s in (a, b):
         s["sim"].pop("compute_times")
-        for k in ("sim_forward_s", "sim_backward_s"):
+        for k in ("sim_forward_s", "sim_backward_s", "sim_times"):
             s["config"].pop(k)
     assert a == b
 
@@ -207,7 +222,8 @@ def test_lpap_groups_average_in_the_background(tmp_path):
     rounds = s["lpap"]["averaging_rounds_per_group"]
     assert rounds[0] == rounds[1] == pytest.approx(250 / 2 / 5, abs=2)
     assert s["messages_sent"] == sum(rounds) + 2  # each round: one message to the other group; + 2 FINAL
-    assert s["bytes_sent"] == s["messages_sent"] * ((5 + 2) * 8 + 42 * 4)
+    # the real exchange's header (HEADER_FIELDS int64 + a clock of 2 groups), as the real lpap sends
+    assert s["bytes_sent"] == s["messages_sent"] * ((HEADER_FIELDS + 2) * 8 + 42 * 4)
     assert s["consensus_distance"] == 0.0 and s["final_avg_test_accuracy"] == s["final_test_accuracy"] >= 0.75
 
 

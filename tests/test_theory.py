@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from asyncsgd.config import RunConfig
-from asyncsgd.engine import StateFlattener
-from asyncsgd.runner import Launcher, run
+from asyncsgd.launch.local import Launcher
+from asyncsgd.runner import run
 from asyncsgd.tasks import get_task
+from asyncsgd.tensors import StateFlattener
 from asyncsgd.theory import add_theory, lipschitz_estimate, theory_check
 
 torch.set_num_threads(1)

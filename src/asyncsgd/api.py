@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import functools
 
-from .config import FIELD_NAMES, RunConfig, check_algorithm_options
+from .config import FIELD_NAMES, RunConfig
 from .errors import ConfigError
 
 
 def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None = None, task: str | None = None,
           loss: str = "cross_entropy", num_classes: int | None = None, **settings) -> dict:
     """Train and return the summary. Give model_fn + datasets, or a built-in task name."""
-    from .algorithms import default_algorithm
+    from .algorithms.registry import default_algorithm
     from .runner import run
+    from .settings import check_options
     from .tasks import Task
 
     unknown = sorted(set(settings) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"train(): unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}")
-    check_algorithm_options(algorithm or default_algorithm(), settings, settings.get("runtime"))
+    check_options(algorithm or default_algorithm(), settings, settings.get("runtime"))
     cfg = RunConfig(algorithm=algorithm or default_algorithm(), **settings)
     if model_fn is None:
         if train_set is not None:

@@ -114,7 +114,7 @@ def _parse_value(text: str):
 
 def plan(args) -> dict:
     """Everything the bench will run, checked before the first run (bad input: ConfigError)."""
-    from .algorithms import ALGORITHMS
+    from .algorithms.registry import ALGORITHMS
     from .config import FIELD_NAMES
 
     if args.suite not in SUITES:
@@ -184,8 +184,9 @@ def plan(args) -> dict:
 
 def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
     """The RunConfig of one algorithm in one scenario (repeat 0), validated; plus a note if adjusted."""
-    from .algorithms import ALGORITHMS
-    from .config import RunConfig, parse_straggler, validate
+    from .algorithms.registry import ALGORITHMS
+    from .config import RunConfig
+    from .settings import resolve
 
     values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
               "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
@@ -194,12 +195,12 @@ def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
     note = None
     try:
         cfg = RunConfig(**values)
-        straggler = parse_straggler(cfg.straggler)
+        straggler = cfg.parsed.straggler
         n = ALGORITHMS[algo].processes(cfg)
-        if straggler is not None and straggler["worker"] >= n:
+        if straggler is not None and straggler.worker >= n:
             cfg = cfg.replace(straggler=None)
-            note = f"no straggler: it runs {n} process(es), so worker {straggler['worker']} does not exist"
-        validate(cfg)
+            note = f"no straggler: it runs {n} process(es), so worker {straggler.worker} does not exist"
+        resolve(cfg)
     except (ConfigError, DataError) as e:
         raise type(e)(f"suite {suite['name']!r} scenario {scenario!r} algorithm {algo!r}: {e}") from None
     except TypeError as e:  # an unknown setting in a suite definition
@@ -276,7 +277,8 @@ def execute(args) -> tuple[dict, list]:
     """Plan, measure, run every run interleaved, write the report; returns (results, runs)."""
     from . import mfu
     from .report import Run, build_results, render
-    from .runner import resolve_device, run
+    from .launch.local import resolve_device
+    from .runner import run
     from .tasks import get_task
 
     p = plan(args)

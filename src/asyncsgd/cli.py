@@ -1,6 +1,6 @@
 """The command line: `asyncsgd train | algorithms | ...`.
 
-Parses, validates (config.validate), calls the API, and maps errors to exit codes:
+Parses, checks the given settings (settings.check_options; settings.resolve does the rest), calls the API, and maps errors to exit codes:
 0 done; 2 bad input (one line on stderr, no traceback); 3 diverged; 1 anything else;
 130 interrupted (Ctrl-C; the last checkpoint is kept and --resume continues from it).
 """
@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .config import FIELD_NAMES, RunConfig, check_algorithm_options, flag, load_toml
+from .config import FIELD_NAMES, RunConfig, flag, load_toml
 from .errors import AsyncSGDError, ConfigError
 
 BOOL_FIELDS = {"nesterov", "partitioned"}
@@ -44,7 +44,8 @@ FLOAT = _typed(float, "a number")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    d = RunConfig()
+    from .settings import default_text as D  # each default is written once: RunConfig, SHARED_DEFAULTS, a spec
+
     S = argparse.SUPPRESS
     p.add_argument("--algo", "--algorithm", dest="algorithm", default=S,
                    help="algorithm name (see `asyncsgd algorithms`); default pdasgd, or hogwild if pdasgd is absent")
@@ -52,56 +53,58 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
     p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
-    p.add_argument("--workers", type=INT, default=S, help="worker processes (default 2; pdasgd 1: its parallelism is threads)")
-    p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together (default {d.epochs:g})")
-    p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread (default {d.batch_size})")
-    p.add_argument("--lr", type=FLOAT, default=S, help="peak learning rate (default 0.05; dasgd 0.07)")
-    p.add_argument("--momentum", type=FLOAT, default=S, help="momentum (default 0.9)")
+    p.add_argument("--workers", type=INT, default=S, help=f"worker processes ({D('workers')}; pdasgd's parallelism is threads)")
+    p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together ({D('epochs')})")
+    p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread ({D('batch_size')})")
+    p.add_argument("--lr", type=FLOAT, default=S, help=f"peak learning rate ({D('lr')})")
+    p.add_argument("--momentum", type=FLOAT, default=S, help=f"momentum ({D('momentum')})")
     p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=FLOAT, default=S, help="L2 weight decay (default 0)")
-    p.add_argument("--schedule", default=S, help="cosine (default), constant or step; driven by global samples")
-    p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length (default {d.warmup_epochs})")
+    p.add_argument("--weight-decay", type=FLOAT, default=S, help=f"L2 weight decay ({D('weight_decay')})")
+    p.add_argument("--schedule", default=S, help=f"cosine, constant or step, driven by global samples ({D('schedule')})")
+    p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length in epochs ({D('warmup_epochs')})")
     p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")
-    p.add_argument("--lr-gamma", type=FLOAT, default=S, help="for --schedule step: lr factor at each step (default 0.1)")
-    p.add_argument("--lr-scaling", default=S, help="sync: linear (default; lr x N for the N x B effective batch) or none")
-    p.add_argument("--seed", type=INT, default=S, help="seed of everything random (default 0)")
+    p.add_argument("--lr-gamma", type=FLOAT, default=S, help=f"for --schedule step: lr factor at each step ({D('lr_gamma')})")
+    p.add_argument("--lr-scaling", default=S, help=f"sync: linear (lr x N for the N x B effective batch) or none ({D('lr_scaling')})")
+    p.add_argument("--seed", type=INT, default=S, help=f"seed of everything random ({D('seed')})")
     p.add_argument("--target-accuracy", type=FLOAT, default=S, help="report the first wall-clock time test accuracy reached this")
     p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")
     p.add_argument("--config", help="TOML file of settings; flags given here override it")
     p.add_argument("--resume", default=S, help="continue the run in this directory from its last checkpoint")
-    p.add_argument("--device", default=S, help="cpu, cuda or auto (default)")
-    p.add_argument("--eval-points", type=INT, default=S, help=f"parameter snapshots evaluated after training (default {d.eval_points})")
-    p.add_argument("--checkpoint-every", type=FLOAT, default=S, help="epochs between checkpoints (default 1)")
+    p.add_argument("--device", default=S, help=f"cpu, cuda or auto ({D('device')})")
+    p.add_argument("--eval-points", type=INT, default=S, help=f"parameter snapshots evaluated after training ({D('eval_points')})")
+    p.add_argument("--checkpoint-every", type=FLOAT, default=S, help=f"epochs between checkpoints ({D('checkpoint_every')})")
     p.add_argument("--threads-per-worker", type=INT, default=S, help="torch threads per process (default cores / processes)")
-    p.add_argument("--progress", default=S, help="auto (bar on a terminal, lines otherwise), bar, lines, none")
-    p.add_argument("--stall-timeout", type=FLOAT, default=S, help="seconds without progress before the run is stopped (default 120)")
+    p.add_argument("--progress", default=S, help=f"auto (bar on a terminal, lines otherwise), bar, lines, none ({D('progress')})")
+    p.add_argument("--stall-timeout", type=FLOAT, default=S, help=f"seconds without progress before the run is stopped ({D('stall_timeout')})")
     g = p.add_argument_group("pdasgd")
-    g.add_argument("--forward-threads", type=INT, default=S, help="forward threads per worker (default 1)")
-    g.add_argument("--backward-threads", type=INT, default=S, help="backward threads per worker (default 2)")
+    g.add_argument("--forward-threads", type=INT, default=S, help=f"forward threads per worker ({D('forward_threads')})")
+    g.add_argument("--backward-threads", type=INT, default=S, help=f"backward threads per worker ({D('backward_threads')})")
     g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
-    g.add_argument("--queue-size", type=INT, default=S, help="finished forwards waiting for a backward thread (default F; deeper queues add staleness)")
-    g.add_argument("--updates", default=S, help="layer (default: each layer updated when its gradient is ready) or block")
+    g.add_argument("--queue-size", type=INT, default=S, help="finished forwards waiting for a backward thread (default: the forward threads; deeper queues add staleness)")
+    g.add_argument("--updates", default=S, help=f"layer (each layer updated when its gradient is ready) or block ({D('updates')})")
     g.add_argument("--sharing", default=S, help="memory: the --workers processes update one shared model; average: a replica "
                    "per process (one per GPU), averaged in the background every --average-every backward passes; "
-                   "auto (default): average with --device cuda, several GPUs and --workers > 1, else memory")
+                   "auto: average with --device cuda, several GPUs and --workers > 1, else memory (" + D("sharing") + ")")
     g = p.add_argument_group("lpap")
-    g.add_argument("--groups", type=INT, default=S, help="groups (devices), parameters averaged across them (default 2)")
-    g.add_argument("--workers-per-group", type=INT, default=S, help="Hogwild! workers per group (default 2)")
-    g.add_argument("--average-every", type=INT, default=S, help="local steps (pdasgd --sharing average: backward passes) between averagings (default 10)")
+    g.add_argument("--groups", type=INT, default=S, help=f"groups (devices), parameters averaged across them ({D('groups')})")
+    g.add_argument("--workers-per-group", type=INT, default=S, help=f"Hogwild! workers per group ({D('workers_per_group')})")
+    g.add_argument("--average-every", type=INT, default=S, help=f"local steps (pdasgd --sharing average: backward passes) between averagings ({D('average_every')})")
     g.add_argument("--partitioned", action="store_true", default=S, help="LPP variant: workers update their own layer slices")
     g = p.add_argument_group("dasgd")
-    g.add_argument("--send-every", type=INT, default=S, help="local steps summed into one message (default 4)")
-    g.add_argument("--topology", default=S, help="all (default), ring or random:M")
-    g.add_argument("--staleness", default=S, help="none, scale, drop:MAX or adaptive (default for dasgd and pdasgd; none for the others): what a stale update does")
+    g.add_argument("--send-every", type=INT, default=S, help=f"local steps summed into one message ({D('send_every')})")
+    g.add_argument("--topology", default=S, help=f"all, ring or random:M ({D('topology')})")
+    g.add_argument("--staleness", default=S, help=f"none, scale, drop:MAX or adaptive: what a stale update does ({D('staleness')})")
     g = p.add_argument_group("delays and stragglers")
     g.add_argument("--delay", default=S, help="latency=20ms[,jitter=exp][,bandwidth=1Gbps] on every message")
     g.add_argument("--straggler", default=S, help="worker=1,slowdown=4: that worker's steps take 4x as long")
     g = p.add_argument_group("runtime")
-    g.add_argument("--runtime", default=S, help="real (default) or sim (simulated cluster)")
+    g.add_argument("--runtime", default=S, help=f"real or sim (simulated cluster) ({D('runtime')})")
     g.add_argument("--sim-workers", type=INT, default=S, help="virtual workers for --runtime sim")
-    g.add_argument("--sim-forward-s", type=FLOAT, default=S, help="simulated forward seconds per batch (default: measured on this machine)")
-    g.add_argument("--sim-backward-s", type=FLOAT, default=S, help="simulated backward seconds per batch (default: measured on this machine)")
-    g.add_argument("--sim-compute", default=S, help="per-step compute-time factor: fixed, lognormal:SIGMA (default lognormal:0.1) or pareto:ALPHA (heavy-tailed stragglers)")
+    g.add_argument("--sim-forward-s", type=FLOAT, default=S, help="simulated forward seconds per batch (default: from --sim-times)")
+    g.add_argument("--sim-backward-s", type=FLOAT, default=S, help="simulated backward seconds per batch (default: from --sim-times)")
+    g.add_argument("--sim-times", default=S, help=f"flops: the model's FLOPs / --sim-device-flops (deterministic); measured: time this host ({D('sim_times')})")
+    g.add_argument("--sim-device-flops", type=FLOAT, default=S, help=f"FLOP/s of a simulated device ({D('sim_device_flops')})")
+    g.add_argument("--sim-compute", default=S, help=f"per-step compute-time factor: fixed, lognormal:SIGMA or pareto:ALPHA (heavy-tailed stragglers) ({D('sim_compute')})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +128,8 @@ PLUGINS = {
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from .algorithms import default_algorithm
+    from .algorithms.registry import default_algorithm
+    from .settings import check_options
 
     values = load_toml(args.config) if getattr(args, "config", None) else {}
     for name in FIELD_NAMES:
@@ -138,13 +142,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
     values.setdefault("algorithm", default_algorithm())
     if values.get("resume") is None:  # a resumed run keeps its saved settings
-        check_algorithm_options(values["algorithm"], [k for k, v in values.items() if v is not None],
-                                values.get("runtime"), values)
+        check_options(values["algorithm"], {k: v for k, v in values.items() if v is not None}, values.get("runtime"))
     return RunConfig(**values)
 
 
 def cmd_algorithms(args) -> int:
-    from .algorithms import ALGORITHMS, default_algorithm
+    from .algorithms.registry import ALGORITHMS, default_algorithm
 
     width = max(len(n) for n in ALGORITHMS)
     for name, algo in ALGORITHMS.items():

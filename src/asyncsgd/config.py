@@ -1,10 +1,13 @@
-"""Run settings: one dataclass, validated once at the edge.
+"""Run settings: one dataclass and the parsers of its structured values. A leaf module: it imports
+nothing from the package but errors.
 
-Every later layer trusts a RunConfig: the inner training loops carry no defensive checks.
-A bad value raises ConfigError whose one-line message names the flag, the value and what is
-accepted; the CLI turns it into exit code 2.
+RunConfig holds what the user gave (strings for the structured settings, None for a setting
+whose default depends on the algorithm). settings.resolve() applies the defaults and every
+check once, at the edge; RunConfig.parsed holds the structured values (frozen dataclasses)
+that every later layer reads. A bad value raises ConfigError whose one-line message names the
+flag, the value and what is accepted; the CLI turns it into exit code 2.
 
-Meaning of the shared flags (the fair-comparison rules, docs/design.md):
+Meaning of the shared flags (the fair-comparison rules, docs/architecture.md):
 - epochs: passes over the training set by ALL workers together; every algorithm processes
   the same number of samples for the same epochs, whatever its worker count.
 - batch_size: per worker (per forward thread for pdasgd); sync's effective batch is N*B.
@@ -14,6 +17,7 @@ Meaning of the shared flags (the fair-comparison rules, docs/design.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -31,8 +35,8 @@ STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
 RUNTIMES = ("real", "sim")
 
 
-# Defaults of the settings an algorithm may override (algorithms.Algorithm.defaults): a field
-# left None is resolved in validate() to the algorithm's value, else to this one.
+# Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
+# left None is resolved by settings.resolve() to the algorithm's value, else to this one.
 SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1}
 
 
@@ -45,11 +49,11 @@ class RunConfig:
     model: str | None = None
     data_dir: str | None = None
     num_samples: int | None = None
-    workers: int | None = None  # default: the algorithm's (pdasgd 1 process of F+B threads, others 2)
+    workers: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     epochs: float = 10.0
     batch_size: int = 32
-    lr: float | None = None  # default 0.05 (dasgd 0.07): see SHARED_DEFAULTS and Algorithm.defaults
-    momentum: float | None = None  # default 0.9
+    lr: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
+    momentum: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -71,10 +75,10 @@ class RunConfig:
     forward_threads: int = 1
     backward_threads: int = 2
     fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
-    queue_size: int | None = None  # default forward_threads (docs/pdasgd.md: deeper queues add staleness)
+    queue_size: int | None = None  # default: algorithms/pdasgd/spec.queue_size (docs/pdasgd.md)
     updates: str = "layer"
     # memory: every worker process updates one shared model; average: a replica per process (one per
-    # GPU), averaged every --average-every backward passes in the background; auto: resolve_sharing()
+    # GPU), averaged every --average-every backward passes in the background; auto: pdasgd/spec.resolve_sharing
     sharing: str = "auto"
     # lpap (average_every: pdasgd --sharing average too)
     groups: int = 2
@@ -82,18 +86,29 @@ class RunConfig:
     average_every: int = 10
     partitioned: bool = False
     # dasgd
-    send_every: int | None = None  # default 4 (docs/distributed.md); 1 is the per-step exchange
+    send_every: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's; 1 is the per-step exchange
     topology: str = "all"
-    staleness: str | None = None  # default none (pdasgd, dasgd: adaptive)
+    staleness: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     # delays and stragglers (every multi-worker algorithm)
     delay: str | None = None
     straggler: str | None = None
     # runtime
     runtime: str = "real"
     sim_workers: int | None = None
-    sim_forward_s: float | None = None  # simulated forward time per batch (default: measured)
-    sim_backward_s: float | None = None  # simulated backward time per batch (default: measured)
+    sim_forward_s: float | None = None  # simulated forward time per batch (default: from --sim-times)
+    sim_backward_s: float | None = None  # simulated backward time per batch (default: from --sim-times)
+    # flops: the model's counted FLOPs / --sim-device-flops (deterministic); measured: time this host
+    sim_times: str = "flops"
+    sim_device_flops: float = 1e10  # FLOP/s of a simulated device (about one CPU core's dense fp32 rate)
     sim_compute: str = "lognormal:0.1"  # per-step compute-time factor: fixed, lognormal:SIGMA, pareto:ALPHA
+
+    @functools.cached_property
+    def parsed(self) -> "Parsed":
+        """The structured settings (delay, straggler, staleness, topology, sim compute), parsed once
+        per config; every layer reads these instead of parsing the strings again."""
+        return Parsed(delay=parse_delay(self.delay), straggler=parse_straggler(self.straggler),
+                      staleness=parse_staleness(self.staleness or SHARED_DEFAULTS["staleness"]),
+                      topology=parse_topology(self.topology), sim_compute=parse_sim_compute(self.sim_compute))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -111,15 +126,68 @@ def flag(name: str) -> str:
     return "--algo" if name == "algorithm" else "--" + name.replace("_", "-")
 
 
-def _need(ok: bool, name: str, value, accepted: str) -> None:
+def need(ok: bool, name: str, value, accepted: str) -> None:
+    """ConfigError naming the flag, the value and what is accepted, unless ok."""
     if not ok:
         raise ConfigError(f"{flag(name)} {value!r} is not accepted; accepted: {accepted}")
 
 
-def parse_delay(spec: str | None) -> dict | None:
-    """'latency=20ms[,jitter=exp]' -> {'latency_s': 0.02, 'jitter': 'exp'|None}."""
+SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute", "sim_times", "sim_device_flops")  # --runtime sim only
+
+
+@dataclass(frozen=True)
+class Delay:
+    """--delay: every message (or collective) pays latency (exponentially jittered) + size / bandwidth."""
+    latency_s: float = 0.0
+    jitter: str | None = None  # "exp" or None
+    bandwidth_bps: float | None = None
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """--straggler: worker `worker`'s steps take `slowdown` times as long."""
+    worker: int
+    slowdown: float
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """--staleness: what a stale update does (kind none | scale | drop | adaptive; max for drop:MAX)."""
+    kind: str
+    max: int | None = None
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """--topology: all | ring | random (m peers per round)."""
+    kind: str
+    m: int | None = None
+
+
+@dataclass(frozen=True)
+class SimCompute:
+    """--sim-compute: the per-step compute-time factor (fixed | lognormal SIGMA | pareto ALPHA)."""
+    kind: str
+    param: float | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The structured settings of one RunConfig, parsed once (RunConfig.parsed) and read by every layer."""
+    delay: Delay | None
+    straggler: Straggler | None
+    staleness: Staleness
+    topology: TopologySpec
+    sim_compute: SimCompute
+
+
+def parse_delay(spec: str | None) -> Delay | None:
+    """'latency=20ms[,jitter=exp][,bandwidth=1Gbps]' -> Delay."""
     if spec is None:
         return None
+    if not isinstance(spec, str):
+        raise ConfigError(f"--delay {spec!r} is not accepted; accepted: latency=DURATION[,jitter=exp|none]"
+                          "[,bandwidth=RATE] e.g. latency=20ms,jitter=exp")
     out = {"latency_s": 0.0, "jitter": None, "bandwidth_bps": None}
     for part in spec.split(","):
         key, _, val = part.partition("=")
@@ -133,200 +201,69 @@ def parse_delay(spec: str | None) -> dict | None:
         else:
             raise ConfigError(f"--delay {spec!r} is not accepted; accepted: "
                               "latency=DURATION[,jitter=exp|none][,bandwidth=RATE] e.g. latency=20ms,jitter=exp")
-    return out
+    return Delay(**out)
 
 
 def parse_duration(text: str, name: str) -> float:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", text or "")
+    """'20ms' -> 0.02. The unit is required: a bare 20 would silently mean 20 s per message."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*", text or "")
     if not m:
-        raise ConfigError(f"--{name} duration {text!r} is not accepted; accepted: a number with us, ms or s, e.g. 20ms")
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}[m.group(2)]
-    return float(m.group(1)) * scale
+        raise ConfigError(f"--{name} duration {text!r} is not accepted; accepted: a number with a unit us, ms or s, "
+                          "e.g. 20ms or 1s")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
 
 
 def parse_rate(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(bps|kbps|Mbps|Gbps)?\s*", text or "")
-    if not m:
-        raise ConfigError(f"--delay bandwidth {text!r} is not accepted; accepted: a number with bps, kbps, Mbps or Gbps, e.g. 1Gbps")
+    if not m or not float(m.group(1)) > 0:
+        raise ConfigError(f"--delay bandwidth {text!r} is not accepted; accepted: a number > 0 with bps, kbps, Mbps "
+                          "or Gbps, e.g. 1Gbps")
     scale = {"bps": 1, "kbps": 1e3, "Mbps": 1e6, "Gbps": 1e9, None: 1}[m.group(2)]
     return float(m.group(1)) * scale
 
 
-def parse_straggler(spec: str | None) -> dict | None:
-    """'worker=1,slowdown=4' -> {'worker': 1, 'slowdown': 4.0}."""
+def parse_straggler(spec: str | None) -> Straggler | None:
+    """'worker=1,slowdown=4' -> Straggler(1, 4.0)."""
     if spec is None:
         return None
     try:
         kv = dict(part.split("=", 1) for part in spec.split(","))
-        out = {"worker": int(kv.pop("worker")), "slowdown": float(kv.pop("slowdown"))}
-        if kv or out["worker"] < 0 or not out["slowdown"] >= 1:
+        out = Straggler(worker=int(kv.pop("worker")), slowdown=float(kv.pop("slowdown")))
+        if kv or out.worker < 0 or not 1 <= out.slowdown <= 1000:
             raise ValueError
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, AttributeError, TypeError):
         raise ConfigError(f"--straggler {spec!r} is not accepted; accepted: worker=W,slowdown=S "
-                          "with W a worker index >= 0 and S >= 1, e.g. worker=1,slowdown=4") from None
+                          "with W a worker index >= 0 and S from 1 to 1000, e.g. worker=1,slowdown=4") from None
     return out
 
 
-def parse_staleness(spec: str) -> tuple[str, int | None]:
+def parse_staleness(spec: str) -> Staleness:
     if spec in ("none", "scale", "adaptive"):
-        return spec, None
-    m = re.fullmatch(r"drop:(\d+)", spec or "")
+        return Staleness(spec)
+    m = re.fullmatch(r"drop:(\d+)", spec) if isinstance(spec, str) else None
     if not m:
         raise ConfigError(f"--staleness {spec!r} is not accepted; accepted: {', '.join(STALENESS_POLICIES)}")
-    return "drop", int(m.group(1))
+    return Staleness("drop", int(m.group(1)))
 
 
-def parse_sim_compute(spec: str) -> tuple[str, float | None]:
+def parse_sim_compute(spec: str) -> SimCompute:
     """--sim-compute: 'fixed', 'lognormal:SIGMA' (median-1 factor) or 'pareto:ALPHA' (factor >= 1, heavy tail)."""
     if spec == "fixed":
-        return "fixed", None
-    m = re.fullmatch(r"(lognormal|pareto):([0-9]*\.?[0-9]+)", spec or "")
+        return SimCompute("fixed")
+    m = re.fullmatch(r"(lognormal|pareto):([0-9]*\.?[0-9]+)", spec) if isinstance(spec, str) else None
     if m and (m.group(1) == "lognormal" or float(m.group(2)) > 1):
-        return m.group(1), float(m.group(2))
+        return SimCompute(m.group(1), float(m.group(2)))
     raise ConfigError(f"--sim-compute {spec!r} is not accepted; accepted: fixed, lognormal:SIGMA with SIGMA >= 0, "
                       "pareto:ALPHA with ALPHA > 1, e.g. pareto:1.5")
 
 
-def parse_topology(spec: str) -> tuple[str, int | None]:
+def parse_topology(spec: str) -> TopologySpec:
     if spec in ("all", "ring"):
-        return spec, None
-    m = re.fullmatch(r"random:(\d+)", spec or "")
+        return TopologySpec(spec)
+    m = re.fullmatch(r"random:(\d+)", spec) if isinstance(spec, str) else None
     if not m or int(m.group(1)) < 1:
         raise ConfigError(f"--topology {spec!r} is not accepted; accepted: all, ring, random:M with M >= 1")
-    return "random", int(m.group(1))
-
-
-# Settings only some algorithms use. Given explicitly to another algorithm they would be silently
-# ignored, so the CLI, TOML files and the Python API reject them (the bench, which sets them for
-# a whole suite, does not go through this check).
-ALGORITHM_OPTIONS = {
-    "forward_threads": ("pdasgd",), "backward_threads": ("pdasgd",), "fb_ratio": ("pdasgd",),
-    "queue_size": ("pdasgd",), "updates": ("pdasgd",), "sharing": ("pdasgd",),
-    "groups": ("lpap",), "workers_per_group": ("lpap",), "average_every": ("lpap", "pdasgd"), "partitioned": ("lpap",),
-    "send_every": ("dasgd",), "topology": ("dasgd",), "staleness": ("dasgd", "pdasgd"),
-    "lr_scaling": ("sync",),
-}
-
-
-SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute")
-
-
-def check_algorithm_options(algorithm: str, given, runtime: str | None = None, values: dict | None = None) -> None:
-    """ConfigError for an explicitly given setting the chosen algorithm (or runtime) does not use.
-    values: the given settings' values (default: `given` itself when it is a dict), for options
-    used only in one mode of an algorithm (pdasgd's --average-every: only with replicas)."""
-    if values is None and isinstance(given, dict):
-        values = given
-    for name in given:
-        if name in SIM_OPTIONS and runtime != "sim":
-            raise ConfigError(f"{flag(name)} is only used by the simulated cluster; accepted with: --runtime sim")
-        users = ALGORITHM_OPTIONS.get(name)
-        if users and algorithm not in users:
-            raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
-                              f"{', '.join('--algo ' + u for u in users)}")
-    if algorithm == "pdasgd" and "average_every" in given and values is not None:
-        v = values.get
-        if resolve_sharing(v("sharing") or "auto", v("device") or "auto", v("workers"), runtime or "real") == "memory":
-            raise ConfigError(f"--average-every {v('average_every')!r} is not used by --algo pdasgd when its workers "
-                              "share one model; accepted with: --algo pdasgd --sharing average (replicas), --algo lpap")
-
-
-def resolve_sharing(sharing: str, device: str, workers: int | None, runtime: str = "real") -> str:
-    """pdasgd --sharing: memory or average as given; auto is average (a replica per process, each on
-    its own GPU) when the run has several processes and more than one GPU to put them on (--device
-    cuda, or auto with CUDA visible), else memory (one shared model, on one GPU if any). The
-    simulated runtime models the shared model only."""
-    if sharing != "auto":
-        return sharing
-    if runtime == "sim" or (workers or 1) < 2 or device not in ("cuda", "auto"):
-        return "memory"
-    import torch
-    return "average" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else "memory"
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check every value; returns the config with defaults resolved. Raises ConfigError."""
-    from .algorithms import ALGORITHMS
-
-    _need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
-    # Settings left unset take the algorithm's own default, else the shared one.
-    resolved = {**SHARED_DEFAULTS, **ALGORITHMS[cfg.algorithm].defaults}
-    cfg = cfg.replace(**{k: v for k, v in resolved.items() if getattr(cfg, k) is None})
-    for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
-                 "groups", "workers_per_group", "average_every", "send_every"):
-        v = getattr(cfg, name)
-        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v, "a whole number >= 1")
-    _need(cfg.workers <= 256, "workers", cfg.workers, "1 to 256 real workers (use --runtime sim for more)")
-    for name in ("epochs", "lr"):
-        v = getattr(cfg, name)
-        _need(_is_num(v) and v > 0 and math.isfinite(v), name, v, "a number > 0")
-    for name in ("momentum",):
-        v = getattr(cfg, name)
-        _need(_is_num(v) and 0 <= v < 1, name, v, "a number in [0, 1)")
-    for name in ("weight_decay", "warmup_epochs"):
-        v = getattr(cfg, name)
-        _need(_is_num(v) and v >= 0 and math.isfinite(v), name, v, "a number >= 0")
-    _need(_is_num(cfg.checkpoint_every) and cfg.checkpoint_every > 0, "checkpoint_every",
-          cfg.checkpoint_every, "a number of epochs > 0")
-    _need(_is_num(cfg.stall_timeout) and cfg.stall_timeout > 0, "stall_timeout", cfg.stall_timeout, "seconds > 0")
-    _need(_is_num(cfg.lr_gamma) and 0 < cfg.lr_gamma <= 1, "lr_gamma", cfg.lr_gamma, "a number in (0, 1]")
-    _need(all(_is_num(s) and 0 < s < 1 for s in cfg.lr_steps), "lr_steps", cfg.lr_steps,
-          "comma-separated fractions of the run in (0, 1), e.g. 0.5,0.75")
-    _need(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0, "seed", cfg.seed,
-          "a whole number >= 0")
-    if cfg.target_accuracy is not None:
-        _need(_is_num(cfg.target_accuracy) and 0 < cfg.target_accuracy <= 1, "target_accuracy",
-              cfg.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
-    if cfg.num_samples is not None:
-        _need(isinstance(cfg.num_samples, int) and cfg.num_samples >= 1, "num_samples", cfg.num_samples,
-              "a whole number >= 1")
-    if cfg.threads_per_worker is not None:
-        _need(isinstance(cfg.threads_per_worker, int) and cfg.threads_per_worker >= 1, "threads_per_worker",
-              cfg.threads_per_worker, "a whole number >= 1")
-    if cfg.queue_size is not None:
-        _need(isinstance(cfg.queue_size, int) and cfg.queue_size >= 1, "queue_size", cfg.queue_size,
-              "a whole number >= 1")
-    if cfg.sim_workers is not None:
-        _need(isinstance(cfg.sim_workers, int) and 1 <= cfg.sim_workers <= 65536, "sim_workers",
-              cfg.sim_workers, "a whole number from 1 to 65536")
-    for name in ("sim_forward_s", "sim_backward_s"):
-        v = getattr(cfg, name)
-        if v is not None:
-            _need(_is_num(v) and v > 0 and math.isfinite(v), name, v, "seconds > 0 per batch, e.g. 0.002 (or unset: measured)")
-    parse_sim_compute(cfg.sim_compute)
-    _need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
-    _need(cfg.lr_scaling in ("linear", "none"), "lr_scaling", cfg.lr_scaling, "linear, none")
-    _need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
-    _need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
-    _need(cfg.updates in UPDATES, "updates", cfg.updates, ", ".join(UPDATES))
-    _need(cfg.runtime in RUNTIMES, "runtime", cfg.runtime, ", ".join(RUNTIMES))
-    _need(cfg.fb_ratio in (None, "auto"), "fb_ratio", cfg.fb_ratio, "auto (or leave unset and give the thread counts)")
-    parse_staleness(cfg.staleness)
-    parse_topology(cfg.topology)
-    parse_delay(cfg.delay)
-    straggler = parse_straggler(cfg.straggler)
-    if straggler is not None:
-        if cfg.runtime == "sim":
-            from .sim import straggler_range
-            n = straggler_range(cfg)  # virtual workers (lpap: groups) of the simulated cluster
-        else:
-            n = ALGORITHMS[cfg.algorithm].processes(cfg)
-        _need(straggler["worker"] < max(n, 1), "straggler", cfg.straggler,
-              f"worker=W with W < the {n} worker(s) of this run")
-    if cfg.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError("--device 'cuda' is not accepted: no CUDA device is visible; accepted: cpu, auto")
-    _need(cfg.sharing in SHARING, "sharing", cfg.sharing, ", ".join(SHARING))
-    if cfg.algorithm == "pdasgd":  # recorded resolved: summary.json says which mode ran
-        cfg = cfg.replace(sharing=resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime))
-        if cfg.sharing == "average" and cfg.workers < 2:
-            raise ConfigError(f"--sharing 'average' is not accepted with --workers {cfg.workers}; accepted: "
-                              "--workers 2 or more (a replica per worker process to average), or --sharing memory, auto")
-        if cfg.sharing == "average" and cfg.runtime == "sim":
-            raise ConfigError("--sharing 'average' is not accepted with --runtime sim; accepted: memory, auto "
-                              "(the simulated cluster runs pdasgd on one shared model)")
-    return cfg
+    return TopologySpec("random", int(m.group(1)))
 
 
 def _is_num(v) -> bool:

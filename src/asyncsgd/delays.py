@@ -11,20 +11,22 @@ from __future__ import annotations
 import random
 import time
 
+from .config import Delay
 
-def message_delay(delay: dict | None, nbytes: int, rng: random.Random) -> float:
+
+def message_delay(delay: Delay | None, nbytes: int, rng: random.Random) -> float:
     """Seconds one message of nbytes takes under the delay model (0 without one)."""
     if not delay:
         return 0.0
-    latency = delay["latency_s"]
-    if delay.get("jitter") == "exp" and latency > 0:
+    latency = delay.latency_s
+    if delay.jitter == "exp" and latency > 0:
         latency = rng.expovariate(1.0 / latency)
-    if delay.get("bandwidth_bps"):
-        latency += nbytes * 8 / delay["bandwidth_bps"]
+    if delay.bandwidth_bps:
+        latency += nbytes * 8 / delay.bandwidth_bps
     return latency
 
 
-def pay(delay: dict | None, nbytes: int, rng: random.Random) -> float:
+def pay(delay: Delay | None, nbytes: int, rng: random.Random) -> float:
     """Sleep for one message's delay; returns the seconds slept."""
     seconds = message_delay(delay, nbytes, rng)
     if seconds > 0:

@@ -1,7 +1,7 @@
 """What every worker shares: the batch plan, the step bookkeeping, snapshots and checkpoints.
 
-An algorithm's schedule (schedules/*.py) is a function run(ctx) that loops over batches and
-calls ctx.record(...) after each update. Everything that is not the algorithm lives here, so
+An algorithm's schedule (algorithms/<name>/worker.py) is a function run(ctx) that loops over
+batches and calls ctx.record(...) after each update. Everything that is not the algorithm lives here, so
 schedules stay one screen long and every algorithm is measured the same way:
 - BatchPlan: one seeded sample stream for the whole run (a fresh permutation per epoch);
   batch k is the same samples for every algorithm, which is what makes runs comparable and
@@ -16,34 +16,39 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset, default_collate
 
 from .board import STALENESS_BINS, Board
-from .config import RunConfig, parse_delay, parse_straggler
+from .config import RunConfig
 from .errors import DivergedError
 from .optim import LayerSGD, learning_rate
+from .tensors import StateFlattener, loss_fn
 
 
 class BatchPlan:
-    """The run's sample stream: epoch e is a seeded permutation; batch k covers positions k*B..k*B+B."""
+    """The run's sample stream: epoch e is a seeded permutation; batch k covers positions k*B..k*B+B.
+    Thread-safe: the forward threads of one worker look batches up at the same time, and the
+    permutation cache is changed under a lock (a few microseconds per batch)."""
 
     def __init__(self, n_train: int, total_samples: int, batch_size: int, seed: int):
         self.n, self.total, self.batch_size, self.seed = n_train, total_samples, batch_size, seed
         self.num_batches = math.ceil(total_samples / batch_size)
         self._perms: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
+        with self._lock:
+            if epoch not in self._perms:
+                if len(self._perms) > 2:
+                    self._perms.pop(min(self._perms))
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perms[epoch] = torch.randperm(self.n, generator=g)
+            return self._perms[epoch]
 
     def indices(self, k: int) -> torch.Tensor:
         start, stop = k * self.batch_size, min((k + 1) * self.batch_size, self.total)
@@ -53,40 +58,6 @@ class BatchPlan:
 
     def samples_before(self, k: int) -> int:
         return min(k * self.batch_size, self.total)
-
-
-class StateFlattener:
-    """Copies a model's float state (parameters and float buffers, e.g. BatchNorm statistics)
-    to and from one flat vector: snapshots, checkpoints and averaging all use it."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.keys = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-        self.numel = sum(model.state_dict()[k].numel() for k in self.keys)
-
-    def tensors(self, model):
-        sd = model.state_dict(keep_vars=False)
-        return [sd[k] for k in self.keys]
-
-    @torch.no_grad()
-    def to_flat(self, model, out: torch.Tensor) -> torch.Tensor:
-        i = 0
-        for t in self.tensors(model):
-            out[i:i + t.numel()].copy_(t.detach().reshape(-1), non_blocking=False)
-            i += t.numel()
-        return out
-
-    @torch.no_grad()
-    def load_flat(self, model, flat: torch.Tensor) -> None:
-        i = 0
-        for t in self.tensors(model):
-            t.copy_(flat[i:i + t.numel()].view_as(t))
-            i += t.numel()
-
-
-def loss_fn(kind: str):
-    if kind == "mse":
-        return F.mse_loss
-    return F.cross_entropy
 
 
 @dataclass
@@ -107,9 +78,9 @@ class WorkerSpec:
     checkpoint_every: int
     world_size: int
     device: str
-    dist_init: str | None = None  # tcp://host:port of the launcher's store (local runs), or env:// (torchrun)
+    launch: object = None  # launch.modes.LocalLaunch or TorchrunLaunch: batches, resume point, start line
+    dist_init: str | None = None  # tcp://host:port of the launcher's store (local runs); None under torchrun
     errors: object = None  # multiprocessing queue: (rank, kind, message)
-    extra: dict = field(default_factory=dict)
 
 
 class WorkerContext:
@@ -124,9 +95,10 @@ class WorkerContext:
         self.loss = loss_fn(spec.task.loss)
         self.plan = BatchPlan(len(spec.task.train_set), spec.total_samples, self.cfg.batch_size, self.cfg.seed)
         self.flattener = StateFlattener(spec.model)
-        self.delay = parse_delay(self.cfg.delay)
-        straggler = parse_straggler(self.cfg.straggler)
-        self.slowdown = straggler["slowdown"] if straggler and straggler["worker"] == rank else 1.0
+        self.launch = spec.launch
+        self.delay = self.cfg.parsed.delay
+        straggler = self.cfg.parsed.straggler
+        self.slowdown = straggler.slowdown if straggler and straggler.worker == rank else 1.0
         self.rng = random.Random(self.cfg.seed * 7919 + rank)
         self._next_snapshot = spec.samples_before + spec.snapshot_every
         self._next_checkpoint = spec.samples_before + spec.checkpoint_every
@@ -134,11 +106,16 @@ class WorkerContext:
         self._step_start, self._slowed = None, False
         self._data = self._place_data(spec.task.train_set)
         self.is_lead = rank == 0
-        self._ppid = os.getppid()
+        self._ppid, self._checks = os.getppid(), 0
         import multiprocessing
         self._spawned = multiprocessing.parent_process() is not None  # a launcher owns this process
 
     # -- data -----------------------------------------------------------------------------
+    def place_on(self, device: torch.device) -> None:
+        """Compute on another device from now on (pdasgd: where the one shared model lives)."""
+        self.device = device
+        self._data = self._place_data(self.task.train_set)
+
     def _place_data(self, ds):
         if isinstance(ds, TensorDataset) and self.device.type == "cuda":
             size = sum(t.numel() * t.element_size() for t in ds.tensors)
@@ -156,26 +133,20 @@ class WorkerContext:
             x, y = default_collate([ds[int(i)] for i in idx])
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def batches(self, mode: str = "claim", stride: int = 1, offset: int = 0):
-        """Batch indices for this worker. claim: take the next unclaimed batch of the shared
-        plan (processes sharing one model); strided: offset, offset+stride, ... (replicas).
-        Stops early when the launcher asks (board.stop)."""
-        board = self.board
-        if mode == "claim":
-            while not board.stop[0] and self._parent_alive():
-                k = board.claim()
-                if k >= self.plan.num_batches:
-                    return
-                yield k
-        else:
-            k = self.spec.start_batch + offset
-            while k < self.plan.num_batches and not board.stop[0] and self._parent_alive():
-                yield k
-                k += stride
+    def batch_source(self, done=None):
+        """A thread-safe take() -> this worker's next batch index, or None at the end of the plan
+        or when the launcher asks the run to stop (board.stop). The launch mode decides which
+        batches (local: the next unclaimed one of the shared plan; torchrun: strided, plus a lost
+        rank's when done(w) says how far it got)."""
+        return self.launch.batch_source(self, done)
 
-    def _parent_alive(self) -> bool:
+    def batches(self, done=None):
+        """This worker's batch indices, for a single-threaded schedule."""
+        return iter(self.batch_source(done), None)
+
+    def launcher_alive(self) -> bool:
         """False once the launcher died (e.g. SIGKILL): a worker never outlives its owner for long."""
-        self._checks = getattr(self, "_checks", 0) + 1
+        self._checks += 1
         if self._checks % 32:
             return True
         if self._spawned and os.getppid() != self._ppid:
@@ -184,13 +155,7 @@ class WorkerContext:
         return True
 
     def global_samples(self) -> int:
-        if self.spec.extra.get("launch") == "torchrun":  # a local board has only this rank's row
-            # every rank does about as many (strided batches); capped at the plan, which dasgd's
-            # survivors of a lost rank pass when they take over its batches (the snapshot slots
-            # are sized for the plan: past it the final snapshot would find no slot)
-            return min(self.spec.total_samples,
-                       self.spec.samples_before + int(self.board.samples[self.rank]) * self.world_size)
-        return self.spec.samples_before + int(self.board.samples.sum())
+        return self.launch.global_samples(self)
 
     def lr(self, samples_done: int | None = None) -> float:
         """The learning rate at global progress (default: samples counted on the board so far)."""
@@ -218,31 +183,22 @@ class WorkerContext:
 
     # -- bookkeeping after each update ----------------------------------------------------
     def start(self) -> None:
-        """Mark this worker ready and wait until every worker is (the training clock starts then)."""
-        b = self.board
-        if self.spec.extra.get("launch") == "torchrun":  # no shared board: worker_main's barrier was the start
-            b.t0[0] = time.time() - self.spec.elapsed_before
-            b.status[self.rank] = 2
-            self._step_start, self._slowed = time.perf_counter(), False
-            return
-        b.status[self.rank] = 1
-        deadline = time.time() + 600
-        while int((b.status >= 1).sum()) < b.workers and not b.stop[0]:
-            if time.time() > deadline:
-                raise TimeoutError("workers did not all become ready within 600 s")
-            time.sleep(0.001)
-        if self.is_lead:
-            b.t0[0] = time.time() - self.spec.elapsed_before
-        while b.t0[0] == 0 and not b.stop[0]:
-            time.sleep(0.0005)
-        b.status[self.rank] = 2
+        """Mark this worker ready and wait until training starts (the launch mode's start line)."""
+        self.launch.start(self)
+        self.begin_step()
+
+    def begin_step(self) -> None:
+        """A step starts now: the straggler's slowdown of compute_done() is measured from here."""
         self._step_start, self._slowed = time.perf_counter(), False
 
     def record(self, samples: int, loss: torch.Tensor | float, staleness=None, model=None, optimizer=None,
-               updates: int = 1, next_batch: int | None = None, grads=None) -> None:
+               updates: int = 1, next_batch: int | None = None, grads=None, batch: int | None = None) -> None:
         """Book one step: samples, loss, staleness (int or list), straggler delay, snapshots.
         grads (optional): this step's gradients; every 8th step their norm feeds the largest
-        gradient norm G of the theory check."""
+        gradient norm G of the theory check. batch: the plan index this step trained on, from
+        which the launch mode derives where a resumed run starts (or give next_batch)."""
+        if next_batch is None and batch is not None:
+            next_batch = self.launch.resume_point(self, batch)
         b, r = self.board, self.rank
         if grads is not None and int(b.updates[r]) % 8 == 0:
             norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
@@ -265,7 +221,7 @@ class WorkerContext:
         b.samples[r] += samples
         if model is not None:
             self.maybe_snapshot(model, optimizer, next_batch)
-        self._step_start, self._slowed = time.perf_counter(), False
+        self.begin_step()
 
     def compute_done(self) -> None:
         """End of this step's computation. A straggler sleeps here, so its steps take `slowdown`

@@ -25,7 +25,7 @@ def flops_per_sample(task, batch_size: int = 32, device: str = "cpu") -> float |
     from torch.utils.data import TensorDataset, default_collate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .engine import loss_fn
+    from .tensors import loss_fn
 
     data = task.train_set
     n = min(batch_size, len(data))

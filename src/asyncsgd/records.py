@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import Subset, TensorDataset, default_collate
 
-from .engine import StateFlattener, loss_fn
+from .tensors import StateFlattener, loss_fn
 
 TRAIN_LOSS_SAMPLES = 2000
 
@@ -104,18 +106,40 @@ def time_to_target(rows: list[dict], target: float | None) -> float | None:
     return None
 
 
-def summary(launcher, metrics: list[dict], wall: float, eval_s: float) -> dict:
+@dataclass
+class RunRecord:
+    """What the record of one finished run is built from: the real launchers and the simulator
+    each build one, and summary() and every algorithm's summary_extra(record, summary) read it."""
+
+    cfg: object  # the resolved RunConfig
+    task: object
+    board: object  # board.Board: the run's counters and snapshots (the simulator fills one too)
+    model: object  # the model as built (names and shapes of the parameters)
+    out: Path
+    device: str
+    workers: int
+    launch: str  # "local", "torchrun" or "sim"
+    algo: object = None  # algorithms.base.Algorithm, for its summary_extra (None: the twin added its fields)
+    lost: list = field(default_factory=list)
+    setup_s: float = 0.0
+    samples_before: int = 0  # resumed runs: samples done before this run
+    elapsed_before: float = 0.0
+    resumed: bool = False
+    metrics: list = field(default_factory=list)  # the evaluated points (for final consensus distance...)
+
+
+def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) -> dict:
     from . import __version__
 
-    cfg, b, task = launcher.cfg, launcher.board, launcher.task
-    samples = launcher.spec.samples_before + int(b.samples.sum())
+    cfg, b, task = record.cfg, record.board, record.task
+    samples = record.samples_before + int(b.samples.sum())
     run_samples = int(b.samples.sum())
-    run_wall = max(wall - launcher.spec.elapsed_before, 1e-9)
+    run_wall = max(wall - record.elapsed_before, 1e-9)
     final = metrics[-1] if metrics else {}
     stale = b.staleness_stats()
     hist = stale.pop("histogram")
     out = {
-        "algorithm": cfg.algorithm, "task": task.name, "model": task.model_name, "workers": launcher.n_proc,
+        "algorithm": cfg.algorithm, "task": task.name, "model": task.model_name, "workers": record.workers,
         "epochs": cfg.epochs, "samples": samples, "updates": int(b.updates.sum()),
         "wall_time_s": round(wall, 4), "samples_per_s": round(run_samples / run_wall, 2),
         "final_test_accuracy": final.get("test_accuracy"), "final_test_loss": final.get("test_loss"),
@@ -126,18 +150,16 @@ def summary(launcher, metrics: list[dict], wall: float, eval_s: float) -> dict:
         "dropped_updates": int(b.dropped.sum()),
         "per_worker": [{"worker": w, "samples": int(b.samples[w]), "updates": int(b.updates[w]),
                         "idle_s": round(float(b.idle_s[w]), 4)} for w in range(b.workers)],
-        "lost_workers": sorted(launcher.lost),
+        "lost_workers": sorted(record.lost),
         "optimal_loss": task.optimal_loss,
-        "setup_s": round(launcher.setup_s, 3), "eval_s": round(eval_s, 3),
-        "resumed_from_samples": launcher.spec.samples_before if launcher.resumed is not None else None,
+        "setup_s": round(record.setup_s, 3), "eval_s": round(eval_s, 3),
+        "resumed_from_samples": record.samples_before if record.resumed else None,
         "config": cfg.to_dict(), "task_info": task.info,
-        "out_dir": str(launcher.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(launcher.device),
-        "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // launcher.n_proc),
+        "out_dir": str(record.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(record.device),
+        "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // record.workers),
     }
-    if launcher.algo.summary_extra:  # algorithm-specific fields (per-layer staleness, drops, theory check...)
-        import importlib
-        module, fn = launcher.algo.summary_extra.split(":")
-        getattr(importlib.import_module(module), fn)(launcher, out)
+    if record.algo is not None and record.algo.summary_extra:  # algorithm-specific fields (per-layer staleness, drops, theory check...)
+        record.algo.summary_extra(record, out)
     return out
 
 

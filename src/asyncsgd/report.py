@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ALGORITHM_OPTIONS
 from .errors import ConfigError
 
 SCHEMA = "asyncsgd.results/1"
@@ -272,9 +271,11 @@ def _differences(runs: list[Run]) -> dict:
     for r in runs:
         by_label.setdefault(r.label, (r.summary.get("algorithm"), r.summary.get("config") or {}))
     keys = sorted({k for _, c in by_label.values() for k in c} - _NOT_A_DIFFERENCE)
+    from .algorithms.registry import users_of
+
     out = {}
     for k in keys:
-        users = ALGORITHM_OPTIONS.get(k)
+        users = users_of(k) or None  # [] : a shared setting
         values = {label: c.get(k) for label, (algo, c) in by_label.items() if users is None or algo in users}
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             out[k] = values
@@ -306,7 +307,7 @@ def _ordered(items) -> list:
 
 def label_order(labels) -> list:
     """Registry order (sequential, sync, hogwild, ...), then anything else as first seen."""
-    from .algorithms import ALGORITHMS
+    from .algorithms.registry import ALGORITHMS
 
     labels = _ordered(labels)
     rank = {name: i for i, name in enumerate(ALGORITHMS)}

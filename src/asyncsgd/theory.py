@@ -27,7 +27,7 @@ import math
 import torch
 from torch.utils.data import TensorDataset, default_collate
 
-from .engine import StateFlattener, loss_fn
+from .tensors import StateFlattener, loss_fn
 
 METHOD = ("bias <= G*a*lr*tau_max/(1-a*lr*tau_max) (PD-ASGD); tau_max = max staleness of the run; "
           "G = largest mini-batch gradient norm observed; a = max over consecutive parameter snapshots (real runs: at most 12, evenly spaced) of "
@@ -109,11 +109,11 @@ def theory_check(task, states, grad_norm_max: float | None, staleness_mean: floa
 MAX_SNAPSHOTS = 12
 
 
-def add_theory(launcher, summary: dict) -> None:
+def add_theory(record, summary: dict) -> None:
     """summary["theory"] for a real run: call from an algorithm's summary_extra hook (records.summary
-    passes (launcher, summary)). Reads launcher.board (snapshots of row 0, grad_norm_max),
-    launcher.task, launcher.cfg (lr, weight_decay), launcher.device and summary["staleness"]."""
-    b = launcher.board
+    passes (record, summary)). Reads record.board (snapshots of row 0, grad_norm_max),
+    record.task, record.cfg (lr, weight_decay), record.device and summary["staleness"]."""
+    b = record.board
     count = int(b.snap_count[0])
     # At most MAX_SNAPSHOTS evenly spaced snapshots: each costs a full-batch gradient, and a big
     # model's 40 would cost minutes of evaluation (still off the training clock).
@@ -121,5 +121,5 @@ def add_theory(launcher, summary: dict) -> None:
         else range(count)
     states = [b.snap[0, i] for i in keep]
     stale = summary["staleness"]
-    summary["theory"] = theory_check(launcher.task, states, float(b.grad_norm_max.max()), stale["mean"], stale["max"],
-                                     launcher.cfg.lr, launcher.cfg.weight_decay, launcher.device)
+    summary["theory"] = theory_check(record.task, states, float(b.grad_norm_max.max()), stale["mean"], stale["max"],
+                                     record.cfg.lr, record.cfg.weight_decay, record.device)

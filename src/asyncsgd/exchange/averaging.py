@@ -1,5 +1,5 @@
 """Background parameter averaging across processes over the Exchange: the averaging of LPAP-SGD
-(schedules/lpap.py) and of pdasgd's replica mode (--sharing average, schedules/decoupled.py).
+(algorithms/lpap) and of pdasgd's replica mode (--sharing average, algorithms/pdasgd).
 
 Each process trains its own replica with its own threads; a BackgroundAverager keeps the replicas
 together without ever stopping them:
@@ -17,7 +17,7 @@ together without ever stopping them:
 - Lost peers (the launcher set board.lost, or a send/receive to them failed) drop out of every
   round and of the final average: the survivors carry on (exchange/transport.py).
 Only the given flat vector is averaged (the parameters, made views of it by
-schedules.dasgd.flatten_params); float buffers such as BatchNorm statistics stay per process.
+tensors.flatten_params); float buffers such as BatchNorm statistics stay per process.
 Rounds are counted in board.exchange[rank, 0]; bytes and messages by the Exchange.
 
 Threads: one averaging thread (start(); joined with a timeout by finish(), or by close() on an

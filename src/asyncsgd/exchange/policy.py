@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import random
 
-from ..config import parse_staleness, parse_topology
+import numpy as np
+
+from ..config import Staleness, TopologySpec
 
 
 def staleness(receiver_clock, sender_clock) -> int:
@@ -37,8 +39,8 @@ class StalenessPolicy:
                 step that shrinks as 1 / s, so their total influence stays bounded.
     """
 
-    def __init__(self, spec: str, workers: int):
-        self.kind, self.max = parse_staleness(spec)
+    def __init__(self, spec: Staleness, workers: int):
+        self.kind, self.max = spec.kind, spec.max
         self.c = max(1, workers - 1)
 
     def factor(self, s: int) -> float | None:
@@ -51,6 +53,17 @@ class StalenessPolicy:
             return 1.0 if s <= self.c else self.c / s
         return 1.0
 
+    def factors(self, s: np.ndarray) -> np.ndarray:
+        """factor() of many staleness values at once (the simulator's vectorised path); NaN: drop."""
+        s = np.asarray(s, dtype=np.float64)
+        if self.kind == "scale":
+            return 1.0 / (1.0 + s)
+        if self.kind == "drop":
+            return np.where(s > self.max, np.nan, 1.0)
+        if self.kind == "adaptive":
+            return np.where(s <= self.c, 1.0, self.c / np.maximum(s, 1.0))
+        return np.ones_like(s)
+
 
 class Topology:
     """--topology: the peers a worker sends round r's message to.
@@ -62,8 +75,8 @@ class Topology:
     Gone peers are skipped (ring moves on to the next one in the rotation).
     """
 
-    def __init__(self, spec: str, workers: int, rank: int, seed: int):
-        self.kind, self.m = parse_topology(spec)
+    def __init__(self, spec: TopologySpec, workers: int, rank: int, seed: int):
+        self.kind, self.m = spec.kind, spec.m
         self.n, self.rank = workers, rank
         self.rng = random.Random(seed * 104_729 + rank)
 

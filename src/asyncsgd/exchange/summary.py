@@ -5,9 +5,9 @@ from __future__ import annotations
 from .transport import HEADER_FIELDS
 
 
-def exchange_summary(launcher, out: dict, payload_numel: int, payload_itemsize: int = 4) -> None:
-    b, cfg = launcher.board, launcher.cfg
-    metrics = getattr(launcher, "metrics", None) or []
+def exchange_summary(record, out: dict, payload_numel: int, payload_itemsize: int = 4) -> None:
+    b, cfg = record.board, record.cfg
+    metrics = record.metrics
     final = metrics[-1] if metrics else {}
     out["consensus_distance"] = final.get("consensus_distance")
     out["final_avg_test_accuracy"] = final.get("avg_test_accuracy")

@@ -119,7 +119,7 @@ class Exchange:
         self.handler = handler
         self.error: BaseException | None = None  # a handler's exception, re-raised by close()
         self.board = ctx.board
-        self.torchrun = ctx.spec.extra.get("launch") == "torchrun"  # no launcher: we record lost peers
+        self.marks_lost = ctx.launch.marks_lost_peers  # no launcher watching (torchrun): we record lost peers
         self.numel, self.dtype, self.name = numel, dtype, name
         self.delay = ctx.delay
         import random
@@ -290,7 +290,7 @@ class Exchange:
         self._queues[peer].clear()
         self._cv.notify_all()
         why = brief(why)
-        if not self.torchrun:
+        if not self.marks_lost:
             self._log(f"worker {peer} unreachable ({why}); not sending to it any more")
             return
         # torchrun: nobody else will notice (no launcher), so the loss goes on this process's board

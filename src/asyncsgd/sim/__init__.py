@@ -6,14 +6,13 @@ worker reads parameters, the REAL gradient of the REAL batch is computed at exac
 parameters it would have read at that simulated moment, so staleness, drops and convergence are
 those of the algorithm; compute-time and network models decide only WHEN things land.
 
-- core.py: event loop, compute-time model (measured or given forward/backward times x a per-pass
-  random factor x straggler slowdown), network model (delays.message_delay), counters, flat models.
-- algorithms.py: sequential, sync, hogwild, lpap, pdasgd, dasgd as event programs.
+The machinery only; each algorithm's twin lives next to its real schedule (algorithms/<name>/sim.py).
+- core.py: event loop, compute-time model (the model's FLOPs over a stated device rate by default,
+  or given / measured forward and backward times, x a per-pass random factor x straggler
+  slowdown), network model (delays.message_delay), counters, flat models.
+- simulation.py: the Simulation every twin plays on (clock, plan, claims, lr, snapshots).
 - runtime.py: run_sim(cfg, task): setup, simulate, evaluate snapshots, write the run record.
 
-The method, its simplifications and the sweep results: docs/simulator.md.
+The method, its simplifications and the sweep results: docs/simulator.md. This file imports
+nothing, so a twin can import the machinery without loading the runtime.
 """
-
-from .runtime import SIM_ALGORITHMS, run_sim, sim_layout, straggler_range
-
-__all__ = ["SIM_ALGORITHMS", "run_sim", "sim_layout", "straggler_range"]

@@ -7,6 +7,7 @@ seeded from the run's seed and the worker's index, drawn in event order.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ..board import STALENESS_BINS
-from ..config import parse_sim_compute
+from ..config import Delay, SimCompute, Straggler
 from ..delays import message_delay
 from ..errors import DivergedError
 
@@ -50,17 +51,24 @@ class EventLoop:
 class ComputeModel:
     """How long a virtual worker's forward / backward pass takes.
 
-    base time (measured, or --sim-forward-s / --sim-backward-s) x a per-pass random factor
+    base time (--sim-forward-s / --sim-backward-s, or from --sim-times: the model's FLOPs over
+    --sim-device-flops by default, or measured on this host) x a per-pass random factor
     (--sim-compute: fixed = 1; lognormal:SIGMA = exp(SIGMA * N(0,1)), median 1; pareto:ALPHA =
     Pareto type I with minimum 1 and tail index ALPHA, P(factor > x) = x^-ALPHA: most passes near
     the base time, a heavy tail of stragglers) x the --straggler slowdown of that worker.
     """
 
-    def __init__(self, forward_s: float, backward_s: float, spec: str, straggler: dict | None, seed: int, workers: int):
+    def __init__(self, forward_s: float, backward_s: float, spec: SimCompute, straggler: Straggler | None, seed: int,
+                 workers: int, per_process: int = 1):
+        """per_process: virtual workers per simulated process; --straggler worker=W slows process W
+        (all its workers), as the real runtime slows one process."""
         self.forward_s, self.backward_s = forward_s, backward_s
-        self.kind, self.param = parse_sim_compute(spec)
+        self.kind, self.param = spec.kind, spec.param
         self.seed = seed
-        self.slowdown = {straggler["worker"]: straggler["slowdown"]} if straggler and straggler["worker"] < workers else {}
+        self.slowdown = {}
+        if straggler is not None:
+            first = straggler.worker * per_process
+            self.slowdown = {w: straggler.slowdown for w in range(first, min(first + per_process, workers))}
         self.rngs: dict[int, random.Random] = {}
 
     def rng(self, worker: int) -> random.Random:
@@ -101,10 +109,10 @@ class Network:
     Without --delay every message and collective takes zero time.
     """
 
-    def __init__(self, delay: dict | None, seed: int, workers: int):
+    def __init__(self, delay: Delay | None, seed: int, workers: int):
         self.delay = delay
-        self.latency_only = dict(delay, bandwidth_bps=None) if delay else None
-        self.bandwidth = (delay or {}).get("bandwidth_bps")
+        self.latency_only = dataclasses.replace(delay, bandwidth_bps=None) if delay else None
+        self.bandwidth = delay.bandwidth_bps if delay else None
         self.seed = seed
         self.link_free = [0.0] * workers
         self.last_arrival: dict[tuple[int, int], float] = {}
@@ -267,6 +275,24 @@ class FlatModel:
         """(flat gradient, loss, samples) of the batch(es) at the current parameters."""
         loss, n = self.forward(batches)
         return self.backward(loss), float(loss.detach()), n
+
+
+def flops_compute(model: torch.nn.Module, loss_f, x: torch.Tensor, y: torch.Tensor, device_flops: float) -> tuple[float, float]:
+    """(forward_s, backward_s) of one batch on a simulated device of device_flops FLOP/s: the FLOPs
+    torch's FlopCounterMode counts in the model's forward and in its backward, over the rate. It
+    reads no clock, so a simulated run is the same on every host (--sim-times flops, the default)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with forward:
+        loss = loss_f(model(x), y)
+    with backward:
+        torch.autograd.grad(loss, params)
+    f, b = forward.get_total_flops(), backward.get_total_flops()
+    if not f:  # a model the counter cannot follow (no matmuls or convolutions): count its parameters
+        f = 2 * x.shape[0] * sum(p.numel() for p in params)
+    return max(f / device_flops, 1e-7), max((b or 2 * f) / device_flops, 1e-7)
 
 
 def measure_compute(model: torch.nn.Module, loss_f, x: torch.Tensor, y: torch.Tensor, repeats: int = 7) -> tuple[float, float]:

@@ -8,46 +8,20 @@ import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset, default_collate
 
 from .. import records
+from ..algorithms.registry import get_algorithm
 from ..checkpoint import save_checkpoint
-from ..config import default_out_dir, parse_delay, parse_straggler
-from ..engine import BatchPlan, StateFlattener, loss_fn
+from ..config import default_out_dir
+from ..engine import BatchPlan
 from ..errors import ConfigError
-from . import algorithms as algos
-from .core import ComputeModel, EventLoop, FlatModel, Network, Stats, measure_compute
-
-SIM_ALGORITHMS = ("sequential", "sync", "hogwild", "lpap", "pdasgd", "dasgd")
-REPLICA_ALGORITHMS = ("lpap", "dasgd")  # several models: test accuracy of replica 0, plus the average
-THEORY_ALGORITHMS = ("pdasgd", "dasgd")
-
-
-def sim_layout(cfg) -> tuple[int, int, int]:
-    """(virtual workers, groups, workers per group) of a simulated run; ConfigError if they do not fit."""
-    if cfg.algorithm == "sequential":
-        return 1, 1, 1
-    if cfg.algorithm == "lpap":
-        if cfg.sim_workers is None:
-            return cfg.groups * cfg.workers_per_group, cfg.groups, cfg.workers_per_group
-        if cfg.sim_workers % cfg.groups:
-            raise ConfigError(f"--sim-workers {cfg.sim_workers} is not accepted for lpap with --groups {cfg.groups}; "
-                              f"accepted: a multiple of --groups (workers are split evenly across groups)")
-        return cfg.sim_workers, cfg.groups, cfg.sim_workers // cfg.groups
-    n = cfg.sim_workers or cfg.workers
-    return n, 1, n
-
-
-def straggler_range(cfg) -> int:
-    """How many units --straggler worker=W can name in a simulated run: lpap's groups (a straggler
-    slows a whole group, as the real runtime slows one process), else the virtual workers."""
-    workers, groups, _ = sim_layout(cfg)
-    return groups if cfg.algorithm == "lpap" else workers
-
+from ..tensors import StateFlattener, loss_fn
+from .core import ComputeModel, EventLoop, FlatModel, Network, Stats, flops_compute, measure_compute
+from .simulation import Simulation
 
 def _train_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(ds, TensorDataset):
@@ -63,9 +37,9 @@ def run_sim(cfg, task=None) -> dict:
     if cfg.resume:
         raise ConfigError(f"--resume {cfg.resume!r} is not accepted with --runtime sim; accepted: --resume with "
                           "--runtime real (a simulated run is replayed exactly from its seed instead)")
-    if cfg.algorithm not in SIM_ALGORITHMS:
-        raise ConfigError(f"--algo {cfg.algorithm!r} is not accepted with --runtime sim; accepted: {', '.join(SIM_ALGORITHMS)}")
-    workers, groups, per_group = sim_layout(cfg)
+    algo = get_algorithm(cfg.algorithm)
+    replicated = algo.for_config(cfg).snapshot_all_replicas  # several models: replica 0, plus the average
+    workers, groups, per_group = algo.sim_layout(cfg)
     t = time.perf_counter()
     if task is None:
         task = get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir, seed=cfg.seed, num_samples=cfg.num_samples)
@@ -89,14 +63,19 @@ def run_sim(cfg, task=None) -> dict:
         loss_f = loss_fn(task.loss)
         if cfg.sim_forward_s is None or cfg.sim_backward_s is None:
             probe = plan.indices(0)
-            fwd, bwd = measure_compute(copy.deepcopy(model), loss_f, x[probe], y[probe])
-            source = "measured" if cfg.sim_forward_s is None and cfg.sim_backward_s is None else "given+measured"
+            if cfg.sim_times == "measured":  # opt-in: this host's clock (recorded; not reproducible elsewhere)
+                fwd, bwd = measure_compute(copy.deepcopy(model), loss_f, x[probe], y[probe])
+            else:
+                fwd, bwd = flops_compute(copy.deepcopy(model), loss_f, x[probe], y[probe], cfg.sim_device_flops)
+            source = cfg.sim_times
+            if cfg.sim_forward_s is not None or cfg.sim_backward_s is not None:
+                source = "given+" + source
             fwd = cfg.sim_forward_s or fwd
             bwd = cfg.sim_backward_s or bwd
         else:
             fwd, bwd, source = cfg.sim_forward_s, cfg.sim_backward_s, "given"
         torch.manual_seed(cfg.seed)
-        replicas = {"dasgd": workers, "lpap": groups}.get(cfg.algorithm, 1)
+        replicas = algo.sim_replicas(workers, groups) if algo.sim_replicas else 1
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         state = torch.empty(replicas, n_params)
         fm = FlatModel(model, loss_f, x, y, plan, state[0] if replicas == 1 else torch.empty(n_params))
@@ -104,19 +83,12 @@ def run_sim(cfg, task=None) -> dict:
             state.copy_(fm.flat.expand(replicas, -1))
         stats = Stats(workers, len(fm.params))
         loop = EventLoop()
-        straggler = parse_straggler(cfg.straggler)
-        compute = ComputeModel(fwd, bwd, cfg.sim_compute, straggler, cfg.seed, workers)
-        if straggler and cfg.algorithm == "lpap":  # the whole group (one real process) is slow
-            compute.slowdown = {w: straggler["slowdown"] for w in range(straggler["worker"] * per_group,
-                                                                       (straggler["worker"] + 1) * per_group)}
-        sim = algos.Simulation(cfg, fm, state, workers, loop, compute, Network(parse_delay(cfg.delay), cfg.seed, workers),
-                               stats, total, snapshot_every, cfg.algorithm in REPLICA_ALGORITHMS)
+        compute = ComputeModel(fwd, bwd, cfg.parsed.sim_compute, cfg.parsed.straggler, cfg.seed, workers, per_group)
+        sim = Simulation(cfg, fm, state, workers, loop, compute, Network(cfg.parsed.delay, cfg.seed, workers),
+                         stats, total, snapshot_every, replicated, groups, per_group)
         sim.on_event = _progress(cfg, stats, loop, total)
         host0 = time.perf_counter()
-        if cfg.algorithm == "lpap":
-            algos.lpap(sim, groups, per_group)
-        else:
-            getattr(algos, cfg.algorithm)(sim)
+        algo.sim(sim)
         end = max(sim.end_time, loop.now)
         sim.snapshot(end, stats.global_samples)  # the final state
         host_s = time.perf_counter() - host0
@@ -124,7 +96,7 @@ def run_sim(cfg, task=None) -> dict:
         t = time.perf_counter()
         metrics, states = _evaluate(task, fm, sim.snapshots)
         theory = None
-        if cfg.algorithm in THEORY_ALGORITHMS:
+        if algo.sim_theory:
             from ..theory import theory_check
             st = _staleness(stats)
             theory = theory_check(task, states, stats.grad_norm_max, st[0], st[1], cfg.lr, cfg.weight_decay)
@@ -135,16 +107,16 @@ def run_sim(cfg, task=None) -> dict:
 
     records.write_metrics(out / "metrics.jsonl", metrics)
     board = stats.to_board(len(fm.params))
-    launcher = SimpleNamespace(cfg=cfg, board=board, task=task, spec=SimpleNamespace(samples_before=0, elapsed_before=0.0),
-                               n_proc=workers, algo=SimpleNamespace(summary_extra=None), lost=[], setup_s=setup_s,
-                               resumed=None, out=out, device="cpu")
-    summary = records.summary(launcher, metrics, end, eval_s)
+    # The twin added its algorithm's fields (sim.extra) itself: no summary_extra hook here.
+    record = records.RunRecord(cfg=cfg, task=task, board=board, model=model, out=out, device="cpu", workers=workers,
+                               launch="sim", setup_s=setup_s, metrics=metrics)
+    summary = records.summary(record, metrics, end, eval_s)
     summary["threads_per_worker"] = 1
     summary["device"] = "simulated (" + summary["device"] + ", 1 thread)"
     summary["runtime"] = "sim"
     summary["sim_time_s"] = summary["wall_time_s"]
     summary["host_time_s"] = round(host_s, 3)
-    if cfg.algorithm in REPLICA_ALGORITHMS:  # as exchange/summary.py: replica 0 above, the replicas' average here
+    if replicated:  # as exchange/summary.py: replica 0 above, the replicas' average here
         final = metrics[-1] if metrics else {}
         summary["consensus_distance"] = final.get("consensus_distance")
         summary["final_avg_test_accuracy"] = final.get("avg_test_accuracy")

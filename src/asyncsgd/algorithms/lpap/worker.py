@@ -37,9 +37,9 @@ import time
 
 import torch
 
-from ..engine import WorkerContext
-from ..exchange.averaging import BackgroundAverager
-from .dasgd import flatten_params
+from ...engine import WorkerContext
+from ...exchange.averaging import BackgroundAverager
+from ...tensors import flatten_params
 
 
 def partition(sizes: list[int], threads: int) -> list[tuple[int, int] | None]:
@@ -57,7 +57,7 @@ def partition(sizes: list[int], threads: int) -> list[tuple[int, int] | None]:
 
 
 def run(ctx) -> None:
-    cfg, board, k_groups, g = ctx.cfg, ctx.board, ctx.world_size, ctx.rank
+    cfg, board, g = ctx.cfg, ctx.board, ctx.rank
     threads_n = cfg.workers_per_group
     model = ctx.replica()
     model.train()
@@ -66,8 +66,7 @@ def run(ctx) -> None:
     lock = threading.Lock()  # this group's board row
     failed = threading.Event()
     errors: list[BaseException] = []
-    torchrun = ctx.spec.extra.get("launch") == "torchrun"
-    strided = iter(range(ctx.spec.start_batch + g, ctx.plan.num_batches, k_groups))
+    take = ctx.batch_source()  # the threads' batches (thread-safe): local claims, or torchrun's strided ones
     parts = partition([p.numel() for p in params], threads_n)
     n_train = len(ctx.task.train_set)
     warm = min(ctx.spec.total_samples / 2, n_train * max(1.0, cfg.warmup_epochs))
@@ -81,13 +80,7 @@ def run(ctx) -> None:
                                   stopping=failed.is_set, on_error=on_error)
 
     def next_batch() -> int | None:
-        if failed.is_set() or board.stop[0]:
-            return None
-        if torchrun:
-            with lock:
-                return next(strided, None)
-        k = board.claim()
-        return k if k < ctx.plan.num_batches else None
+        return None if failed.is_set() else take()
 
     def work(t: int, c: WorkerContext) -> None:
         opt = c.optimizer(params)  # momentum per thread, as per process in hogwild
@@ -109,7 +102,7 @@ def run(ctx) -> None:
             with lock:
                 stale = int(board.updates[g]) - version
                 c.record(len(y), loss, staleness=stale, model=model if t == 0 else None, optimizer=opt,
-                         next_batch=(k // k_groups + 1) * k_groups if torchrun else None,
+                         batch=k,
                          grads=None if partial else grads)
                 averager.step()
             step += 1
@@ -125,7 +118,7 @@ def run(ctx) -> None:
     try:
         ctx.start()
         for c in contexts[1:]:
-            c._step_start, c._slowed = time.perf_counter(), False
+            c.begin_step()
         workers = [threading.Thread(target=guarded, args=(work, t, c), daemon=True, name=f"asyncsgd-lpap-{g}.{t}")
                    for t, c in enumerate(contexts)]
         averager.start()
@@ -148,12 +141,3 @@ def run(ctx) -> None:
             failed.set()
         averager.close(timeout=30)  # joins the averaging thread (an error path: without the final wait)
     ctx.finish(model)
-
-
-def summary_extra(launcher, out: dict) -> None:
-    from ..exchange.summary import exchange_summary
-    n_params = sum(p.numel() for p in launcher.model.parameters() if p.requires_grad)
-    exchange_summary(launcher, out, n_params)
-    out["lpap"] = {"groups": launcher.cfg.groups, "workers_per_group": launcher.cfg.workers_per_group,
-                   "average_every": launcher.cfg.average_every, "partitioned": launcher.cfg.partitioned,
-                   "averaging_rounds_per_group": [int(r) for r in launcher.board.exchange[:, 0]]}

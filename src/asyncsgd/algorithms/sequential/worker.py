@@ -11,7 +11,7 @@ def run(ctx) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = ctx.optimizer(params)
     ctx.start()
-    for k in ctx.batches(mode="strided"):
+    for k in ctx.batches():
         x, y = ctx.fetch(k)
         loss = ctx.loss(model(x), y)
         grads = torch.autograd.grad(loss, params)

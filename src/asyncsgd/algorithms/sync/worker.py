@@ -19,7 +19,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..delays import pay
+from ...delays import pay
 
 
 def run(ctx) -> None:

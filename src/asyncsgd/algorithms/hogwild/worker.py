@@ -19,7 +19,7 @@ def run(ctx) -> None:
     opt = ctx.optimizer(params)  # momentum buffers are per process (as in pytorch/examples)
     updates = ctx.board.updates
     ctx.start()
-    for k in ctx.batches(mode="claim"):
+    for k in ctx.batches():
         x, y = ctx.fetch(k)
         version_read = int(updates.sum())
         loss = ctx.loss(model(x), y)

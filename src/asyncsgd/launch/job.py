@@ -1,28 +1,24 @@
-"""torchrun: this process is one worker (rank) of a job that torchrun started on one or more
-machines (`torchrun --nnodes ... -m asyncsgd train ...`); docs/distributed.md.
+"""The end of a torchrun run, agreed on through the job's store, and the survivors' boards combined.
 
-- TorchrunLauncher: the Launcher of one rank; it runs worker_main inline, rank 0 writes the record.
-- TorchrunJob: the end of the run agreed on through the job's store (who finished, who is lost).
+- TorchrunJob: one rank's handle on the job's torch.distributed store (who finished, who is lost).
 - gather_board: the survivors' boards combined with all_reduce in a group of their own.
+Imports nothing of the launch package, so the launch modes can use it.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import sys
-import threading
 import time
 
 import torch
 
-from . import records
-from .algorithms import get_algorithm
-from .board import Board
-from .config import RunConfig
-from .errors import ConfigError, WorkerError
-from .exchange.transport import brief as _brief
-from .runner import POLL_S, Launcher, worker_main
+from ..board import Board
+from ..config import RunConfig
+from ..errors import WorkerError
+from ..exchange.transport import brief as _brief
+
+POLL_S = 0.05
 
 
 # Board fields that are one value for the whole run (or a maximum), not rows with one writer:
@@ -196,100 +192,3 @@ class TorchrunJob:
 
 RANK0_GONE = ("worker 0 is gone; under torchrun rank 0 writes the run record, so this run has none "
               "(worker {rank} stopped)")
-
-
-def torchrun_env() -> dict | None:
-    """This process's place in a torchrun job (RANK, WORLD_SIZE, MASTER_ADDR/PORT set), or None."""
-    env = os.environ
-    if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        return None
-    try:
-        return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
-                "local_rank": int(env.get("LOCAL_RANK", 0)), "local_world_size": int(env.get("LOCAL_WORLD_SIZE", 1))}
-    except ValueError:
-        return None
-
-
-class TorchrunLauncher(Launcher):
-    """This process IS worker RANK of a torchrun job (`torchrun ... -m asyncsgd train ...`).
-
-    Every rank builds the task and the model with the same seed, keeps a local Board and runs
-    worker_main inline (the env:// store, held by TorchrunJob; a barrier is the start line). The
-    world size is the number of workers: --workers (sync, dasgd) or --groups (lpap) is set from
-    WORLD_SIZE. Data:
-    strided batches (no shared claim counter across machines). At the end the ranks agree on who
-    finished through the job's store (TorchrunJob), the survivors' boards are summed
-    (gather_board) and rank 0 evaluates and writes the run record (and writes the checkpoints
-    during the run); the other ranks write nothing and return. Failures: a rank that fails
-    raises (exit code 1). dasgd and lpap survivors of a dead rank other than 0 carry on (their
-    exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
-    record, so the other ranks stop and exit 1 (_watch_rank0)."""
-
-    def __init__(self, cfg: RunConfig, env: dict, task=None):
-        world = env["world_size"]
-        algo = get_algorithm(cfg.algorithm).for_config(cfg.replace(workers=world))  # as it will run: WORLD_SIZE workers
-        if not algo.distributed:
-            from .algorithms import ALGORITHMS
-            distributed = ", ".join(n if a.distributed is True else f"{n} {a.distributed_with}"
-                                    for n, a in ALGORITHMS.items() if a.distributed)
-            raise ConfigError(f"--algo {cfg.algorithm!r} does not run across processes under torchrun "
-                              f"(WORLD_SIZE={world}); accepted: {distributed}")
-        if algo.processes(cfg) != world:
-            for field_ in ("workers", "groups"):
-                if algo.processes(cfg.replace(**{field_: world})) == world:
-                    cfg = cfg.replace(**{field_: world})
-                    break
-            else:
-                raise ConfigError(f"torchrun started {world} processes but --algo {cfg.algorithm} runs "
-                                  f"{algo.processes(cfg)}; accepted: a world size equal to its process count")
-        self.dist_rank = env["rank"]
-        self.writes_record = self.dist_rank == 0
-        if not self.writes_record:
-            cfg = cfg.replace(progress="none")
-        super().__init__(cfg, task)
-        self.errors = queue.Queue()
-        self.spec.errors = self.errors
-        self.spec.dist_init = "env://"
-        self.spec.extra.update(launch="torchrun", local_rank=env["local_rank"],
-                               local_world_size=env["local_world_size"])
-
-    def run(self) -> dict:
-        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
-        done = threading.Event()
-        if self.writes_record:  # progress and checkpoints: rank 0 only
-            monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
-        else:
-            monitor = threading.Thread(target=self._watch_rank0, args=(done,), name="asyncsgd-watch-rank0")
-        monitor.start()
-        try:
-            worker_main(self.dist_rank, self.spec)
-        finally:
-            done.set()
-            monitor.join(timeout=30)
-            progress.close()
-        self._drain_errors()
-        self._raise_failure()
-        self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
-        if not self.writes_record:
-            return {"torchrun_rank": self.dist_rank, "record_written": False}
-        self._write_checkpoint()
-        return self._finish()
-
-    def _watch_rank0(self, done: threading.Event) -> None:
-        """Ranks other than 0: once this rank's exchange saw rank 0 die, stop training (board.stop)
-        instead of finishing work that no record will hold; TorchrunJob.finish then fails the rank."""
-        while not done.wait(POLL_S):
-            if int(self.board.lost[0]):
-                self.board.stop[0] = 1
-                return
-
-    def _drain_errors(self) -> None:
-        """Every report on this queue is this process's own failure (a peer's death is seen by the
-        exchange and settled by TorchrunJob), so never the base class's 'continue without it'."""
-        while True:
-            try:
-                _, kind, message, tb = self.errors.get_nowait()
-            except queue.Empty:
-                return
-            if self.failure is None or (kind == "diverged" and self.failure[0] != "diverged"):
-                self.failure = (kind, message, tb)

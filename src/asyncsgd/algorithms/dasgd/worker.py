@@ -29,19 +29,19 @@ reconciles them during the run; the record shows how far apart they are (consens
 and how good their average is (avg_test_accuracy), next to replica 0's own accuracy.
 Lost workers (the launcher saw the process die and set board.lost; under torchrun the exchange
 sets it): the exchange stops sending to them; local survivors go on claiming the plan, torchrun
-survivors take over the strided batches the lost rank did not get to (batches() below).
+survivors take over the strided batches the lost rank did not get to (launch/modes.py).
 End of the run: DONE to every peer, then wait until every peer has sent DONE or is gone (the
 exchange's shutdown protocol), applying their last updates; that wait is the worker's idle time.
 """
 
 from __future__ import annotations
 
-import heapq
 import threading
 
 import torch
 
-from ..exchange import DONE, GRAD, Exchange, StalenessPolicy, Topology, staleness
+from ...exchange import DONE, GRAD, Exchange, StalenessPolicy, Topology, staleness
+from ...tensors import flatten_params
 
 
 def run(ctx) -> None:
@@ -51,8 +51,8 @@ def run(ctx) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     flat = flatten_params(params)  # the parameters become views of one vector: an update is one add
     opt = ctx.optimizer(params)
-    policy = StalenessPolicy(cfg.staleness, n)
-    topo = Topology(cfg.topology, n, rank, cfg.seed)
+    policy = StalenessPolicy(cfg.parsed.staleness, n)
+    topo = Topology(cfg.parsed.topology, n, rank, cfg.seed)
     clock = [0] * n  # updates applied to this replica, per origin
     lock = threading.Lock()  # the parameters while an update is written, and the clock
     stats = threading.Lock()  # this worker's board row (the training and the receiver thread write it)
@@ -84,14 +84,11 @@ def run(ctx) -> None:
     try:
         ctx.start()
         pending, pending_steps, pending_clock, rounds = None, 0, None, 0
-        # Local processes claim the next batch of the shared plan (board.claim), as Hogwild! does:
-        # a straggler simply processes fewer batches, nobody waits for it, and the survivors of a
-        # dead worker go on claiming. Under torchrun there is no shared board: strided batches,
-        # with the survivors taking over a lost rank's (batches(); how far it got: the updates of
-        # it this replica applied, its vector clock entry).
-        torchrun = ctx.spec.extra.get("launch") == "torchrun"
-        source = batches(ctx, done=lambda w: clock[w]) if torchrun else ctx.batches(mode="claim")
-        for k in source:
+        # Local processes claim the next batch of the shared plan, as Hogwild! does: a straggler
+        # simply processes fewer batches, nobody waits for it, and the survivors of a dead worker
+        # go on claiming. Under torchrun (strided batches) the survivors take over a lost rank's
+        # batches from how far it got: the updates of it this replica applied, its clock entry.
+        for k in ctx.batches(done=lambda w: clock[w]):
             x, y = ctx.fetch(k)
             with lock:
                 seen = list(clock)  # what this replica had applied when the forward read it
@@ -118,7 +115,7 @@ def run(ctx) -> None:
                 pending_steps = 0
             with stats:
                 ctx.record(len(y), loss, staleness=own_staleness, model=model, optimizer=opt,
-                           next_batch=(k // n + 1) * n if torchrun else None, grads=grads)
+                           batch=k, grads=grads)
         if pending_steps:
             ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
                     clock=torch.tensor(pending_clock), coalesce=True)
@@ -131,64 +128,3 @@ def run(ctx) -> None:
         ex.close(timeout=30)  # the sender hands over what is still queued (our DONE) first
     with lock, stats:
         ctx.finish(model)
-
-
-def batches(ctx, done):
-    """Under torchrun (no shared board to claim from): this worker's strided batches (rank, rank+N, ...) merged in plan order with its share of
-    the batches that workers seen to die did not get to (split among the survivors), so the run
-    still covers the whole plan. In plan order, not after its own share: a batch's lr follows its
-    plan position (the run's global progress), so batches taken over only at the end would be
-    trained at mid-run learning rates just before the run ends (with a worker of 4 killed 1 s in,
-    the final accuracy was 0.78-0.92 that way). Best effort: a worker lost after this one
-    finished is not covered.
-    done(w): batches worker w got through; dasgd passes w's updates this replica applied (its
-    vector clock entry): in-flight messages are missed, and with --topology ring / random:M a
-    replica sees only part of them, so some batches are redone."""
-    n, rank, board = ctx.world_size, ctx.rank, ctx.board
-    sources = {-1: iter(ctx.batches(mode="strided", stride=n, offset=rank))}
-    heap: list[tuple[int, int]] = []  # (next batch, source): the smallest plan position first
-
-    def advance(src: int) -> None:
-        k = next(sources[src], None)
-        if k is not None:
-            heapq.heappush(heap, (k, src))
-
-    def takeover(w: int, survivors: list[int]):
-        got = done(w)
-        j = got + survivors.index(rank)
-        while (k := ctx.spec.start_batch + w + j * n) < ctx.plan.num_batches:
-            yield k
-            j += len(survivors)
-
-    advance(-1)
-    taken: set[int] = set()
-    while heap and not board.stop[0]:
-        for w in range(n):
-            if int(board.lost[w]) and w not in taken:
-                taken.add(w)
-                survivors = [r for r in range(n) if not int(board.lost[r])]
-                if rank in survivors:
-                    sources[w] = takeover(w, survivors)
-                    advance(w)
-        k, src = heapq.heappop(heap)
-        yield k
-        advance(src)
-
-
-@torch.no_grad()
-def flatten_params(params) -> torch.Tensor:
-    """Move the parameters into one contiguous vector and make each a view of it."""
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    i = 0
-    for p in params:
-        p.data = flat[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return flat
-
-
-def summary_extra(launcher, out: dict) -> None:
-    from ..exchange.summary import exchange_summary
-    n_params = sum(p.numel() for p in launcher.model.parameters() if p.requires_grad)
-    exchange_summary(launcher, out, n_params)
-    from ..theory import add_theory  # measured staleness vs the bias bound's regime
-    add_theory(launcher, out)

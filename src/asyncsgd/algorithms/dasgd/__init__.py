@@ -1,0 +1,1 @@
+"""dasgd: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

@@ -1,0 +1,1 @@
+"""hogwild: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

@@ -1,0 +1,1 @@
+"""lpap: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

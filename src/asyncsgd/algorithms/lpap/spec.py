@@ -1,0 +1,36 @@
+"""lpap's spec: Hogwild! threads inside each of --groups processes, parameters averaged across
+groups in the background."""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+from ..base import Algorithm
+from . import sim, worker
+
+
+def sim_layout(cfg) -> tuple[int, int, int]:
+    """(virtual workers, groups, workers per group): --sim-workers split evenly across --groups."""
+    if cfg.sim_workers is None:
+        return cfg.groups * cfg.workers_per_group, cfg.groups, cfg.workers_per_group
+    if cfg.sim_workers % cfg.groups:
+        raise ConfigError(f"--sim-workers {cfg.sim_workers} is not accepted for lpap with --groups {cfg.groups}; "
+                          f"accepted: a multiple of --groups (workers are split evenly across groups)")
+    return cfg.sim_workers, cfg.groups, cfg.sim_workers // cfg.groups
+
+
+def summary_extra(record, out: dict) -> None:
+    from ...exchange.summary import exchange_summary
+    n_params = sum(p.numel() for p in record.model.parameters() if p.requires_grad)
+    exchange_summary(record, out, n_params)
+    out["lpap"] = {"groups": record.cfg.groups, "workers_per_group": record.cfg.workers_per_group,
+                   "average_every": record.cfg.average_every, "partitioned": record.cfg.partitioned,
+                   "averaging_rounds_per_group": [int(r) for r in record.board.exchange[:, 0]]}
+
+
+LPAP = Algorithm(
+    "lpap", "LPAP-SGD: Hogwild! threads inside each of --groups processes, parameters averaged "
+    "across groups every --average-every steps in the background",
+    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, processes=lambda cfg: cfg.groups,
+    tolerates_failures=True, snapshot_all_replicas=True,
+    options=("groups", "workers_per_group", "average_every", "partitioned"),
+    summary_extra=summary_extra, sim_layout=sim_layout, sim_replicas=lambda workers, groups: groups)

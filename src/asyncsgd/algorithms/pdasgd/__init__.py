@@ -1,0 +1,1 @@
+"""pdasgd: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

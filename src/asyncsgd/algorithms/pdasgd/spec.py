@@ -1,0 +1,90 @@
+"""pdasgd's spec: its options, defaults, checks, process layout and summary fields. The rules its
+real schedule and its simulated twin share are in rules.py."""
+
+from __future__ import annotations
+
+import torch
+
+from ...config import SHARING, need
+from ...errors import ConfigError
+from ..base import Algorithm
+from . import sim, worker
+from .rules import queue_size, resolve_sharing
+
+def _replicas(cfg) -> bool:
+    """A replica per process (--sharing average, or auto on several GPUs)."""
+    return resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "average"
+
+
+def check(cfg):
+    """--sharing resolved and recorded (summary.json says which mode ran), and its constraints."""
+    need(cfg.sharing in SHARING, "sharing", cfg.sharing, ", ".join(SHARING))
+    cfg = cfg.replace(sharing=resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime))
+    if cfg.sharing == "average" and cfg.workers < 2:
+        raise ConfigError(f"--sharing 'average' is not accepted with --workers {cfg.workers}; accepted: "
+                          "--workers 2 or more (a replica per worker process to average), or --sharing memory, auto")
+    if cfg.sharing == "average" and cfg.runtime == "sim":
+        raise ConfigError("--sharing 'average' is not accepted with --runtime sim; accepted: memory, auto "
+                          "(the simulated cluster runs pdasgd on one shared model)")
+    return cfg
+
+
+def check_given(given: dict, runtime: str) -> None:
+    """--average-every is used only with replicas: given with one shared model it would do nothing."""
+    if "average_every" in given:
+        v = given.get
+        if resolve_sharing(v("sharing") or "auto", v("device") or "auto", v("workers"), runtime or "real") == "memory":
+            raise ConfigError(f"--average-every {v('average_every')!r} is not used by --algo pdasgd when its workers "
+                              "share one model; accepted with: --algo pdasgd --sharing average (replicas), --algo lpap")
+
+
+def summary_extra(record, out: dict) -> None:
+    """Per-layer staleness, misalignment, queue depth and the thread counts, into summary.json;
+    with replicas (--sharing average) also the averaging and the exchange that carried it."""
+    b, cfg = record.board, record.cfg
+    names = [n for n, p in record.model.named_parameters() if p.requires_grad]
+    keep = [w for w in range(b.workers) if w not in record.lost]
+    s, c, m = b.layer_stale_sum[keep].sum(0), b.layer_stale_count[keep].sum(0), b.layer_stale_max[keep].amax(0)
+    out["staleness_by_layer"] = [
+        {"layer": name, "mean": round(float(s[i]) / int(c[i]), 4) if int(c[i]) else 0.0, "max": int(m[i]),
+         "count": int(c[i])} for i, name in enumerate(names)]
+    passes = int(b.backward_passes.sum())
+    out["backward_passes"] = passes
+    out["misaligned_fraction"] = round(int(b.misaligned.sum()) / passes, 4) if passes else 0.0
+    rows = {tuple(int(v) for v in b.fb_threads[w]) for w in keep if int(b.fb_threads[w, 0]) > 0}
+    fb = sorted(rows)[0] if rows else (cfg.forward_threads, cfg.backward_threads)
+    out["forward_threads"], out["backward_threads"] = fb
+    if len(rows) > 1:  # --fb-ratio auto chose differently in different workers
+        out["threads_by_worker"] = [[int(v) for v in b.fb_threads[w]] for w in keep]
+    out["fb_ratio"] = cfg.fb_ratio
+    out["queue_size"] = queue_size(cfg, fb[0])
+    out["queue_peak"] = int(b.queue_peak.max())
+    out["updates_mode"] = cfg.updates
+    out["sharing"] = cfg.sharing
+    if cfg.sharing == "average":
+        from ...exchange.summary import exchange_summary
+        exchange_summary(record, out, sum(p.numel() for p in record.model.parameters() if p.requires_grad))
+        gpus = torch.cuda.device_count() if record.device == "cuda" else 0
+        local = record.launch == "local"  # under torchrun each machine numbers its own
+        out["averaging"] = {
+            "average_every": cfg.average_every,  # local backward passes between rounds
+            "rounds_per_worker": [int(r) for r in b.exchange[:, 0]],
+            "devices": [f"cuda:{w % gpus}" if gpus else "cpu" for w in range(b.workers)] if local else None}
+    from ...theory import add_theory  # measured staleness vs the PD-ASGD bias bound
+    add_theory(record, out)
+
+
+PDASGD = Algorithm(
+    "pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
+    "gradient exists (one process by default; --workers N processes share one model, or with "
+    "--sharing average keep replicas averaged in the background, one per GPU)",
+    worker=worker.run, sim=sim.run, shared_model=lambda cfg: not _replicas(cfg), distributed=_replicas,
+    # With replicas the survivors of a dead worker carry on, as lpap's: they claim the rest of the
+    # plan (board.ClaimLock, which the OS releases when its holder dies) and average among
+    # themselves. One shared model: a worker killed mid-update may leave it half-written, so that
+    # run stops with exit 1.
+    tolerates_failures=_replicas, snapshot_all_replicas=_replicas,
+    defaults={"workers": 1, "staleness": "adaptive"},
+    options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "sharing",
+             "average_every", "staleness"),
+    summary_extra=summary_extra, check=check, sim_theory=True, distributed_with="--sharing average")

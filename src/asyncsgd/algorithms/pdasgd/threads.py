@@ -1,0 +1,313 @@
+"""The thread engine of one PD-ASGD worker process: F forward threads, B backward threads, a
+bounded queue between them, layer-wise updates and the bookkeeping of versions and staleness.
+
+Concurrency contract:
+- Decoupled.run() starts every thread and is their only owner: it joins them as they finish,
+  and once a stop is asked for (a thread failed, or the launcher set board.stop) gives them
+  STOP_JOIN_S to leave, then raises ThreadFailed naming the threads that did not.
+- A forward thread takes a slot (semaphore of queue_size) BEFORE it claims and computes a
+  batch; a backward thread gives the slot back when it takes the item, so at most queue_size
+  computed forwards wait and the queue can never be full.
+- Every blocking wait polls the stop flags every POLL_S seconds.
+- Layer versions: board.layer_version[w, t, l] has one writer (backward thread t of worker w);
+  with more backward threads than rows, threads that share a row bump it under its lock.
+- ctx.record is called by one backward thread at a time (record_lock).
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from ...config import Staleness
+from ...errors import DivergedError
+from ...exchange.policy import StalenessPolicy
+from .rules import concurrency
+from .views import ViewedReplica
+
+POLL_S = 0.05  # how often blocked queue operations look at the stop flags
+STOP_JOIN_S = 30.0  # after a stop, how long threads get to leave before the run gives up on them
+
+
+class ThreadFailed(RuntimeError):
+    """A forward or backward thread raised; the message names the thread, worker and batch."""
+
+
+@dataclass
+class Pending:
+    """One forward pass waiting for its backward."""
+
+    batch: int
+    samples: int
+    loss: torch.Tensor
+    views: list  # [(layer, view)]: the views of the shared parameters this pass ran on
+    read: list  # each layer's version when the forward read the parameters
+    event: object = None  # CUDA: recorded on the forward stream after the loss
+    stale: list = field(default_factory=list)
+
+
+class Decoupled:
+    """One worker process of PD-ASGD: its threads, queue, counters and bookkeeping."""
+
+    def __init__(self, ctx, forward_threads: int, backward_threads: int, queue_size: int, updates: str,
+                 staleness: Staleness = Staleness("none"), workers: int = 1, model=None, replica: bool = False):
+        """model: what the threads train (default the shared ctx.spec.model); replica: it is this
+        process's own replica, so only this worker's updates count in its layer versions."""
+        self.ctx, self.board, self.rank = ctx, ctx.board, ctx.rank
+        self.model = ctx.spec.model if model is None else model
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        # One LayerSGD (momentum buffers) per backward thread, as Hogwild! keeps one per process:
+        # a thread's momentum then sees its own updates without delay (see docs/pdasgd.md).
+        self.opts = [ctx.optimizer(self.params) for _ in range(backward_threads)]
+        # --staleness on layer updates (pdasgd's default: adaptive), with the concurrency of spec.py
+        self.policy = StalenessPolicy(staleness, concurrency(forward_threads, backward_threads, workers))
+        self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
+        self.device = self.params[0].device if self.params else ctx.device
+        self.cuda = self.device.type == "cuda"
+        self.q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.stop = threading.Event()
+        self.forwards_done = threading.Event()
+        self.errors: list = []  # (thread name, exception, traceback), first one wins
+        self.lock = threading.Lock()  # errors, queue peak, forward count: small, short
+        self.record_lock = threading.Lock()  # ctx.record is called by one thread at a time
+        self.forwards_left = forward_threads
+        self.slots = threading.Semaphore(queue_size)  # taken by a forward, given back when its item is taken
+        self.peak = 0
+        lv = self.board.layer_version
+        self.layer_version = lv
+        # The updates a layer's version counts: every worker's on the shared model; on a replica,
+        # this worker's only (peers' progress arrives by averaging, not as layer updates).
+        self.scope = lv[self.rank:self.rank + 1] if replica else lv
+        self.columns = [self.scope[:, :, i] for i in range(len(self.params))]
+        self.rows = lv.shape[1]
+        # More backward threads than rows: threads share a row, and bump it under its lock.
+        self.row_locks = [threading.Lock() for _ in range(self.rows)] if backward_threads > self.rows else None
+        self.take = ctx.batch_source()  # the forward threads' batches (thread-safe; the launch mode's)
+        self.on_pass = None  # set by run_replica: called after every backward pass (the averager's steps)
+
+    # -- versions -------------------------------------------------------------------------
+    def versions(self) -> list:
+        return self.scope.sum((0, 1)).tolist()
+
+    def bump(self, writer: int, i: int) -> None:
+        row = self.layer_version[self.rank, writer % self.rows]
+        if self.row_locks is None:
+            row[i] += 1
+        else:
+            with self.row_locks[writer % self.rows]:
+                row[i] += 1
+
+    def version_of(self, i: int) -> int:
+        return int(self.columns[i].sum())
+
+    # -- one forward, one backward ----------------------------------------------------------
+    def replica(self) -> ViewedReplica:
+        return ViewedReplica(self.model, self.params, self.version_of)
+
+    def forward(self, replica: ViewedReplica, k: int, stream=None) -> Pending:
+        if stream is None:
+            return self._forward(replica, k)
+        with torch.cuda.stream(stream):
+            item = self._forward(replica, k)
+            item.event = torch.cuda.Event()
+            item.event.record(stream)
+        return item
+
+    def _forward(self, replica: ViewedReplica, k: int) -> Pending:
+        ctx = self.ctx
+        x, y = ctx.fetch(k)
+        read = self.versions()  # layers no module pre-hook reads are read now
+        out, views = replica(x, read)
+        return Pending(k, len(y), ctx.loss(out, y), views, read)
+
+    def backward(self, item: Pending, writer: int, stream=None) -> list:
+        """Run one pending backward, updating layers (layer mode: as their gradients appear).
+        Returns the gradients; item.stale gets (layer, staleness) for every layer updated."""
+        lr, opt = self.ctx.lr(), self.opts[writer]
+        layer_mode = self.mode == "layer"
+        grads = [None] * len(self.params)
+        stale = item.stale
+
+        def apply(i, g, s):
+            stale.append((i, s))
+            factor = self.policy.factor(s)
+            if factor is None:  # --staleness drop:MAX
+                self.board.dropped[self.rank] += 1
+                return
+            opt.update(i, g, lr * factor)
+            self.bump(writer, i)
+
+        def on_grad(i, g):
+            grads[i] = g if grads[i] is None else grads[i] + g
+            if layer_mode:
+                apply(i, g, self.version_of(i) - item.read[i])
+
+        handles = [v.register_hook(functools.partial(on_grad, i)) for i, v in item.views]
+        inputs = [v for _, v in item.views]
+        try:
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    stream.wait_event(item.event)
+                    torch.autograd.grad(item.loss, inputs, allow_unused=True)
+            else:
+                torch.autograd.grad(item.loss, inputs, allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        if not layer_mode:
+            now = self.versions()
+            for i, g in enumerate(grads):
+                if g is not None:
+                    apply(i, g, now[i] - item.read[i])
+        return grads
+
+    def book(self, item: Pending, grads: list, opt) -> None:
+        """Bookkeeping of one finished backward pass (one thread at a time per worker)."""
+        b, r, ctx = self.board, self.rank, self.ctx
+        with self.record_lock:
+            if item.stale:
+                idx = torch.tensor([i for i, _ in item.stale], dtype=torch.long)
+                val = torch.tensor([max(0, s) for _, s in item.stale], dtype=torch.long)
+                b.layer_stale_sum[r].index_add_(0, idx, val.double())
+                b.layer_stale_count[r].index_add_(0, idx, torch.ones_like(val))
+                b.layer_stale_max[r].scatter_reduce_(0, idx, val, reduce="amax")
+                ctx.record_staleness(val.tolist())
+                if any(s > 0 for _, s in item.stale):
+                    b.misaligned[r] += 1
+            b.backward_passes[r] += 1
+            ctx.record(item.samples, item.loss, staleness=None, model=self.model, optimizer=opt,
+                       batch=item.batch,
+                       grads=[g for g in grads if g is not None] or None)
+            if self.on_pass is not None:
+                self.on_pass()
+
+    # -- threads --------------------------------------------------------------------------
+    def _fail(self, name: str, e: BaseException, batch: int | None) -> None:
+        where = f"{name} of worker {self.rank}" + ("" if batch is None else f" (batch {batch})")
+        with self.lock:
+            self.errors.append((where, e, traceback.format_exc()))
+        self.stop.set()
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or bool(self.board.stop[0])
+
+    def _acquire_slot(self) -> bool:
+        while not self._stopping():
+            if self.slots.acquire(timeout=POLL_S):
+                return True
+        return False
+
+    def _forward_loop(self, index: int) -> None:
+        k = None
+        try:
+            if self.cuda:
+                torch.cuda.set_device(self.device)
+            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            replica = self.replica()
+            # A slot is taken BEFORE claiming and computing a batch and given back when a
+            # backward thread takes the item: the forward reads the weights as late as it can,
+            # and at most queue_size computed forwards wait (the queue can never be full).
+            while self._acquire_slot():
+                k = self.take()
+                if k is None or self._stopping():
+                    self.slots.release()
+                    break
+                item = self.forward(replica, k, stream)
+                while not self._stopping():
+                    try:
+                        self.q.put(item, timeout=POLL_S)
+                    except queue.Full:
+                        continue
+                    depth = self.q.qsize()
+                    with self.lock:
+                        if depth > self.peak:
+                            self.peak = depth
+                            self.board.queue_peak[self.rank] = depth
+                    break
+                del item
+        except BaseException as e:
+            self._fail(f"forward thread {index}", e, k)
+        finally:
+            with self.lock:
+                self.forwards_left -= 1
+                if self.forwards_left == 0:
+                    self.forwards_done.set()
+
+    def _backward_loop(self, index: int) -> None:
+        k = None
+        try:
+            if self.cuda:
+                torch.cuda.set_device(self.device)
+            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            while not self._stopping():
+                try:
+                    item = self.q.get(timeout=POLL_S)
+                except queue.Empty:
+                    # No producer left and nothing queued (checked after the flag: a last put
+                    # may land between the failed get and the flag).
+                    if self.forwards_done.is_set() and self.q.empty():
+                        return
+                    continue
+                self.slots.release()
+                k = item.batch
+                grads = self.backward(item, index, stream)
+                self.book(item, grads, self.opts[index])
+                del item, grads
+        except BaseException as e:
+            self._fail(f"backward thread {index}", e, k)
+
+    def _wait(self, threads) -> None:
+        """Join the threads as they finish; once a stop is asked for (a thread failed, or the
+        launcher set board.stop), give them STOP_JOIN_S to leave, then stop waiting."""
+        stop_seen = None
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=POLL_S)
+            if self._stopping():
+                self.stop.set()
+                stop_seen = stop_seen or time.monotonic()
+                if time.monotonic() - stop_seen > STOP_JOIN_S:
+                    return
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._backward_loop, args=(i,), daemon=True,
+                                    name=f"pdasgd-w{self.rank}-backward-{i}") for i in range(self.B)]
+        threads += [threading.Thread(target=self._forward_loop, args=(i,), daemon=True,
+                                     name=f"pdasgd-w{self.rank}-forward-{i}") for i in range(self.F)]
+        started = []
+        try:
+            for t in threads:
+                t.start()
+                started.append(t)
+        except BaseException as e:  # could not start a thread: stop the ones that did
+            self._fail("thread start", e, None)
+        try:
+            self._wait(started)
+        except BaseException:  # e.g. Ctrl-C in an in-process run: stop the threads, then leave
+            self.stop.set()
+            deadline = time.monotonic() + STOP_JOIN_S
+            for t in started:
+                t.join(timeout=max(0.1, deadline - time.monotonic()))
+            raise
+        alive = [t.name for t in started if t.is_alive()]
+        while not self.q.empty():  # release the graphs of pending backwards nobody will run
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                break
+        if self.errors:
+            where, e, _ = self.errors[0]
+            if isinstance(e, DivergedError):
+                raise e
+            raise ThreadFailed(f"pdasgd {where} failed: {type(e).__name__}: {e}") from e
+        if alive:
+            raise ThreadFailed(f"pdasgd worker {self.rank}: threads {', '.join(alive)} did not stop "
+                               f"within {STOP_JOIN_S:.0f} s of the stop request")

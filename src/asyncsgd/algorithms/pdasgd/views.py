@@ -1,0 +1,76 @@
+"""How a layer's gradient reaches its update while the backward pass is still running.
+
+Every forward thread runs its own module tree whose parameters and buffers ARE the shared
+tensors (ViewedReplica). When a module runs, a forward pre-hook swaps in a fresh view
+(`p.view_as(p)`) of each of its shared parameters; autograd treats the view as a node of its
+own, so a tensor hook on it fires exactly when that layer's gradient has been computed, for
+this pass only. The backward thread's hook applies the layer's update to the shared parameter
+(through .data, so autograd's version checks never fire), and the pass is run with
+torch.autograd.grad over the views, so nothing is accumulated in a .grad that threads would share.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+
+def shared_replica(model: torch.nn.Module) -> torch.nn.Module:
+    """A new module tree whose parameters and buffers are the model's own tensors (shared).
+    A forward thread swaps per-pass views into the modules it runs, so each needs its own tree."""
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+class ViewedReplica:
+    """A forward thread's module tree (shared_replica) run on per-pass views of the parameters.
+
+    Why views made when each module runs, not all at the start: autograd runs ready nodes in
+    reverse creation order, so a view created before the forward would have its node (and our
+    hook) run after everything else, at the very end of the backward. A view created in the
+    module's forward pre-hook sits just below that module's own operations, so its gradient is
+    delivered as soon as the module's backward has run. The pre-hook also notes the layer's
+    version then: the moment the forward reads that layer.
+    A parameter used outside its own module's call (read by a parent before the module runs)
+    gets the pass's early view, made at the start; both kinds are inputs of the backward.
+    """
+
+    def __init__(self, model: torch.nn.Module, params: list, version_of):
+        self.module = shared_replica(model)
+        self.params, self.version_of = params, version_of
+        index = {id(p): i for i, p in enumerate(params)}  # by identity: tied weights are one layer
+        self.slots = []  # (module, attribute, layer)
+        for mod in self.module.modules():
+            mine = [(n, index[id(p)]) for n, p in mod._parameters.items() if p is not None and id(p) in index]
+            if mine:
+                self.slots += [(mod, n, i) for n, i in mine]
+                mod.register_forward_pre_hook(functools.partial(self._enter, mine))
+        self.late = self.read = None
+
+    def _enter(self, mine, module, args) -> None:
+        if self.late is None:
+            return
+        for n, i in mine:
+            v = self.late[i]
+            if v is None:  # first call of this module in this pass (a reused module keeps its view)
+                p = self.params[i]
+                v = self.late[i] = p.view_as(p)
+                self.read[i] = self.version_of(i)
+            module._parameters[n] = v
+
+    def __call__(self, x, read: list):
+        """The model's output on x and the pass's views [(layer, view)]; read[i] is set to the
+        version of layer i when the forward read it."""
+        early = [p.view_as(p) for p in self.params]
+        self.late, self.read = [None] * len(self.params), read
+        for mod, n, i in self.slots:
+            mod._parameters[n] = early[i]
+        try:
+            out = self.module(x)
+        finally:
+            for mod, n, i in self.slots:
+                mod._parameters[n] = self.params[i]
+            late, self.late, self.read = self.late, None, None
+        return out, list(enumerate(early)) + [(i, v) for i, v in enumerate(late) if v is not None]

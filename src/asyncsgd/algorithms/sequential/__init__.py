@@ -1,0 +1,1 @@
+"""sequential: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

@@ -1,0 +1,1 @@
+"""sync: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

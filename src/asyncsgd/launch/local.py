@@ -1,0 +1,357 @@
+"""The launcher: builds the run, starts and owns the worker processes, writes the run record.
+
+Ownership (the concurrency contract):
+- run() starts every worker process (torch.multiprocessing, spawn) and is the only one that
+  joins or kills them. Workers that end normally are joined; on an error, a divergence, a
+  stall (no progress for --stall-timeout seconds) or Ctrl-C, run() sets board.stop, gives the
+  workers STOP_GRACE_S to leave their loops, then terminates and finally kills them.
+- A one-process algorithm without torch.distributed runs in this process (no spawn cost; the
+  Python API can then take unpicklable model factories); the monitor then runs in a thread
+  that run() joins.
+- The monitor reads the board (progress, checkpoints to write); it never steers training.
+Wall-clock time counts training only: from the moment every worker is ready to the moment
+the last one finishes. Process start-up, data generation and evaluation are outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from .. import records
+from ..algorithms.registry import get_algorithm
+from ..board import Board, ClaimLock
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig, default_out_dir
+from ..engine import WorkerSpec
+from ..errors import ConfigError, DivergedError, WorkerError
+from ..settings import resolve
+from ..tensors import StateFlattener
+from .modes import LocalLaunch
+from .worker import worker_main
+
+STOP_GRACE_S = 10.0
+POLL_S = 0.05
+
+
+def resolve_device(cfg: RunConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def _exit_reason(rank: int, code: int) -> str:
+    if code < 0:
+        import signal
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker {rank} was killed by {name} (exit code {code})"
+    return f"worker {rank} exited with code {code}"
+
+
+class Launcher:
+    """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
+
+    writes_record = True  # False on torchrun ranks other than 0
+
+    def __init__(self, cfg: RunConfig, task=None, launch=LocalLaunch()):
+        from ..tasks import get_task
+
+        self.cfg = cfg = resolve(cfg)
+        self.algo = get_algorithm(cfg.algorithm).for_config(cfg)  # properties decided by the settings
+        self.resumed = None
+        if cfg.resume:
+            self.resumed = load_checkpoint(cfg.resume)
+        t = time.perf_counter()
+        self.task = task if task is not None else get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir,
+                                                           seed=cfg.seed, num_samples=cfg.num_samples)
+        self.setup_s = time.perf_counter() - t
+        self.out = Path(cfg.out or cfg.resume or default_out_dir(cfg))
+        if self.writes_record:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg)
+        self.n_proc = self.algo.processes(cfg)
+        n_train = len(self.task.train_set)
+        if n_train == 0:
+            raise ConfigError(f"--task {cfg.task!r} has an empty training set; accepted: at least one sample")
+        self.total = max(1, round(cfg.epochs * n_train))
+        torch.manual_seed(cfg.seed)
+        self.model = self.task.model_fn()
+        self.flat = StateFlattener(self.model)
+        if self.resumed is not None:
+            try:
+                self.model.load_state_dict(self.resumed["model"])
+            except (RuntimeError, KeyError) as e:
+                raise ConfigError(f"--resume {cfg.resume!r}: the checkpoint does not fit the model "
+                                  f"({str(e).splitlines()[0][:120]}); accepted: a checkpoint of the same task and model") from None
+        if self.device == "cuda" and self.algo.shared_model:
+            self.model.to("cuda")
+        if self.algo.shared_model:
+            self.model.share_memory()
+        self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
+        replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        ctx = mp.get_context("spawn")
+        self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
+                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock())
+        start_batch = samples_before = 0
+        elapsed = 0.0
+        momentum = None
+        if self.resumed is not None:
+            start_batch, samples_before = self.resumed["next_batch"], self.resumed["samples_done"]
+            elapsed, momentum = self.resumed["elapsed_s"], self.resumed["momentum"]
+            self.board.next_batch[0] = start_batch
+        self.errors = ctx.Queue() if self.n_proc > 1 or self.algo.distributed else queue.Queue()
+        self.spec = WorkerSpec(
+            config=cfg, algorithm=cfg.algorithm, task=self.task, model=self.model, board=self.board,
+            total_samples=self.total, start_batch=start_batch, samples_before=samples_before,
+            elapsed_before=elapsed, momentum_init=momentum, snapshot_every=self.snapshot_every,
+            checkpoint_every=max(1, round(cfg.checkpoint_every * n_train)), world_size=self.n_proc,
+            device=self.device, launch=launch, errors=self.errors)
+        self.ctx = ctx
+        self.lost: list[int] = []
+        self.failure: tuple | None = None
+        self._ckpt_seen = 0
+
+    # -- running --------------------------------------------------------------------------
+    def run(self) -> dict:
+        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
+        in_process = self.n_proc == 1 and not self.algo.distributed
+        try:
+            if in_process:
+                self._run_in_process(progress)
+            else:
+                self._run_processes(progress)
+        except KeyboardInterrupt:
+            self.board.stop[0] = 1
+            progress.close()
+            self._write_checkpoint()
+            self._save_metrics_until_checkpoint()
+            raise
+        finally:
+            progress.close()
+        self._write_checkpoint()
+        return self._finish()
+
+    def _run_in_process(self, progress) -> None:
+        self.spec.errors = self.errors
+        done = threading.Event()
+        monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
+        monitor.start()
+        try:
+            worker_main(0, self.spec)
+        finally:
+            done.set()
+            monitor.join(timeout=30)
+        self._drain_errors()
+        self._raise_failure()
+
+    def _monitor_thread(self, progress, done: threading.Event) -> None:
+        while not done.wait(POLL_S):
+            self._poll(progress)
+
+    def _run_processes(self, progress) -> None:
+        import pickle
+        try:  # fail with a clear message before starting anything
+            pickle.dumps(self.task.model_fn)
+        except Exception as e:
+            raise ConfigError(f"model_fn {self.task.model_fn!r} is not picklable ({type(e).__name__}); accepted for "
+                              f"multi-process algorithms: a module-level function or class, or functools.partial of one") from None
+        store = None
+        if self.algo.distributed:
+            # The launcher hosts the process group's store on a port it holds for the whole run. (A
+            # port picked free here and bound later by worker 0 could be taken in between, e.g. by
+            # another worker's connect attempt to it, leaving the workers waiting on a store
+            # that is not theirs.)
+            import datetime
+            import torch.distributed as dist
+            store = dist.TCPStore("127.0.0.1", 0, self.n_proc, is_master=True, wait_for_workers=False,
+                                  timeout=datetime.timedelta(seconds=max(60.0, self.cfg.stall_timeout)))
+            self.spec.dist_init = f"tcp://127.0.0.1:{store.port}"
+        procs = []
+        for rank in range(self.n_proc):
+            p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
+            p.start()
+            procs.append(p)
+        self.procs = procs
+        self._write_workers_json("starting")
+        try:
+            self._watch(procs, progress)
+        finally:
+            self._stop_all(procs)
+            del store  # after the workers: the server closes with it
+
+    def _write_workers_json(self, state: str) -> None:
+        """workers.json in the run directory: the worker processes' pids (to watch or kill them)."""
+        info = {"state": state, "launcher_pid": os.getpid(), "algorithm": self.cfg.algorithm,
+                "workers": [{"worker": r, "pid": p.pid} for r, p in enumerate(self.procs)]}
+        tmp = self.out / "workers.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.out / "workers.json")
+
+    def _watch(self, procs, progress) -> None:
+        last_samples, last_change = -1, time.time()
+        started = False
+        while any(p.is_alive() for p in procs):
+            time.sleep(POLL_S)
+            if not started and self.board.t0[0] > 0:
+                started = True
+                self._write_workers_json("training")
+            for rank, p in enumerate(procs):  # exit codes first: a dead worker is the cause, not its peers' errors
+                if p.exitcode not in (None, 0) and rank not in self.lost and self.board.status[rank] != 3:
+                    self._worker_lost(rank, _exit_reason(rank, p.exitcode))
+            self._drain_errors()
+            if self.failure is not None:
+                break
+            self._poll(progress)
+            samples = int(self.board.samples.sum())
+            if samples != last_samples:
+                last_samples, last_change = samples, time.time()
+            elif time.time() - last_change > self.cfg.stall_timeout:
+                self.failure = ("error", f"no progress for {self.cfg.stall_timeout:.0f} s (--stall-timeout); "
+                                "workers stopped")
+                break
+        self._drain_errors()
+        self._raise_failure()
+
+    def _worker_lost(self, rank: int, why: str) -> None:
+        if rank in self.lost:  # seen twice (its exit code and its error report): once is enough
+            print(f"asyncsgd: {why}", file=sys.stderr, flush=True)
+            return
+        if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
+            self.lost.append(rank)
+            self.board.lost[rank] = 1  # survivors' exchanges stop sending to it and stop waiting for it
+            print(f"asyncsgd: {why}; continuing with the survivors", file=sys.stderr, flush=True)
+            return
+        if self.failure is None:
+            self.failure = ("error", why + ("" if self.algo.tolerates_failures else
+                                            f"; --algo {self.cfg.algorithm} cannot continue without it"))
+
+    def _drain_errors(self) -> None:
+        while True:
+            try:
+                rank, kind, message, tb = self.errors.get_nowait()
+            except (queue.Empty, OSError, EOFError, ValueError):
+                return
+            if kind == "error" and self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
+                self._worker_lost(rank, f"worker {rank} failed: {message}")
+                continue
+            if self.failure is None or (kind == "diverged" and self.failure[0] != "diverged"):
+                self.failure = (kind, message, tb)
+
+    def _raise_failure(self) -> None:
+        if self.failure is None:
+            return
+        self.board.stop[0] = 1
+        kind, message = self.failure[0], self.failure[1]
+        if kind == "diverged":
+            if self.writes_record:
+                self._write_checkpoint()  # a copy the monitor had not saved yet is still a good one
+            if (self.out / "checkpoint.pt").exists():
+                raise DivergedError(message + f"; last good checkpoint kept in {self.out}")
+            raise DivergedError(message + "; it diverged before the first checkpoint (see --checkpoint-every)")
+        if len(self.failure) > 2 and self.failure[2] and self.writes_record:
+            (self.out / "error.log").write_text(self.failure[2])
+        raise WorkerError(message)
+
+    def _stop_all(self, procs) -> None:
+        if any(p.is_alive() for p in procs):
+            self.board.stop[0] = 1
+        deadline = time.time() + STOP_GRACE_S
+        for p in procs:
+            p.join(timeout=max(0.1, deadline - time.time()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+    def _poll(self, progress) -> None:
+        progress.update()
+        # After a divergence the slot may still be saved: the lead copies the model into it only
+        # after a step whose loss was finite, and never leaves a non-finite copy there.
+        seq = int(self.board.ckpt_seq[0])
+        if seq != self._ckpt_seen and seq % 2 == 0:
+            self._write_checkpoint_slot(seq)
+
+    def _write_checkpoint_slot(self, seq: int) -> None:
+        b = self.board
+        state, momentum = b.ckpt_state.clone(), b.ckpt_momentum.clone()
+        progress = b.ckpt_progress.clone()
+        if int(b.ckpt_seq[0]) != seq:
+            return  # overwritten while copying; the next poll takes the newer one
+        self._ckpt_seen = seq
+        if not torch.isfinite(state).all():
+            return  # the lead skipped a non-finite copy; keep the last good file
+        save_checkpoint(self.out, self._state_dict(state), momentum if self.cfg.momentum > 0 else None,
+                        int(progress[0]), int(progress[1]), float(progress[2]), self.cfg.to_dict())
+
+    def _write_checkpoint(self) -> None:
+        seq = int(self.board.ckpt_seq[0])
+        if seq != self._ckpt_seen and seq % 2 == 0:
+            self._write_checkpoint_slot(seq)
+
+    def _save_metrics_until_checkpoint(self) -> None:
+        """On an interrupt, keep the evaluation points the last checkpoint covers (a resume appends)."""
+        if self._ckpt_seen == 0:
+            return
+        done = int(self.board.ckpt_progress[1])
+        rows = records.evaluate_snapshots(self.task, self.board, self.device, False, exclude=self.lost)
+        records.write_metrics(self.out / "metrics.jsonl", [r for r in rows if r["samples"] <= done])
+
+    def _state_dict(self, flat: torch.Tensor) -> dict:
+        model = self.task.model_fn()
+        StateFlattener(model).load_flat(model, flat)
+        return model.state_dict()
+
+    # -- the record -----------------------------------------------------------------------
+    def _finish(self) -> dict:
+        b = self.board
+        wall = float(b.finish.max() - b.t0[0]) if b.t0[0] > 0 else 0.0
+        if self.algo.shared_model and b.snap_count[0] < b.snap.shape[1]:
+            # The shared model after the last worker finished: the run's final state.
+            i = int(b.snap_count[0])
+            self.flat.to_flat(self.model, b.snap[0, i])
+            b.snap_time[0, i], b.snap_samples[0, i] = wall, self.spec.samples_before + int(b.samples.sum())
+            b.snap_count[0] = i + 1
+        if 0 in self.lost and self.algo.snapshot_all_replicas:
+            # Replica 0 died: the first survivor's replica stands in as "the" model (row 0 is what
+            # the record evaluates); the replicas' average is still over the survivors only.
+            alive = [r for r in range(b.snap.shape[0]) if r not in self.lost and int(b.snap_count[r]) > 0]
+            if alive:
+                for t_ in (b.snap, b.snap_time, b.snap_samples, b.snap_count):
+                    t_[0] = t_[alive[0]]
+        t = time.perf_counter()
+        metrics = records.evaluate_snapshots(self.task, b, self.device, self.algo.snapshot_all_replicas,
+                                             exclude=self.lost)
+        eval_s = time.perf_counter() - t
+        if self.resumed is not None:  # keep the evaluation points from before the interruption
+            before = [r for r in records.read_metrics(self.out / "metrics.jsonl")
+                      if r["samples"] <= self.spec.samples_before]
+            metrics = before + [r for r in metrics if r["samples"] > self.spec.samples_before]
+        records.write_metrics(self.out / "metrics.jsonl", metrics)
+        final_state = self._state_dict(b.snap[0, int(b.snap_count[0]) - 1]) if b.snap_count[0] > 0 else \
+            self.model.state_dict()
+        record = records.RunRecord(
+            cfg=self.cfg, task=self.task, board=b, model=self.model, out=self.out, device=self.device,
+            workers=self.n_proc, launch=self.spec.launch.name, algo=self.algo, lost=self.lost, setup_s=self.setup_s,
+            samples_before=self.spec.samples_before, elapsed_before=self.spec.elapsed_before,
+            resumed=self.resumed is not None, metrics=metrics)
+        summary = records.summary(record, metrics, wall, eval_s)
+        save_checkpoint(self.out, final_state, None, math.ceil(self.total / self.cfg.batch_size), self.total,
+                        wall, self.cfg.to_dict())
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

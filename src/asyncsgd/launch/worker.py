@@ -1,0 +1,72 @@
+"""worker_main: the entry point of every worker process (or of the one in-process worker, or of a
+torchrun rank). It sets the process's threads and device, joins the process group through its
+launch mode, runs the algorithm's schedule with a WorkerContext, and reports every failure to
+the launcher (the errors queue) before it leaves; the process group is destroyed on every path."""
+
+from __future__ import annotations
+
+import queue
+import traceback
+
+import torch
+
+from ..algorithms.registry import get_algorithm
+from ..engine import WorkerContext, WorkerSpec, set_threads
+from ..errors import DivergedError, WorkerError
+
+
+def worker_main(rank: int, spec: WorkerSpec) -> None:
+    """Entry point of every worker (process or in-process): runs the algorithm's schedule."""
+    algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
+    board, launch = spec.board, spec.launch
+    group = False
+    job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
+    if spec.errors is not None and not isinstance(spec.errors, queue.Queue):
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    try:
+        set_threads(spec, launch.processes_here(spec))
+        if spec.device.startswith("cuda"):
+            local = launch.local_index(rank)
+            torch.cuda.set_device(local % torch.cuda.device_count())
+            spec.device = f"cuda:{local % torch.cuda.device_count()}"
+        if algo.distributed:
+            import datetime
+            # nccl needs one GPU per rank; ranks sharing a GPU all-reduce CUDA tensors through gloo
+            one_gpu_each = spec.device.startswith("cuda") and spec.world_size <= torch.cuda.device_count()
+            backend = "nccl" if one_gpu_each else "gloo"
+            timeout = datetime.timedelta(seconds=max(60.0, spec.config.stall_timeout))
+            job = launch.join_group(spec, rank, backend, timeout)
+            group = True
+        algo.worker(WorkerContext(spec, rank))
+        if job is not None:
+            job.finish(board, algo, spec.config)
+    except DivergedError as e:
+        _report(spec, rank, "diverged", str(e))
+    except KeyboardInterrupt:
+        board.stop[0] = 1
+        raise
+    except BaseException as e:  # report every failure to the launcher, then leave
+        board.status[rank] = 4
+        message = str(e) if isinstance(e, WorkerError) else f"{type(e).__name__}: {e}"  # ours: already says it all
+        message = launch.explain_failure(e, message, algo, rank)
+        _report(spec, rank, "error", message, traceback.format_exc())
+        if spec.errors is None:
+            raise
+    finally:
+        if job is not None:
+            job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
+        if group:
+            import torch.distributed as dist
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def _report(spec: WorkerSpec, rank: int, kind: str, message: str, tb: str = "") -> None:
+    if spec.errors is not None:
+        try:
+            spec.errors.put((rank, kind, message, tb), timeout=5)
+        except Exception:
+            pass

@@ -1,1 +1,0 @@
-"""Local schedules: what one worker process does each step. One file per algorithm, one screen each."""

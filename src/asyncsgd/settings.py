@@ -1,0 +1,118 @@
+"""Settings resolved once: the shared and the algorithm's defaults, then every check.
+
+resolve(cfg) is the one place a RunConfig becomes trusted: settings the user left unset take the
+algorithm's default (its spec.py), else the shared one (config.SHARED_DEFAULTS); every value is
+checked, the algorithm's own check runs (pdasgd resolves --sharing), and the structured settings
+are parsed once (cfg.parsed). Later layers carry no defensive checks.
+
+check_options(algorithm, given, runtime): a setting only some algorithms use, given explicitly
+to another, would be silently ignored, so the CLI, TOML files and the Python API reject it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .algorithms.registry import ALGORITHMS, users_of
+from .config import (DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
+                     flag, need)
+from .errors import ConfigError
+
+SIM_TIMES = ("flops", "measured")
+
+
+def default_text(name: str) -> str:
+    """'default 0.05; dasgd 0.07': a setting's default as the CLI help states it, from where it lives."""
+    if name in SHARED_DEFAULTS:
+        parts = [f"default {SHARED_DEFAULTS[name]}"]
+        parts += [f"{a.name} {a.defaults[name]}" for a in ALGORITHMS.values() if name in a.defaults]
+        return "; ".join(parts)
+    value = getattr(RunConfig(), name)
+    return f"default {value}" if value is not None else "default: unset"
+
+
+def check_options(algorithm: str, given, runtime: str | None = None) -> None:
+    """ConfigError for an explicitly given setting the chosen algorithm (or runtime) does not use.
+    given: the names given, or a dict of them with their values (for the checks that depend on
+    values: pdasgd's --average-every is used only with replicas)."""
+    for name in given:
+        if name in SIM_OPTIONS and runtime != "sim":
+            raise ConfigError(f"{flag(name)} is only used by the simulated cluster; accepted with: --runtime sim")
+        users = users_of(name)
+        if users and algorithm not in users:
+            raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
+                              f"{', '.join('--algo ' + u for u in users)}")
+    if algorithm == "pdasgd" and isinstance(given, dict):
+        from .algorithms.pdasgd.spec import check_given
+        check_given(given, runtime)
+
+
+def _whole(cfg, name: str, low: int = 1, high: int | None = None, accepted: str = "a whole number >= 1") -> None:
+    v = getattr(cfg, name)
+    need(isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high), name, v, accepted)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Every default applied and every value checked, once; returns the resolved config. Raises ConfigError."""
+    need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
+    algo = ALGORITHMS[cfg.algorithm]
+    resolved = {**SHARED_DEFAULTS, **algo.defaults}
+    cfg = cfg.replace(**{k: v for k, v in resolved.items() if getattr(cfg, k) is None})
+    for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
+                 "groups", "workers_per_group", "average_every", "send_every"):
+        _whole(cfg, name)
+    need(cfg.workers <= 256, "workers", cfg.workers, "1 to 256 real workers (use --runtime sim for more)")
+    for name in ("epochs", "lr"):
+        v = getattr(cfg, name)
+        need(_number(v) and v > 0, name, v, "a number > 0")
+    need(_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
+    for name in ("weight_decay", "warmup_epochs"):
+        v = getattr(cfg, name)
+        need(_number(v) and v >= 0, name, v, "a number >= 0")
+    need(_number(cfg.checkpoint_every) and cfg.checkpoint_every > 0, "checkpoint_every",
+         cfg.checkpoint_every, "a number of epochs > 0")
+    need(_number(cfg.stall_timeout) and cfg.stall_timeout > 0, "stall_timeout", cfg.stall_timeout, "seconds > 0")
+    need(_number(cfg.lr_gamma) and 0 < cfg.lr_gamma <= 1, "lr_gamma", cfg.lr_gamma, "a number in (0, 1]")
+    need(all(_number(s) and 0 < s < 1 for s in cfg.lr_steps), "lr_steps", cfg.lr_steps,
+         "comma-separated fractions of the run in (0, 1), e.g. 0.5,0.75")
+    _whole(cfg, "seed", low=0, accepted="a whole number >= 0")
+    if cfg.target_accuracy is not None:
+        need(_number(cfg.target_accuracy) and 0 < cfg.target_accuracy <= 1, "target_accuracy",
+             cfg.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
+    for name in ("num_samples", "threads_per_worker", "queue_size"):
+        if getattr(cfg, name) is not None:
+            _whole(cfg, name)
+    if cfg.sim_workers is not None:
+        _whole(cfg, "sim_workers", high=65536, accepted="a whole number from 1 to 65536")
+    for name in ("sim_forward_s", "sim_backward_s"):
+        v = getattr(cfg, name)
+        if v is not None:
+            need(_number(v) and v > 0, name, v, "seconds > 0 per batch, e.g. 0.002 (or unset: from --sim-times)")
+    need(cfg.sim_times in SIM_TIMES, "sim_times", cfg.sim_times, ", ".join(SIM_TIMES))
+    need(_number(cfg.sim_device_flops) and cfg.sim_device_flops > 0, "sim_device_flops", cfg.sim_device_flops,
+         "FLOP/s > 0, e.g. 1e10")
+    need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
+    need(cfg.lr_scaling in ("linear", "none"), "lr_scaling", cfg.lr_scaling, "linear, none")
+    need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
+    need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
+    need(cfg.updates in UPDATES, "updates", cfg.updates, ", ".join(UPDATES))
+    need(cfg.runtime in RUNTIMES, "runtime", cfg.runtime, ", ".join(RUNTIMES))
+    need(cfg.fb_ratio in (None, "auto"), "fb_ratio", cfg.fb_ratio, "auto (or leave unset and give the thread counts)")
+    straggler = cfg.parsed.straggler  # parses every structured setting once (ConfigError on a bad one)
+    if straggler is not None:
+        if cfg.runtime == "sim":
+            n = algo.sim_layout(cfg)[1]  # simulated processes (lpap: groups)
+        else:
+            n = algo.processes(cfg)
+        need(straggler.worker < max(n, 1), "straggler", cfg.straggler, f"worker=W with W < the {n} worker(s) of this run")
+    if cfg.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("--device 'cuda' is not accepted: no CUDA device is visible; accepted: cpu, auto")
+    if algo.check is not None:
+        cfg = algo.check(cfg)
+    return cfg
