@@ -31,7 +31,8 @@ import time
 
 import torch
 
-from .transport import DONE, FINAL, PARAMS, Exchange
+from .transport import Exchange
+from .wire import DONE, FINAL, PARAMS
 
 JOIN_MARGIN_S = 30.0  # finish() waits --stall-timeout (the final average's own bound) plus this
 ERROR_CLOSE_S = 3.0  # error paths: how long close() lets the sender hand over this process's DONE

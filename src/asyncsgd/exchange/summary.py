@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .transport import HEADER_FIELDS
+from .wire import header_bytes
 
 
 def exchange_summary(launcher, out: dict, payload_numel: int, payload_itemsize: int = 4) -> None:
@@ -12,7 +12,7 @@ def exchange_summary(launcher, out: dict, payload_numel: int, payload_itemsize: 
     out["consensus_distance"] = final.get("consensus_distance")
     out["final_avg_test_accuracy"] = final.get("avg_test_accuracy")
     out["final_avg_test_loss"] = final.get("avg_test_loss")
-    header = (HEADER_FIELDS + b.workers) * 8
+    header = header_bytes(b.workers)
     payload = payload_numel * payload_itemsize
     x = b.exchange
     out["exchange"] = {

@@ -4,16 +4,11 @@ Used by dasgd (updates to peers) and lpap (parameters to average). Computation n
 the network: the training thread posts a message (isend or a queue append) and peers' messages
 are handled by background threads (a sender thread and one receiver thread per peer).
 
-Wire format (no pickles): every message is ONE gloo send (tag 1) of one contiguous byte tensor:
-  header   int64 x (6 + N): [sender, seq, kind, length, steps, posted_us, clock_0 .. clock_{N-1}]
-           (kind: 1 GRAD, 2 PARAMS, 3 FINAL, 4 DONE; length: payload elements; steps: updates
-           summed into the payload; posted_us: the sender's wall clock when it posted the message,
-           for the latency statistics; clock: the sender's vector clock, see policy.py)
-  payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
-The header and the payload are tensor views of that buffer (header.view(int64)). One send
-instead of a header send plus a payload send: each gloo send is a rendezvous with the receiver,
-and on loopback one costs 0.09 ms against 0.28 ms for the pair (measured, 9,610 floats); on
-busy cores the second rendezvous mostly adds thread wake-ups. The receiver posts a buffer of the
+Wire format: wire.py (the header layout, the message kinds, encode, decode + validation). Every
+message is ONE gloo send (tag 1) of one contiguous byte tensor, an int64 header then the payload.
+One send instead of a header send plus a payload send: each gloo send is a rendezvous with the
+receiver, and on loopback one costs 0.09 ms against 0.28 ms for the pair (measured, 9,610 floats);
+on busy cores the second rendezvous mostly adds thread wake-ups. The receiver posts a buffer of the
 largest size (gloo accepts a shorter message into it) and reads `length` from the header.
 Bytes counted per message = header bytes + payload bytes (board.bytes_sent / messages_sent).
 The exchange has its own gloo group (dist.new_group(backend="gloo")), so it works beside an
@@ -79,33 +74,18 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..delays import message_delay
+from . import wire
+from .wire import DONE, FINAL, GRAD, HEADER_FIELDS, KIND_NAMES, PARAMS, Message  # noqa: F401 (re-exported)
 
-GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
-KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
 TAG = 1
-HEADER_FIELDS = 6  # sender, seq, kind, length, steps, posted_us; then the clock (N entries)
 MAX_INFLIGHT = 2  # posted but not yet received messages per destination; more wait in the queue
 EXCHANGE_TIMEOUT_S = 3600.0  # gloo's own bound on one blocking wait (last resort, see above)
 SWITCH_INTERVAL_S = 0.0005
-
-
-@dataclass
-class Message:
-    sender: int
-    kind: int
-    seq: int
-    steps: int
-    clock: torch.Tensor | None
-    payload: torch.Tensor | None
-    due: float = 0.0
-    posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
-    owned: bool = False  # payload belongs to this queue entry only (may be summed into)
 
 
 class Exchange:
@@ -124,8 +104,8 @@ class Exchange:
         self.delay = ctx.delay
         import random
         self.rng = random.Random(ctx.cfg.seed * 15_485_863 + ctx.rank)  # delay jitter, sender thread only
-        self.header_bytes = (HEADER_FIELDS + self.n) * 8
-        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.header_bytes = wire.header_bytes(self.n)
+        self.itemsize = wire.itemsize(dtype)
         self.payload_bytes = numel * self.itemsize  # the largest payload (GRAD / PARAMS / FINAL)
         self.max_inflight = MAX_INFLIGHT
         self.peers = [p for p in range(self.n) if p != self.rank]
@@ -305,7 +285,7 @@ class Exchange:
 
     def _isend_locked(self, d: int, m: Message) -> None:
         """Post one message (caller holds self._cv, so posts to a destination stay in order)."""
-        buf = self._encode(m)
+        buf = wire.encode(m, self.n, self.dtype)
         try:
             work = dist.isend(buf, d, group=self.group, tag=TAG)
         except Exception as e:
@@ -349,16 +329,6 @@ class Exchange:
             if ok:
                 self.ctx.count_message(buf.numel(), 1)
                 self.board.exchange[self.rank, 1 if m.payload is not None else 2] += 1
-
-    def _encode(self, m: Message) -> torch.Tensor:
-        length = m.payload.numel() if m.payload is not None else 0
-        buf = torch.empty(self.header_bytes + length * self.itemsize, dtype=torch.uint8)
-        header = buf[:self.header_bytes].view(torch.int64)
-        header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us], dtype=torch.int64)
-        header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
-        if length:
-            buf[self.header_bytes:].view(self.dtype).copy_(m.payload)
-        return buf
 
     def _recv_loop(self, peer: int) -> None:
         """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
