@@ -78,6 +78,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..board import ExchangeCounter as X
 from ..delays import message_delay
 from . import wire
 from .wire import DONE, FINAL, GRAD, HEADER_FIELDS, KIND_NAMES, PARAMS, Message  # noqa: F401 (re-exported)
@@ -192,7 +193,7 @@ class Exchange:
                     tail.payload += payload
                     tail.steps += steps
                     tail.due = max(tail.due, due)
-                    self.board.exchange[self.rank, 3] += 1
+                    self.board.exchange[self.rank, X.COALESCED] += 1
                     continue
                 m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us)
                 if due <= now and not q and self._inflight_to[d] < self.max_inflight:
@@ -328,7 +329,7 @@ class Exchange:
                 self._cv.notify_all()
             if ok:
                 self.ctx.count_message(buf.numel(), 1)
-                self.board.exchange[self.rank, 1 if m.payload is not None else 2] += 1
+                self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
 
     def _recv_loop(self, peer: int) -> None:
         """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
@@ -353,10 +354,10 @@ class Exchange:
             latency_us = max(0, int(time.time() * 1e6) - posted_us)  # post -> here (one clock when local)
             with self._cv:
                 x = self.board.exchange[self.rank]
-                x[4] += latency_us
-                x[5] += 1
-                if latency_us > x[6]:
-                    x[6] = latency_us
+                x[X.LATENCY_SUM_US] += latency_us
+                x[X.RECEIVED] += 1
+                if latency_us > x[X.LATENCY_MAX_US]:
+                    x[X.LATENCY_MAX_US] = latency_us
             if self.handler is not None:
                 try:
                     handled = self.handler(msg)
