@@ -127,6 +127,9 @@ class Board:
         # us) -- exchange/transport.py
         self.lost = z(workers, dtype=torch.int8)
         self.exchange = z(workers, len(ExchangeCounter))
+        # malformed[w]: messages worker w's exchange received and dropped as malformed
+        # (exchange/wire.py); written only by w's receiver threads (under the exchange's lock)
+        self.malformed = z(workers)
         self.grad_norm_max = z(workers, dtype=torch.float64)
         self.finish = z(workers, dtype=torch.float64)  # wall time (time.time) a worker finished
         self.status = z(workers, dtype=torch.int8)  # 0 starting, 1 ready, 2 running, 3 done, 4 failed

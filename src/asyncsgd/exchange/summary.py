@@ -29,6 +29,8 @@ def exchange_summary(launcher, out: dict, payload_numel: int, payload_itemsize: 
         "header_bytes": header,
         "payload_bytes": payload,
         "per_worker": [{"worker": w, "rounds": int(x[w, X.ROUNDS]), "data_messages": int(x[w, X.DATA_SENT]),
-                        "control_messages": int(x[w, X.CONTROL_SENT]), "coalesced": int(x[w, X.COALESCED])}
-                       for w in range(b.workers)],
+                        "control_messages": int(x[w, X.CONTROL_SENT]), "coalesced": int(x[w, X.COALESCED]),
+                        "malformed": int(b.malformed[w])} for w in range(b.workers)],
     }
+    # received and dropped (exchange/wire.py's rules): never applied, not in "received"
+    out["malformed_messages"] = int(b.malformed.sum())

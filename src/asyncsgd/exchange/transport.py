@@ -43,8 +43,17 @@ Threads (owned by the Exchange; close() joins them with timeouts):
   tail is already due but not yet posted (the network or the receiver is slower than the
   producer) is summed into that tail (counted as coalesced): adaptive --send-every, bounded
   memory, and the receivers never fall further behind than MAX_INFLIGHT messages.
-- receiver threads, one per peer: blocking receive from that peer into a fresh buffer; the
-  message goes to the owner's handler (dasgd applies a peer's update at once) or to the inbox.
+- receiver threads, one per peer: blocking receive from that peer into a fresh buffer (filled
+  first, wire.recv_buffer), validated by wire.decode; a valid message goes to the owner's handler
+  (dasgd applies a peer's update at once) or to the inbox. A malformed one (wire.py lists the
+  rules: sender, kind, length, negative fields, non-finite payload) is dropped whole and counted
+  in board.malformed[rank] (summary.json: malformed_messages); the first per peer is logged. It
+  is never applied, never in the inbox, never used to index the vector clock, and a malformed
+  DONE/FINAL does not finish its peer. The thread then simply receives the next message: a
+  message is one gloo send, framed by gloo, so a wrong header (its length field included) cannot
+  shift the stream; the receiver never reads a payload on the header's word. If the dropped
+  message was the peer's real (corrupted) last message, the owner's wait_peers ends at its
+  deadline (--stall-timeout) and close() abandons that receiver: the run still finishes.
   A thread leaves after its peer's last message, when the peer is gone, or when broken.
 
 Shutdown protocol (torchft-style: every party can tell when it may stop, nobody waits forever):
@@ -118,6 +127,7 @@ class Exchange:
         self._inflight_to = {p: 0 for p in self.peers}
         self._gone: set[int] = set()
         self._finished: set[int] = set()  # peers whose last message arrived
+        self._malformed_from: set[int] = set()  # peers a malformed message came from (logged once each)
         self._stopping = False
         self._last_posted = False
         self.broken = False
@@ -338,7 +348,7 @@ class Exchange:
             with self._cv:
                 if self.broken or self._is_finished(peer):
                     return
-            buf = torch.empty(self.header_bytes + self.payload_bytes, dtype=torch.uint8)
+            buf = wire.recv_buffer(self.n, self.numel, self.dtype)  # filled: a short message shows
             try:
                 dist.recv(buf, src=peer, group=self.group, tag=TAG)
             except Exception as e:
@@ -346,11 +356,13 @@ class Exchange:
                     raise  # gloo's group timeout: the whole context is gone
                 self._mark_gone(peer, e)
                 return
-            header = buf[:self.header_bytes].view(torch.int64)
-            sender, seq, kind, length, steps, posted_us = header[:HEADER_FIELDS].tolist()
-            payload = buf[self.header_bytes:self.header_bytes + length * self.itemsize].view(self.dtype) \
-                if length else None
-            msg = Message(sender, kind, seq, steps, header[HEADER_FIELDS:], payload)
+            msg = wire.decode(buf, self.n, self.rank, self.numel, self.dtype, src=peer)
+            if isinstance(msg, wire.Malformed):
+                # one recv is one whole message (gloo frames it), so dropping it keeps us in step
+                # with the sender: the next recv is its next message (wire.py, "Framing")
+                self._malformed(peer, msg.reason)
+                continue
+            kind, posted_us = msg.kind, msg.posted_us
             latency_us = max(0, int(time.time() * 1e6) - posted_us)  # post -> here (one clock when local)
             with self._cv:
                 x = self.board.exchange[self.rank]
@@ -371,6 +383,17 @@ class Exchange:
                 if kind in (FINAL, DONE):
                     self._finished.add(peer)
                 self._cv.notify_all()
+
+    def _malformed(self, peer: int, reason: str) -> None:
+        """A malformed message from peer was dropped: count it (board.malformed, this worker's
+        row; the receiver threads write it under self._cv), and log the first one per peer."""
+        with self._cv:
+            self.board.malformed[self.rank] += 1
+            first = peer not in self._malformed_from
+            self._malformed_from.add(peer)
+        if first:
+            self._log(f"dropped a malformed message from worker {peer} ({reason}); "
+                      "further ones are counted in malformed_messages, not logged")
 
 
 class _HandlerError(Exception):
