@@ -9,7 +9,7 @@ import pytest
 from asyncsgd.algorithms.pdasgd import rules, threads
 from asyncsgd.algorithms.registry import ALGORITHMS
 from asyncsgd.config import RunConfig
-from asyncsgd.exchange.transport import HEADER_FIELDS
+from asyncsgd.exchange import wire
 from asyncsgd.runner import run
 from asyncsgd.settings import resolve
 from asyncsgd.sim import simulation
@@ -51,5 +51,5 @@ def test_pdasgd_queue_depth_and_threads_follow_the_rules(tmp_path, monkeypatch):
 def test_header_bytes_are_the_real_exchanges(tmp_path, name, settings, peers):
     s = sim(tmp_path, name, algorithm=name, **settings)
     ex = s["exchange"]
-    assert ex["header_bytes"] == (HEADER_FIELDS + peers) * 8
+    assert ex["header_bytes"] == wire.header_bytes(peers)  # what the real Exchange sends (Exchange.header_bytes)
     assert s["bytes_sent"] >= ex["data_messages"] * (ex["header_bytes"] + ex["payload_bytes"])

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from asyncsgd.config import RunConfig
-from asyncsgd.exchange.transport import HEADER_FIELDS
+from asyncsgd.exchange.wire import HEADER_FIELDS
 from asyncsgd.runner import run
 from conftest import read_run, run_cli
 

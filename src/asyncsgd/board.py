@@ -15,6 +15,7 @@ with all_reduce at the end (see torchrun.gather_board).
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import os
 import tempfile
@@ -25,6 +26,21 @@ import torch
 
 STALENESS_BINS = 4096  # exact counts for staleness 0..4094, the last bin holds >= 4095
 LAYER_WRITERS = 8  # pdasgd: version-counter rows per worker, one per backward thread (more threads share rows)
+
+
+class ExchangeCounter(enum.IntEnum):
+    """The columns of board.exchange[w] (exchange/transport.py, averaging.py, algorithms/dasgd/worker.py):
+    index with the name, board.exchange[rank, ExchangeCounter.ROUNDS]. The one place they are defined."""
+    ROUNDS = 0  # dasgd: messages this worker's training thread posted (rounds); lpap: averaging rounds
+    DATA_SENT = 1  # messages with a payload sent (GRAD / PARAMS / FINAL: header + payload)
+    CONTROL_SENT = 2  # header-only messages sent (DONE)
+    COALESCED = 3  # gradients summed into a queued message (backlog) instead of sent on their own
+    LATENCY_SUM_US = 4  # sum over received messages of (arrival - sender's post), microseconds
+    RECEIVED = 5  # valid messages received (malformed ones are in board.malformed instead)
+    LATENCY_MAX_US = 6  # the largest such latency, microseconds
+
+
+EXCHANGE_COUNTERS = tuple(c.name.lower() for c in ExchangeCounter)  # column names, in column order
 
 
 class ClaimLock:
@@ -106,10 +122,14 @@ class Board:
         self.dropped = z(workers)
         self.idle_s = z(workers, dtype=torch.float64)
         # exchange (dasgd, lpap): lost[w] = 1 once the launcher saw worker w die (survivors stop
-        # sending to it); exchange[w] = (rounds, data messages sent, control messages sent,
-        # coalesced, latency sum us, messages received, latency max us) -- exchange/transport.py
+        # sending to it); exchange[w, c] = counter c of ExchangeCounter (rounds, data messages
+        # sent, control messages sent, coalesced, latency sum us, messages received, latency max
+        # us) -- exchange/transport.py
         self.lost = z(workers, dtype=torch.int8)
-        self.exchange = z(workers, 7)
+        self.exchange = z(workers, len(ExchangeCounter))
+        # malformed[w]: messages worker w's exchange received and dropped as malformed
+        # (exchange/wire.py); written only by w's receiver threads (under the exchange's lock)
+        self.malformed = z(workers)
         self.grad_norm_max = z(workers, dtype=torch.float64)
         self.finish = z(workers, dtype=torch.float64)  # wall time (time.time) a worker finished
         self.status = z(workers, dtype=torch.int8)  # 0 starting, 1 ready, 2 running, 3 done, 4 failed

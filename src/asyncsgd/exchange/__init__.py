@@ -1,5 +1,7 @@
 """The exchange layer: how worker processes share what they learn, over torch.distributed.
 
+wire.py       the wire format: message header layout, kinds (GRAD, PARAMS, FINAL, DONE), encode,
+              decode + validation (a malformed message is dropped and counted), header_bytes(N).
 transport.py  Exchange: messages (one byte tensor: an int64 header, then the payload) over
               gloo point-to-point, a sender thread and a receiver thread per peer, delays paid
               in the sender thread, the shutdown protocol and failure handling (its docstring).
@@ -11,6 +13,8 @@ policy.py     Topology (all / ring / random:M) and StalenessPolicy (none / scale
 """
 
 from .policy import StalenessPolicy, Topology, staleness
-from .transport import DONE, FINAL, GRAD, PARAMS, Exchange, Message
+from .transport import Exchange
+from .wire import DONE, FINAL, GRAD, PARAMS, Malformed, Message, header_bytes
 
-__all__ = ["Exchange", "Message", "GRAD", "PARAMS", "FINAL", "DONE", "Topology", "StalenessPolicy", "staleness"]
+__all__ = ["Exchange", "Message", "Malformed", "GRAD", "PARAMS", "FINAL", "DONE", "header_bytes", "Topology",
+           "StalenessPolicy", "staleness"]

@@ -18,7 +18,7 @@ together without ever stopping them:
   round and of the final average: the survivors carry on (exchange/transport.py).
 Only the given flat vector is averaged (the parameters, made views of it by
 tensors.flatten_params); float buffers such as BatchNorm statistics stay per process.
-Rounds are counted in board.exchange[rank, 0]; bytes and messages by the Exchange.
+Rounds are counted in board.exchange[rank, ExchangeCounter.ROUNDS]; bytes and messages by the Exchange.
 
 Threads: one averaging thread (start(); joined with a timeout by finish(), or by close() on an
 error path) besides the Exchange's own sender and receiver threads (joined by close()).
@@ -31,7 +31,9 @@ import time
 
 import torch
 
-from .transport import DONE, FINAL, PARAMS, Exchange
+from ..board import ExchangeCounter as X
+from .transport import Exchange
+from .wire import DONE, FINAL, PARAMS
 
 JOIN_MARGIN_S = 30.0  # finish() waits --stall-timeout (the final average's own bound) plus this
 ERROR_CLOSE_S = 3.0  # error paths: how long close() lets the sender hand over this process's DONE
@@ -180,7 +182,7 @@ class BackgroundAverager:
                                 for p in ex.live_peers() if (p, rnd) in got or p in finals]
             flat.add_(torch.stack(members).mean(0).sub_(snap))  # keep what the threads did meanwhile
             self.rounds = rnd + 1
-            self.board.exchange[self.rank, 0] = self.rounds
+            self.board.exchange[self.rank, X.ROUNDS] = self.rounds
 
     def _final(self) -> None:
         """Every process's final parameters, averaged: all replicas end with the same model."""

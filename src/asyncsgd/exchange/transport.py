@@ -4,16 +4,11 @@ Used by dasgd (updates to peers) and lpap (parameters to average). Computation n
 the network: the training thread posts a message (isend or a queue append) and peers' messages
 are handled by background threads (a sender thread and one receiver thread per peer).
 
-Wire format (no pickles): every message is ONE gloo send (tag 1) of one contiguous byte tensor:
-  header   int64 x (6 + N): [sender, seq, kind, length, steps, posted_us, clock_0 .. clock_{N-1}]
-           (kind: 1 GRAD, 2 PARAMS, 3 FINAL, 4 DONE; length: payload elements; steps: updates
-           summed into the payload; posted_us: the sender's wall clock when it posted the message,
-           for the latency statistics; clock: the sender's vector clock, see policy.py)
-  payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
-The header and the payload are tensor views of that buffer (header.view(int64)). One send
-instead of a header send plus a payload send: each gloo send is a rendezvous with the receiver,
-and on loopback one costs 0.09 ms against 0.28 ms for the pair (measured, 9,610 floats); on
-busy cores the second rendezvous mostly adds thread wake-ups. The receiver posts a buffer of the
+Wire format: wire.py (the header layout, the message kinds, encode, decode + validation). Every
+message is ONE gloo send (tag 1) of one contiguous byte tensor, an int64 header then the payload.
+One send instead of a header send plus a payload send: each gloo send is a rendezvous with the
+receiver, and on loopback one costs 0.09 ms against 0.28 ms for the pair (measured, 9,610 floats);
+on busy cores the second rendezvous mostly adds thread wake-ups. The receiver posts a buffer of the
 largest size (gloo accepts a shorter message into it) and reads `length` from the header.
 Bytes counted per message = header bytes + payload bytes (board.bytes_sent / messages_sent).
 The exchange has its own gloo group (dist.new_group(backend="gloo")), so it works beside an
@@ -48,8 +43,17 @@ Threads (owned by the Exchange; close() joins them with timeouts):
   tail is already due but not yet posted (the network or the receiver is slower than the
   producer) is summed into that tail (counted as coalesced): adaptive --send-every, bounded
   memory, and the receivers never fall further behind than MAX_INFLIGHT messages.
-- receiver threads, one per peer: blocking receive from that peer into a fresh buffer; the
-  message goes to the owner's handler (dasgd applies a peer's update at once) or to the inbox.
+- receiver threads, one per peer: blocking receive from that peer into a fresh buffer (filled
+  first, wire.recv_buffer), validated by wire.decode; a valid message goes to the owner's handler
+  (dasgd applies a peer's update at once) or to the inbox. A malformed one (wire.py lists the
+  rules: sender, kind, length, negative fields, non-finite payload) is dropped whole and counted
+  in board.malformed[rank] (summary.json: malformed_messages); the first per peer is logged. It
+  is never applied, never in the inbox, never used to index the vector clock, and a malformed
+  DONE/FINAL does not finish its peer. The thread then simply receives the next message: a
+  message is one gloo send, framed by gloo, so a wrong header (its length field included) cannot
+  shift the stream; the receiver never reads a payload on the header's word. If the dropped
+  message was the peer's real (corrupted) last message, the owner's wait_peers ends at its
+  deadline (--stall-timeout) and close() abandons that receiver: the run still finishes.
   A thread leaves after its peer's last message, when the peer is gone, or when broken.
 
 Shutdown protocol (torchft-style: every party can tell when it may stop, nobody waits forever):
@@ -79,33 +83,19 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ..board import ExchangeCounter as X
 from ..delays import message_delay
+from . import wire
+from .wire import DONE, FINAL, GRAD, HEADER_FIELDS, KIND_NAMES, PARAMS, Message  # noqa: F401 (re-exported)
 
-GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
-KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
 TAG = 1
-HEADER_FIELDS = 6  # sender, seq, kind, length, steps, posted_us; then the clock (N entries)
 MAX_INFLIGHT = 2  # posted but not yet received messages per destination; more wait in the queue
 EXCHANGE_TIMEOUT_S = 3600.0  # gloo's own bound on one blocking wait (last resort, see above)
 SWITCH_INTERVAL_S = 0.0005
-
-
-@dataclass
-class Message:
-    sender: int
-    kind: int
-    seq: int
-    steps: int
-    clock: torch.Tensor | None
-    payload: torch.Tensor | None
-    due: float = 0.0
-    posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
-    owned: bool = False  # payload belongs to this queue entry only (may be summed into)
 
 
 class Exchange:
@@ -124,8 +114,8 @@ class Exchange:
         self.delay = ctx.delay
         import random
         self.rng = random.Random(ctx.cfg.seed * 15_485_863 + ctx.rank)  # delay jitter, sender thread only
-        self.header_bytes = (HEADER_FIELDS + self.n) * 8
-        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.header_bytes = wire.header_bytes(self.n)
+        self.itemsize = wire.itemsize(dtype)
         self.payload_bytes = numel * self.itemsize  # the largest payload (GRAD / PARAMS / FINAL)
         self.max_inflight = MAX_INFLIGHT
         self.peers = [p for p in range(self.n) if p != self.rank]
@@ -137,6 +127,7 @@ class Exchange:
         self._inflight_to = {p: 0 for p in self.peers}
         self._gone: set[int] = set()
         self._finished: set[int] = set()  # peers whose last message arrived
+        self._malformed_from: set[int] = set()  # peers a malformed message came from (logged once each)
         self._stopping = False
         self._last_posted = False
         self.broken = False
@@ -212,7 +203,7 @@ class Exchange:
                     tail.payload += payload
                     tail.steps += steps
                     tail.due = max(tail.due, due)
-                    self.board.exchange[self.rank, 3] += 1
+                    self.board.exchange[self.rank, X.COALESCED] += 1
                     continue
                 m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us)
                 if due <= now and not q and self._inflight_to[d] < self.max_inflight:
@@ -305,7 +296,7 @@ class Exchange:
 
     def _isend_locked(self, d: int, m: Message) -> None:
         """Post one message (caller holds self._cv, so posts to a destination stay in order)."""
-        buf = self._encode(m)
+        buf = wire.encode(m, self.n, self.dtype)
         try:
             work = dist.isend(buf, d, group=self.group, tag=TAG)
         except Exception as e:
@@ -348,17 +339,7 @@ class Exchange:
                 self._cv.notify_all()
             if ok:
                 self.ctx.count_message(buf.numel(), 1)
-                self.board.exchange[self.rank, 1 if m.payload is not None else 2] += 1
-
-    def _encode(self, m: Message) -> torch.Tensor:
-        length = m.payload.numel() if m.payload is not None else 0
-        buf = torch.empty(self.header_bytes + length * self.itemsize, dtype=torch.uint8)
-        header = buf[:self.header_bytes].view(torch.int64)
-        header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us], dtype=torch.int64)
-        header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
-        if length:
-            buf[self.header_bytes:].view(self.dtype).copy_(m.payload)
-        return buf
+                self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
 
     def _recv_loop(self, peer: int) -> None:
         """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
@@ -367,7 +348,7 @@ class Exchange:
             with self._cv:
                 if self.broken or self._is_finished(peer):
                     return
-            buf = torch.empty(self.header_bytes + self.payload_bytes, dtype=torch.uint8)
+            buf = wire.recv_buffer(self.n, self.numel, self.dtype)  # filled: a short message shows
             try:
                 dist.recv(buf, src=peer, group=self.group, tag=TAG)
             except Exception as e:
@@ -375,18 +356,20 @@ class Exchange:
                     raise  # gloo's group timeout: the whole context is gone
                 self._mark_gone(peer, e)
                 return
-            header = buf[:self.header_bytes].view(torch.int64)
-            sender, seq, kind, length, steps, posted_us = header[:HEADER_FIELDS].tolist()
-            payload = buf[self.header_bytes:self.header_bytes + length * self.itemsize].view(self.dtype) \
-                if length else None
-            msg = Message(sender, kind, seq, steps, header[HEADER_FIELDS:], payload)
+            msg = wire.decode(buf, self.n, self.rank, self.numel, self.dtype, src=peer)
+            if isinstance(msg, wire.Malformed):
+                # one recv is one whole message (gloo frames it), so dropping it keeps us in step
+                # with the sender: the next recv is its next message (wire.py, "Framing")
+                self._malformed(peer, msg.reason)
+                continue
+            kind, posted_us = msg.kind, msg.posted_us
             latency_us = max(0, int(time.time() * 1e6) - posted_us)  # post -> here (one clock when local)
             with self._cv:
                 x = self.board.exchange[self.rank]
-                x[4] += latency_us
-                x[5] += 1
-                if latency_us > x[6]:
-                    x[6] = latency_us
+                x[X.LATENCY_SUM_US] += latency_us
+                x[X.RECEIVED] += 1
+                if latency_us > x[X.LATENCY_MAX_US]:
+                    x[X.LATENCY_MAX_US] = latency_us
             if self.handler is not None:
                 try:
                     handled = self.handler(msg)
@@ -400,6 +383,17 @@ class Exchange:
                 if kind in (FINAL, DONE):
                     self._finished.add(peer)
                 self._cv.notify_all()
+
+    def _malformed(self, peer: int, reason: str) -> None:
+        """A malformed message from peer was dropped: count it (board.malformed, this worker's
+        row; the receiver threads write it under self._cv), and log the first one per peer."""
+        with self._cv:
+            self.board.malformed[self.rank] += 1
+            first = peer not in self._malformed_from
+            self._malformed_from.add(peer)
+        if first:
+            self._log(f"dropped a malformed message from worker {peer} ({reason}); "
+                      "further ones are counted in malformed_messages, not logged")
 
 
 class _HandlerError(Exception):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...exchange.policy import StalenessPolicy, Topology
-from ...exchange.transport import HEADER_FIELDS
+from ...exchange.wire import header_bytes
 
 FLUSH_CHUNK = 256  # messages applied per vectorised block (bounds the [chunk, N] clock temporaries)
 
@@ -45,7 +45,7 @@ def run(sim) -> None:
     other worker; ring: one peer, rotating rank+1+(r mod N-1); random:M: M peers drawn per round:
     the real exchange.policy.Topology). Peers' updates are added x the real StalenessPolicy's
     factor (none 1; scale 1/(1+s); drop:MAX skip when s > MAX, counted in dropped_updates;
-    adaptive min(1, (N-1)/s)). Messages: the real header (HEADER_FIELDS + N int64, the vector
+    adaptive min(1, (N-1)/s)). Messages: the real header (exchange/wire.header_bytes: fixed fields + the N-entry vector
     clock) + payload, delays from --delay (core.Network: FIFO per pair). At the end every worker sends DONE
     to every peer and applies what still arrives until all DONEs are in (its idle time).
 
@@ -69,7 +69,7 @@ def run(sim) -> None:
     acc: list = [None] * N  # per worker: [update sum, clock at its first gradient, steps]
     rounds = [0] * N
     seq = [0]
-    header = (HEADER_FIELDS + N) * 8
+    header = header_bytes(N)
     msg_bytes = header + sim.nbytes
     bins = stats.hist.shape[1]
     last_step = [0.0] * N

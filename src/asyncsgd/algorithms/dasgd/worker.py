@@ -40,6 +40,7 @@ import threading
 
 import torch
 
+from ...board import ExchangeCounter
 from ...exchange import DONE, GRAD, Exchange, StalenessPolicy, Topology, staleness
 from ...tensors import flatten_params
 
@@ -111,7 +112,7 @@ def run(ctx) -> None:
                 ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
                         clock=torch.tensor(pending_clock), coalesce=True)
                 rounds += 1
-                board.exchange[rank, 0] = rounds
+                board.exchange[rank, ExchangeCounter.ROUNDS] = rounds
                 pending_steps = 0
             with stats:
                 ctx.record(len(y), loss, staleness=own_staleness, model=model, optimizer=opt,
@@ -119,7 +120,7 @@ def run(ctx) -> None:
         if pending_steps:
             ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
                     clock=torch.tensor(pending_clock), coalesce=True)
-            board.exchange[rank, 0] = rounds + 1
+            board.exchange[rank, ExchangeCounter.ROUNDS] = rounds + 1
         ex.send_last(DONE)
         board.idle_s[rank] += ex.wait_peers(cfg.stall_timeout, stop=lambda: bool(board.stop[0]))
         if not ex.peers_finished() and not board.stop[0]:  # told to stop: no waiting was given up

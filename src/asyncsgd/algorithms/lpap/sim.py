@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...exchange.transport import HEADER_FIELDS
+from ...exchange.wire import header_bytes
 from .worker import partition
 
 def run(sim) -> None:
@@ -43,7 +43,7 @@ def run(sim) -> None:
     finals: list[dict] = [{} for _ in range(G)]  # group -> {peer: final parameters}
     final_sent = [None] * G  # own final parameters once sent
     done_at = [0.0] * G
-    header = (HEADER_FIELDS + G) * 8  # the real exchange's header (with a clock of G entries)
+    header = header_bytes(G)  # the real exchange's header (with a clock of G entries)
     msg_bytes = header + sim.nbytes  # + float32 parameters
     counts = {"data": 0}
 

@@ -3,6 +3,7 @@ groups in the background."""
 
 from __future__ import annotations
 
+from ...board import ExchangeCounter
 from ...errors import ConfigError
 from ..base import Algorithm
 from . import sim, worker
@@ -24,7 +25,7 @@ def summary_extra(record, out: dict) -> None:
     exchange_summary(record, out, n_params)
     out["lpap"] = {"groups": record.cfg.groups, "workers_per_group": record.cfg.workers_per_group,
                    "average_every": record.cfg.average_every, "partitioned": record.cfg.partitioned,
-                   "averaging_rounds_per_group": [int(r) for r in record.board.exchange[:, 0]]}
+                   "averaging_rounds_per_group": [int(r) for r in record.board.exchange[:, ExchangeCounter.ROUNDS]]}
 
 
 LPAP = Algorithm(

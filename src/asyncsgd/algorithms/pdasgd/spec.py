@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ...board import ExchangeCounter
 from ...config import SHARING, need
 from ...errors import ConfigError
 from ..base import Algorithm
@@ -68,7 +69,7 @@ def summary_extra(record, out: dict) -> None:
         local = record.launch == "local"  # under torchrun each machine numbers its own
         out["averaging"] = {
             "average_every": cfg.average_every,  # local backward passes between rounds
-            "rounds_per_worker": [int(r) for r in b.exchange[:, 0]],
+            "rounds_per_worker": [int(r) for r in b.exchange[:, ExchangeCounter.ROUNDS]],
             "devices": [f"cuda:{w % gpus}" if gpus else "cpu" for w in range(b.workers)] if local else None}
     from ...theory import add_theory  # measured staleness vs the PD-ASGD bias bound
     add_theory(record, out)

@@ -1,0 +1,147 @@
+"""The exchange's wire format: what one message between worker processes looks like on the wire,
+how it is encoded, and how an arrival is decoded and validated. No threads, no torch.distributed:
+transport.py moves these buffers; this module says what is in them.
+
+Layout (no pickles): every message is ONE gloo send (transport.TAG) of one contiguous byte tensor:
+  header   int64 x (HEADER_FIELDS + N): [sender, seq, kind, length, steps, posted_us,
+           clock_0 .. clock_{N-1}]
+           sender     the sending worker's rank (0 .. N-1)
+           seq        the sender's round number (dasgd: its message count; lpap: the averaging round)
+           kind       GRAD 1, PARAMS 2, FINAL 3, DONE 4 (KIND_NAMES)
+           length     payload elements: the run's payload size for GRAD / PARAMS / FINAL, 0 for DONE
+           steps      local updates summed into the payload (dasgd's --send-every, coalescing)
+           posted_us  the sender's wall clock (microseconds) when it posted the message: latency
+           clock      the sender's vector clock (policy.py)
+  payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
+header_bytes(N) = (HEADER_FIELDS + N) * 8. The header and the payload are views of the buffer.
+
+Validation (decode): a message is used only if
+  - sender is in 0 .. N-1, is not the receiver itself, and is the peer it was received from;
+  - kind is one of GRAD, PARAMS, FINAL, DONE;
+  - length is exactly what the kind allows: the payload size for GRAD / PARAMS / FINAL, 0 for DONE;
+  - seq, steps, posted_us and every clock entry are >= 0;
+  - the payload is finite (no NaN, no inf).
+Anything else is malformed: decode returns Malformed(reason) instead of a Message. The transport
+drops it whole (never applied, never in the inbox, never used to index the vector clock or to
+finish a peer) and counts it in board.malformed[receiver].
+
+Framing, and why a malformed header cannot desynchronise the stream: a message is one gloo send,
+and gloo delimits it itself (its own preamble carries the byte count), so the receiver never uses
+the header's `length` to decide how much to read next: one recv is always exactly one message. A
+header whose length is wrong therefore costs that message only; the next recv starts at the next
+message, so the receiver drops it and keeps receiving. (A protocol with a separate payload recv
+would have to trust `length` to know whether to post that recv, and a wrong one would shift every
+later message by one; that is one reason there is a single send.)
+
+What the receiver cannot see: gloo does not report how many bytes a recv got. The receive buffer
+has the largest message's size (gloo accepts a shorter message into it), so recv_buffer() fills
+it before the recv so that a short (truncated) message is caught instead of read as stale or
+uninitialised memory: the header with -1 (a missing sender, kind, length or clock entry is
+invalid) and the payload with NaN (a payload shorter than its header's length is not finite).
+A message LONGER than the buffer is not something the receiver can drop: gloo's I/O thread
+aborts the receiving process ("Received data size doesn't match expected size"); every sender
+built from this module sends at most header_bytes + payload size, which is the buffer's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
+KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
+PAYLOAD_KINDS = frozenset((GRAD, PARAMS, FINAL))  # carry the full payload; DONE is a header only
+HEADER_FIELDS = 6  # sender, seq, kind, length, steps, posted_us; then the clock (N entries)
+SENDER, SEQ, KIND, LENGTH, STEPS, POSTED_US = range(HEADER_FIELDS)  # positions in the header
+UNSET = -1  # what recv_buffer() puts in the header: never a valid value of any field
+
+
+@dataclass
+class Message:
+    sender: int
+    kind: int
+    seq: int
+    steps: int
+    clock: torch.Tensor | None
+    payload: torch.Tensor | None
+    due: float = 0.0
+    posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
+    owned: bool = False  # payload belongs to this queue entry only (may be summed into)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Why an arrived buffer is not a valid message (decode's answer instead of a Message)."""
+    reason: str
+
+
+def header_bytes(n_workers: int) -> int:
+    return (HEADER_FIELDS + n_workers) * 8
+
+
+def itemsize(dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def encode(m: Message, n_workers: int, dtype=torch.float32) -> torch.Tensor:
+    """The message as one byte tensor: the header, then the payload (if any)."""
+    hb = header_bytes(n_workers)
+    length = m.payload.numel() if m.payload is not None else 0
+    buf = torch.empty(hb + length * itemsize(dtype), dtype=torch.uint8)
+    header = buf[:hb].view(torch.int64)
+    header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us],
+                                          dtype=torch.int64)
+    header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
+    if length:
+        buf[hb:].view(dtype).copy_(m.payload.reshape(-1))
+    return buf
+
+
+def recv_buffer(n_workers: int, numel: int, dtype=torch.float32) -> torch.Tensor:
+    """A receive buffer for the largest message, filled so that whatever a short message leaves
+    unwritten is invalid: header entries UNSET, payload NaN (see the module docstring)."""
+    hb = header_bytes(n_workers)
+    buf = torch.empty(hb + numel * itemsize(dtype), dtype=torch.uint8)
+    buf[:hb].view(torch.int64).fill_(UNSET)
+    if numel:
+        payload = buf[hb:].view(dtype)
+        payload.fill_(float("nan") if dtype.is_floating_point else 0)
+    return buf
+
+
+def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch.float32,
+           src: int | None = None) -> Message | Malformed:
+    """The Message in an arrived buffer (a view of it: header, clock and payload share its memory),
+    or Malformed(reason) if it breaks a rule of the module docstring. rank: the receiver; numel:
+    the run's payload size; src: the peer it was received from (its sender field must match)."""
+    hb = header_bytes(n_workers)
+    size = itemsize(dtype)
+    if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.numel() < hb:
+        return Malformed(f"not a message buffer ({buf.dtype}, {buf.numel()} bytes < header {hb})")
+    header = buf[:hb].view(torch.int64)
+    sender, seq, kind, length, steps, posted_us = header[:HEADER_FIELDS].tolist()
+    clock = header[HEADER_FIELDS:]
+    if not 0 <= sender < n_workers:
+        return Malformed(f"sender {sender} out of range 0..{n_workers - 1}")
+    if sender == rank:
+        return Malformed(f"sender {sender} is the receiver itself")
+    if src is not None and sender != src:
+        return Malformed(f"sender {sender} but received from worker {src}")
+    if kind not in KIND_NAMES:
+        return Malformed(f"unknown kind {kind}")
+    allowed = numel if kind in PAYLOAD_KINDS else 0
+    if length != allowed:
+        return Malformed(f"{KIND_NAMES[kind]} with length {length} (must be {allowed})")
+    if seq < 0 or steps < 0 or posted_us < 0:
+        return Malformed(f"negative seq / steps / posted_us ({seq}, {steps}, {posted_us})")
+    if bool((clock < 0).any()):
+        return Malformed(f"negative vector clock entry ({clock.tolist()})")
+    payload = None
+    if length:
+        if buf.numel() < hb + length * size:
+            return Malformed(f"length {length} but only {(buf.numel() - hb) // size} payload elements")
+        payload = buf[hb:hb + length * size].view(dtype)
+        if payload.is_floating_point() and not bool(torch.isfinite(payload).all()):
+            return Malformed("payload not finite (NaN or inf; or shorter than its length)")
+    return Message(sender, kind, seq, steps, clock, payload, posted_us=posted_us)
