@@ -77,7 +77,9 @@ def test_report_with_a_different_target_and_a_parent_folder(two_runs, tmp_path):
     assert "time to 0.11 (s)" in (out / "report.md").read_text()
 
 
-def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float, **config) -> Path:
+def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float, summary_extra=None,
+                  **config) -> Path:
+    """A run record with known numbers; summary_extra overrides fields of its summary.json."""
     path.mkdir(parents=True)
     rows = [{"wall_time_s": t, "samples": int(1000 * t), "test_accuracy": 0.95 if t >= t_hit else 0.4,
              "test_loss": 0.2, "train_loss": 0.2} for t in (1.0, 2.0, 3.0, 4.0)]
@@ -86,7 +88,7 @@ def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps
                "wall_time_s": 4.0, "samples_per_s": sps, "final_test_accuracy": 0.95, "final_test_loss": 0.2,
                "target_accuracy": 0.9, "staleness": {"mean": 0.5, "max": 2}, "staleness_histogram": {"0": 3, "2": 1},
                "bytes_sent": 0, "config": {"algorithm": algo, "lr": lr, "seed": seed, "out": str(path), **config},
-               "task_info": {"train_samples": 1000}, "device": "elsewhere"}
+               "task_info": {"train_samples": 1000}, "device": "elsewhere", **(summary_extra or {})}
     (path / "summary.json").write_text(json.dumps(summary))
     return path
 
@@ -157,6 +159,30 @@ def test_report_rerenders_a_bench_directory(tmp_path, monkeypatch):
             assert a[key] == f[key], (algo, key)
     assert again["machine"]["peak_flops"]["flops"] == 1e9
     assert "hogwild" in (tmp_path / "again" / "report.md").read_text()
+
+
+# -- a report says only what is so ------------------------------------------------------------------
+
+def _report_md(tmp_path, *argv) -> str:
+    out = tmp_path / "rep"
+    proc = run_cli("report", *argv, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return (out / "report.md").read_text()
+
+
+def test_without_a_target_there_is_no_time_to_target(tmp_path):
+    no_target = {"target_accuracy": None}
+    dirs = [_fake_run_dir(tmp_path / "s", "sync", 0.1, 0, 2.0, 100.0, no_target),
+            _fake_run_dir(tmp_path / "h", "hogwild", 0.1, 0, 3.0, 200.0, {**no_target, "final_test_accuracy": 0.97})]
+    md = _report_md(tmp_path, *dirs)
+    assert "n/a" not in md and "| time to" not in md and "reached" not in md
+    assert "| algorithm | runs | final test acc | samples/s | throughput vs sync |" in md
+    assert "No target accuracy given (--target-accuracy); best final test accuracy: **hogwild** (0.9700)." in md
+    assert "time-to-target ratio" not in md and "throughput ratio = " in md
+    # With a target the column and the sentence are back.
+    md = _report_md(tmp_path / "t", *dirs, "--target-accuracy", "0.9")
+    assert "| algorithm | runs | time to 0.9 (s) | vs sync | vs hogwild | final test acc |" in md
+    assert "**Fastest to 0.9 test accuracy: sync**" in md
 
 
 # -- bad input ------------------------------------------------------------------------------------

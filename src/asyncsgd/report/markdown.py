@@ -60,6 +60,10 @@ def _x(v) -> str:
     return "–" if v is None else f"{v:.2f}x"
 
 
+def _percent(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
 def _header(res: dict) -> list[str]:
     m = res.get("machine") or {}
     lines = []
@@ -83,24 +87,17 @@ def _header(res: dict) -> list[str]:
         lines.append("MFU: not computed (no peak FLOP/s known for the machine these runs came from; "
                      "give one with --peak-flops).")
     lines.append("")
-    lines.append("Ratios: time-to-target ratio = reference's median time / this algorithm's median time; throughput "
-                 "ratio = this algorithm's samples/s / the reference's. Above 1 means this algorithm is better. "
+    ratios = ["time-to-target ratio = reference's median time / this algorithm's median time"] \
+        if res.get("target_accuracy") is not None else []
+    ratios.append("throughput ratio = this algorithm's samples/s / the reference's")
+    lines.append(f"Ratios: {'; '.join(ratios)}. Above 1 means this algorithm is better. "
                  "Values are medians over repeats, [min–max] in brackets.")
     return lines + [""]
 
 
 def _table(name: str, sc: dict, target) -> list[str]:
-    t = "n/a" if target is None else f"{target:g}"
     lines = [f"## Scenario: {name}", ""]
-    w = sc.get("winner")
-    if w and w["by"] == "time_to_target_s":
-        vs = ", ".join(f"{_x(w.get(f'ratio_vs_{ref}'))} vs {ref}" for ref in REFERENCES
-                       if w.get(f"ratio_vs_{ref}") is not None and w["algorithm"] != ref)
-        lines.append(f"**Fastest to {t} test accuracy: {w['algorithm']}** ({w['value']:.2f} s median"
-                     + (f"; {vs}" if vs else "") + ").")
-    elif w:
-        lines.append(f"No algorithm reached {t} in at least half its repeats; best final test accuracy: "
-                     f"**{w['algorithm']}** ({w['value']:.4f}).")
+    lines += _winner_line(sc.get("winner"), target)
     if sc.get("settings"):
         lines.append(f"Settings: `{json.dumps(sc['settings'], sort_keys=True)}`")
     if sc.get("differing_settings"):
@@ -111,39 +108,70 @@ def _table(name: str, sc: dict, target) -> list[str]:
         for algo, why in sc["adjustments"].items():
             lines.append(f"- {algo}: {why}")
     lines.append("")
-    lines.append(f"| algorithm | runs | time to {t} (s) | vs sync | vs hogwild | final test acc | samples/s | "
-                 "throughput vs sync | MFU | staleness mean / max | bytes sent |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    columns = _columns(target)
+    lines.append("| " + " | ".join(head for head, _ in columns) + " |")
+    lines.append("|" + "---|" * len(columns))
     for label, e in sc["algorithms"].items():
-        tt = e["time_to_target_s"]
-        if e["completed"] == 0:
-            ttt = "no run finished"
-        elif tt["median"] is None:
-            ttt = f"not reached ({tt['reached']}/{tt['runs']})" if target is not None else "–"
-        else:
-            ttt = f"{tt['median']:.2f}"
-            if tt["runs"] > 1:
-                ttt += f" [{_fmt(tt['min'])}–{_fmt(tt['max'], none='n/r')}]"
-            if tt["reached"] < tt["runs"]:
-                ttt += f" ({tt['reached']}/{tt['runs']} reached)"
-        acc = e["final_test_accuracy"]
-        acc_s = _fmt(acc["median"], ".4f") + (f" [{_fmt(acc['min'], '.3f')}–{_fmt(acc['max'], '.3f')}]"
-                                              if e["completed"] > 1 else "")
-        mfu = e["mfu"]["median"]
-        runs = f"{e['completed']}/{e['runs']}" + ("" if not e["failed"] else " (" + ", ".join(
-            f"{n} {k}" for k, n in e["failed"].items()) + ")")
-        bytes_ = e["bytes_sent"]["median"]
-        lines.append(" | ".join([
-            f"| {label}", runs, ttt, _x(e["time_to_target_ratio_vs_sync"]), _x(e["time_to_target_ratio_vs_hogwild"]),
-            acc_s, _fmt(e["samples_per_s"]["median"], ",.0f"), _x(e["throughput_ratio_vs_sync"]),
-            "–" if mfu is None else f"{100 * mfu:.2f}%",
-            f"{_fmt(e['staleness_mean']['median'])} / {_fmt(e['staleness_max']['median'], '.0f')}",
-            "–" if bytes_ is None else f"{bytes_:,.0f}"]) + " |")
+        lines.append("| " + " | ".join(cell(label, e) for _, cell in columns) + " |")
     fps = sc.get("flops_per_sample")
     if fps:
         lines.append("")
         lines.append(f"FLOPs per sample (forward + backward, FlopCounterMode): {fps:,.0f}.")
     return lines + [""]
+
+
+def _winner_line(w: dict | None, target) -> list[str]:
+    if not w:
+        return []
+    if w["by"] == "time_to_target_s":
+        vs = ", ".join(f"{_x(w.get(f'ratio_vs_{ref}'))} vs {ref}" for ref in REFERENCES
+                       if w.get(f"ratio_vs_{ref}") is not None and w["algorithm"] != ref)
+        return [f"**Fastest to {target:g} test accuracy: {w['algorithm']}** ({w['value']:.2f} s median"
+                + (f"; {vs}" if vs else "") + ")."]
+    best = f"best final test accuracy: **{w['algorithm']}** ({w['value']:.4f})."
+    if target is None:
+        return ["No target accuracy given (--target-accuracy); " + best]
+    return [f"No algorithm reached {target:g} in at least half its repeats; " + best]
+
+
+def _columns(target) -> list:
+    """(heading, cell(label, entry)) of each table column; the time-to-target ones only with a target."""
+    timed = [(f"time to {target:g} (s)", lambda label, e: _time_to_target(e)),
+             ("vs sync", lambda label, e: _x(e["time_to_target_ratio_vs_sync"])),
+             ("vs hogwild", lambda label, e: _x(e["time_to_target_ratio_vs_hogwild"]))] if target is not None else []
+    return [("algorithm", lambda label, e: label), ("runs", lambda label, e: _runs(e)), *timed,
+            ("final test acc", lambda label, e: _accuracy(e)),
+            ("samples/s", lambda label, e: _fmt(e["samples_per_s"]["median"], ",.0f")),
+            ("throughput vs sync", lambda label, e: _x(e["throughput_ratio_vs_sync"])),
+            ("MFU", lambda label, e: _percent(e["mfu"]["median"])),
+            ("staleness mean / max", lambda label, e: f"{_fmt(e['staleness_mean']['median'])} / "
+                                                      f"{_fmt(e['staleness_max']['median'], '.0f')}"),
+            ("bytes sent", lambda label, e: _fmt(e["bytes_sent"]["median"], ",.0f"))]
+
+
+def _runs(e: dict) -> str:
+    failed = ", ".join(f"{n} {k}" for k, n in e["failed"].items())
+    return f"{e['completed']}/{e['runs']}" + (f" ({failed})" if failed else "")
+
+
+def _time_to_target(e: dict) -> str:
+    tt = e["time_to_target_s"]
+    if e["completed"] == 0:
+        return "no run finished"
+    if tt["median"] is None:
+        return f"not reached ({tt['reached']}/{tt['runs']})"
+    text = f"{tt['median']:.2f}"
+    if tt["runs"] > 1:
+        text += f" [{_fmt(tt['min'])}–{_fmt(tt['max'], none='n/r')}]"
+    if tt["reached"] < tt["runs"]:
+        text += f" ({tt['reached']}/{tt['runs']} reached)"
+    return text
+
+
+def _accuracy(e: dict) -> str:
+    acc = e["final_test_accuracy"]
+    spread = f" [{_fmt(acc['min'], '.3f')}–{_fmt(acc['max'], '.3f')}]" if e["completed"] > 1 else ""
+    return _fmt(acc["median"], ".4f") + spread
 
 
 def _run_list(res: dict) -> list[str]:

@@ -88,9 +88,9 @@ def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, tar
         third = ("achieved_flops", 1e-9, "achieved GFLOP/s (no peak known for MFU)")
     else:
         third = None
-    panels = [("time_to_target_s", 1.0, f"time to {target:g} test accuracy (s), lower is better"
-               if target is not None else "time to target (no target given)"),
-              ("samples_per_s", 1.0, "throughput (samples/s)")] + ([third] if third else [])
+    timed = [("time_to_target_s", 1.0, f"time to {target:g} test accuracy (s), lower is better")] \
+        if target is not None else []
+    panels = timed + [("samples_per_s", 1.0, "throughput (samples/s)")] + ([third] if third else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.45 * len(labels) + 1.8), squeeze=False)
     ys = list(range(len(labels)))[::-1]
     for ax, (key, scale, title) in zip(axes[0], panels):
