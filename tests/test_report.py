@@ -185,6 +185,70 @@ def test_without_a_target_there_is_no_time_to_target(tmp_path):
     assert "**Fastest to 0.9 test accuracy: sync**" in md
 
 
+def _report_in_process(*argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    return report.main(parser.parse_args([str(a) for a in argv]))
+
+
+def _peak_now(flops):
+    """A stand-in for mfu.measure_peak_flops that reports `flops`, as a measurement would."""
+    return lambda *a, **kw: {"flops": flops, "method": f"fake matmul benchmark: {flops:g}"}
+
+
+def test_mfu_uses_the_peak_the_bench_recorded_not_one_measured_at_report_time(tmp_path, monkeypatch):
+    from asyncsgd import bench
+
+    def fake_run(cfg):
+        d = _fake_run_dir(Path(cfg.out), cfg.algorithm, 0.1, cfg.seed, 2.0, 1000.0)
+        return json.loads((d / "summary.json").read_text())
+
+    monkeypatch.setattr("asyncsgd.runner.run", fake_run)
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(2.266e11))  # the machine while benching
+    import argparse
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    b = tmp_path / "bench"
+    assert bench.main(parser.parse_args(["--out", str(b), "--algos", "sync,hogwild"])) == 0
+    recorded = json.loads((b / "results.json").read_text())
+    assert recorded["peak_flops"]["flops"] == 2.266e11 and recorded["peak_flops"]["source"] == "measured"
+    fps = recorded["scenarios"]["quick"]["flops_per_sample"]
+
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(6.4e10))  # the same machine, busy, later
+    assert _report_in_process(b, "--out", tmp_path / "again") == 0
+    res = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert res["peak_flops"]["flops"] == 2.266e11
+    assert res["scenarios"]["quick"]["algorithms"]["hogwild"]["mfu"]["median"] == pytest.approx(fps * 1000 / 2.266e11)
+    assert "Peak for MFU: 226.6 GFLOP/s (measured: fake matmul benchmark" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_plain_run_directories_get_mfu_only_from_a_given_peak(tmp_path, monkeypatch):
+    """Runs from `asyncsgd train` on this very machine record no peak: no MFU, and the report says why."""
+    from asyncsgd.records import device_name
+
+    here = {"device": device_name("cpu")}
+    dirs = [_fake_run_dir(tmp_path / "s", "sync", 0.1, 0, 2.0, 100.0, here),
+            _fake_run_dir(tmp_path / "h", "hogwild", 0.1, 0, 3.0, 200.0, here)]
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(6.4e10))
+    monkeypatch.setattr("asyncsgd.report.command._count_flops", lambda run: 1000.0)
+    assert _report_in_process(*dirs, "--out", tmp_path / "rep") == 0
+    res = json.loads((tmp_path / "rep" / "results.json").read_text())
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert res["peak_flops"] is None
+    assert all(e["mfu"]["median"] is None for e in res["scenarios"]["mytask"]["algorithms"].values())
+    assert "Peak for MFU" not in md and "%" not in md
+    assert "MFU: left out, plain run directories (from `asyncsgd train`) record no peak FLOP/s" in md
+    assert md.count("MFU: left out") == 1
+
+    assert _report_in_process(*dirs, "--out", tmp_path / "given", "--peak-flops", "1e8") == 0
+    res = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert res["scenarios"]["mytask"]["algorithms"]["hogwild"]["mfu"]["median"] == pytest.approx(1000 * 200.0 / 1e8)
+    md = (tmp_path / "given" / "report.md").read_text()
+    assert "Peak for MFU: 0.1 GFLOP/s (given (--peak-flops)" in md and "| 0.20% |" in md and "left out" not in md
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_missing_directory(tmp_path):
@@ -208,3 +272,11 @@ def test_run_directory_without_metrics(tmp_path):
     d = _fake_run_dir(tmp_path / "half", "sync", 0.1, 0, 1.0, 1.0)
     (d / "metrics.jsonl").unlink()
     _one_line_error(run_cli("report", d, "--out", tmp_path / "o"), "half", "metrics.jsonl")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan", ""])
+def test_bad_peak_flops(tmp_path, value):
+    d = _fake_run_dir(tmp_path / "r", "sync", 0.1, 0, 1.0, 1.0)
+    _one_line_error(run_cli("report", d, "--peak-flops", value, "--out", tmp_path / "o"),
+                    f"--peak-flops {value!r}", "accepted: a finite number of FLOP/s > 0")
+    assert not (tmp_path / "o").exists()

@@ -4,6 +4,7 @@ settle the target and the peak for MFU, build the results and render them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -21,22 +22,18 @@ def add_arguments(parser) -> None:
                              "bench directory is given, else ./report)")
     parser.add_argument("--target-accuracy", type=float, default=None,
                         help="time-to-target threshold (default: the bench's, or the runs' own --target-accuracy)")
-    parser.add_argument("--peak-flops", type=float, default=None,
-                        help="peak FLOP/s for MFU (default: the bench's measured peak; for plain run directories "
-                             "from this machine, measured now)")
+    parser.add_argument("--peak-flops", default=None, metavar="FLOPS",
+                        help="peak FLOP/s for MFU, e.g. 1.5e11 (default: the peak the bench measured and recorded "
+                             "with the runs; plain run directories record none, so no MFU without this)")
     parser.add_argument("--title", default=None, help="report title")
 
 
 def main(args) -> int:
-    from .. import mfu as mfu_mod
-
-    runs, meta = collect(args.dirs)
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
         raise ConfigError(f"--target-accuracy {args.target_accuracy!r} is not accepted; accepted: a fraction in "
                           "(0, 1], e.g. 0.9")
-    if args.peak_flops is not None and not args.peak_flops > 0:
-        raise ConfigError(f"--peak-flops {args.peak_flops!r} is not accepted; accepted: a number of FLOP/s > 0, "
-                          "e.g. 1.5e11")
+    given_peak = None if args.peak_flops is None else peak_flops_value(args.peak_flops)
+    runs, meta = collect(args.dirs)
     target = args.target_accuracy if args.target_accuracy is not None else meta.get("target_accuracy")
     if target is None:
         targets = {r.summary.get("target_accuracy") for r in runs if r.summary}
@@ -47,17 +44,10 @@ def main(args) -> int:
         if flops.get(name) is None:
             flops[name] = _count_flops(next(r for r in runs if r.scenario == name and r.summary))
     machine = meta.get("machine")
-    peak = None
-    if args.peak_flops is not None:
-        peak = {"flops": args.peak_flops, "source": "given (--peak-flops)", "method": "given by the user"}
-    elif machine and machine.get("peak_flops"):
-        peak = machine["peak_flops"]
+    if given_peak is not None:
+        peak, no_mfu = {"flops": given_peak, "source": "given (--peak-flops)", "method": "given by the user"}, None
     else:
-        from ..records import device_name
-        here = device_name("cpu")
-        if runs and all(r.summary and r.summary.get("device") == here for r in runs if r.summary):
-            peak = {**mfu_mod.measure_peak_flops("cpu"), "source": "measured now by asyncsgd report on this machine"}
-            peak["flops"] = round(peak["flops"])
+        peak, no_mfu = recorded_peak(meta)
     bench_dirs = [d for d in args.dirs if (Path(d) / "results.json").is_file()]
     out = Path(args.out) if args.out else (Path(bench_dirs[0]) if len(bench_dirs) == 1 and len(args.dirs) == 1
                                            else Path("report"))
@@ -65,6 +55,8 @@ def main(args) -> int:
     results = build_results(runs, target=target, peak=peak, flops=flops, machine=machine, suite=meta.get("suite"),
                             scenario_info=scenario_info, base_dir=base)
     results.update(meta.get("bench") or {})
+    if no_mfu:
+        results["mfu_left_out"] = no_mfu
     title = args.title or (f"asyncsgd bench: {meta['suite'].get('name')} suite" if meta.get("suite") else None)
     files = render(results, runs, out, title=title)
     for name, sc in results["scenarios"].items():
@@ -74,6 +66,37 @@ def main(args) -> int:
                   f"{w['algorithm']} ({w['value']:.4g})")
     print(f"report: {files[0]} ({len(files) - 2} plots, results.json) from {len(runs)} run(s)")
     return 0
+
+
+def peak_flops_value(text) -> float:
+    """--peak-flops as a number of FLOP/s: finite and > 0, else ConfigError naming the value."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--peak-flops {text!r} is not accepted; accepted: a finite number of FLOP/s > 0, "
+                          "e.g. 1.5e11")
+    return value
+
+
+def recorded_peak(meta: dict) -> tuple[dict | None, str | None]:
+    """The peak FLOP/s recorded with every one of the runs, or (None, why MFU is left out).
+
+    A peak measured now would say how busy this machine is now, not what it could do when the runs ran.
+    """
+    peaks = meta.get("recorded_peaks") or []
+    known = [p for p in peaks if p and p.get("flops")]
+    if meta.get("loose_runs"):
+        why = "plain run directories (from `asyncsgd train`) record no peak FLOP/s"
+    elif len(known) < len(peaks):
+        why = "a bench directory here recorded no peak FLOP/s"
+    elif len({p["flops"] for p in known}) > 1:
+        why = "the bench directories here recorded different peaks"
+    else:
+        return (known[0] if known else None), None
+    return None, (f"MFU: left out, {why}, and a peak measured now would reflect this machine's load now rather "
+                  "than the runs'; give the peak with --peak-flops FLOPS.")
 
 
 def _inside(p: Path, base: Path) -> bool:

@@ -55,10 +55,13 @@ def collect(dirs) -> tuple[list[Run], dict]:
     """Runs from every DIR, plus what a bench directory recorded (machine, suite, run order).
 
     Bench directories keep their scenarios, labels and repeats; other runs are grouped here.
+    meta["recorded_peaks"]: the peak FLOP/s each bench directory recorded (None where none);
+    meta["loose_runs"]: how many runs came from plain run directories (they record no peak).
     """
     runs: list[Run] = []
     loose: list[Run] = []
     meta: dict = {}
+    peaks: list = []
     seen: set[Path] = set()
     for raw in dirs:
         d = Path(raw)
@@ -73,6 +76,7 @@ def collect(dirs) -> tuple[list[Run], dict]:
                     runs.append(r)
             if not meta:
                 meta = bench_meta
+            peaks.append(bench_meta["peak_flops"])
             continue
         found = [d] if (d / "summary.json").exists() else sorted(p.parent for p in d.rglob("summary.json"))
         if not found:
@@ -83,7 +87,7 @@ def collect(dirs) -> tuple[list[Run], dict]:
                 seen.add(rd.resolve())
                 loose.append(load_run(rd))
     _group(loose)
-    return runs + loose, meta
+    return runs + loose, {**meta, "recorded_peaks": peaks, "loose_runs": len(loose)}
 
 
 def load_bench(d: Path) -> tuple[list[Run], dict]:
@@ -106,6 +110,7 @@ def load_bench(d: Path) -> tuple[list[Run], dict]:
         run.extra = {k: entry[k] for k in ("index", "seed", "started_at", "elapsed_s") if k in entry}
         runs.append(run)
     meta = {k: res.get(k) for k in ("machine", "suite", "target_accuracy")}
+    meta["peak_flops"] = res.get("peak_flops") or (res.get("machine") or {}).get("peak_flops")
     meta["bench"] = {k: res[k] for k in ("complete", "bench_elapsed_s") if k in res}
     meta["scenario_info"] = {name: {k: v for k, v in sc.items() if k in ("settings", "flops_per_sample",
                                                                            "target_accuracy", "adjustments")}

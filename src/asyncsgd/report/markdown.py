@@ -84,8 +84,8 @@ def _header(res: dict) -> list[str]:
         lines.append(f"Peak for MFU: {peak['flops'] / 1e9:.1f} GFLOP/s ({peak.get('source', '?')}: "
                      f"{peak.get('method', '')}).")
     else:
-        lines.append("MFU: not computed (no peak FLOP/s known for the machine these runs came from; "
-                     "give one with --peak-flops).")
+        lines.append(res.get("mfu_left_out") or "MFU: left out, no peak FLOP/s was recorded with these runs; "
+                     "give one with --peak-flops FLOPS.")
     lines.append("")
     ratios = ["time-to-target ratio = reference's median time / this algorithm's median time"] \
         if res.get("target_accuracy") is not None else []
