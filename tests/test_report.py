@@ -176,7 +176,7 @@ def test_without_a_target_there_is_no_time_to_target(tmp_path):
             _fake_run_dir(tmp_path / "h", "hogwild", 0.1, 0, 3.0, 200.0, {**no_target, "final_test_accuracy": 0.97})]
     md = _report_md(tmp_path, *dirs)
     assert "n/a" not in md and "| time to" not in md and "reached" not in md
-    assert "| algorithm | runs | final test acc | samples/s | throughput vs sync |" in md
+    assert "| algorithm | runs | final test acc | workers | samples/s | throughput vs sync |" in md
     assert "No target accuracy given (--target-accuracy); best final test accuracy: **hogwild** (0.9700)." in md
     assert "time-to-target ratio" not in md and "throughput ratio = " in md
     # With a target the column and the sentence are back.
@@ -193,6 +193,14 @@ def _report_in_process(*argv) -> int:
     return report.main(parser.parse_args([str(a) for a in argv]))
 
 
+def _bench_main(bench, *argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return bench.main(parser.parse_args([str(a) for a in argv]))
+
+
 def _peak_now(flops):
     """A stand-in for mfu.measure_peak_flops that reports `flops`, as a measurement would."""
     return lambda *a, **kw: {"flops": flops, "method": f"fake matmul benchmark: {flops:g}"}
@@ -207,11 +215,8 @@ def test_mfu_uses_the_peak_the_bench_recorded_not_one_measured_at_report_time(tm
 
     monkeypatch.setattr("asyncsgd.runner.run", fake_run)
     monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(2.266e11))  # the machine while benching
-    import argparse
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     b = tmp_path / "bench"
-    assert bench.main(parser.parse_args(["--out", str(b), "--algos", "sync,hogwild"])) == 0
+    assert _bench_main(bench, "--out", b, "--algos", "sync,hogwild") == 0
     recorded = json.loads((b / "results.json").read_text())
     assert recorded["peak_flops"]["flops"] == 2.266e11 and recorded["peak_flops"]["source"] == "measured"
     fps = recorded["scenarios"]["quick"]["flops_per_sample"]
@@ -247,6 +252,32 @@ def test_plain_run_directories_get_mfu_only_from_a_given_peak(tmp_path, monkeypa
     assert res["scenarios"]["mytask"]["algorithms"]["hogwild"]["mfu"]["median"] == pytest.approx(1000 * 200.0 / 1e8)
     md = (tmp_path / "given" / "report.md").read_text()
     assert "Peak for MFU: 0.1 GFLOP/s (given (--peak-flops)" in md and "| 0.20% |" in md and "left out" not in md
+
+
+def test_worker_counts_are_those_the_runs_used(tmp_path, monkeypatch):
+    """The bench asks every algorithm for 2 workers; sequential runs 1 and its summary says so."""
+    from asyncsgd import bench
+
+    def fake_run(cfg):
+        used = {"workers": 1 if cfg.algorithm == "sequential" else cfg.workers}
+        d = _fake_run_dir(Path(cfg.out), cfg.algorithm, 0.1, cfg.seed, 2.0, 1000.0, used, workers=cfg.workers)
+        return json.loads((d / "summary.json").read_text())
+
+    monkeypatch.setattr("asyncsgd.runner.run", fake_run)
+    b = tmp_path / "bench"
+    assert _bench_main(bench, "--out", b, "--peak-flops", "1e9", "--algos", "sequential,sync,hogwild") == 0
+    md = (b / "report.md").read_text()
+    assert "2 workers" not in md
+    assert "workers (sequential 1, sync 2, hogwild 2)" in md
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    col = rows["algorithm"].index("workers")
+    assert [rows[a][col] for a in ("sequential", "sync", "hogwild")] == ["1", "2", "2"]
+
+    # Plain run directories: sequential asked for 2 and for 4 workers ran 1 process both times: repeats.
+    dirs = [_fake_run_dir(tmp_path / f"seq{n}", "sequential", 0.1, n, 2.0, 100.0, {"workers": 1}, workers=n)
+            for n in (2, 4)]
+    runs, _ = report.collect(dirs)
+    assert [(r.label, r.repeat) for r in runs] == [("sequential", 0), ("sequential", 1)]
 
 
 # -- bad input ------------------------------------------------------------------------------------

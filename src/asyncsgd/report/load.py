@@ -16,6 +16,9 @@ from ..errors import ConfigError
 _NOT_A_DIFFERENCE = {"seed", "out", "resume", "progress", "target_accuracy", "eval_points", "checkpoint_every",
                      "stall_timeout", "threads_per_worker", "data_dir", "algorithm"}
 
+# Settings whose value in summary.json (what the run did) wins over its config (what was asked).
+_USED = ("workers",)
+
 
 @dataclass
 class Run:
@@ -119,9 +122,11 @@ def load_bench(d: Path) -> tuple[list[Run], dict]:
 
 
 def comparable_settings(run: Run) -> dict:
-    """The settings of a run that can make it a different method from another run."""
+    """The settings of a run that can make it a different method from another run, as the run used
+    them: the worker count is the summary's (sequential runs 1 process whatever --workers said)."""
     config = run.summary.get("config") or {}
-    return {k: v for k, v in config.items() if k not in _NOT_A_DIFFERENCE}
+    used = {k: run.summary[k] for k in _USED if k in run.summary}
+    return {k: v for k, v in {**config, **used}.items() if k not in _NOT_A_DIFFERENCE}
 
 
 def varies(values) -> bool:

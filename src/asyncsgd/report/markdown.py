@@ -73,7 +73,7 @@ def _header(res: dict) -> list[str]:
                      f"Python {m.get('python', '?')}.")
     suite = res.get("suite")
     if suite:
-        lines.append(f"Suite `{suite.get('name')}`: task {suite.get('task')}, {suite.get('workers')} workers, "
+        lines.append(f"Suite `{suite.get('name')}`: task {suite.get('task')}, "
                      f"{suite.get('epochs')} epochs (same samples for every algorithm), "
                      f"{suite.get('repeats')} repeat(s) run interleaved, target test accuracy "
                      f"{suite.get('target_accuracy')}.")
@@ -141,6 +141,7 @@ def _columns(target) -> list:
              ("vs hogwild", lambda label, e: _x(e["time_to_target_ratio_vs_hogwild"]))] if target is not None else []
     return [("algorithm", lambda label, e: label), ("runs", lambda label, e: _runs(e)), *timed,
             ("final test acc", lambda label, e: _accuracy(e)),
+            ("workers", lambda label, e: _workers(e)),
             ("samples/s", lambda label, e: _fmt(e["samples_per_s"]["median"], ",.0f")),
             ("throughput vs sync", lambda label, e: _x(e["throughput_ratio_vs_sync"])),
             ("MFU", lambda label, e: _percent(e["mfu"]["median"])),
@@ -152,6 +153,14 @@ def _columns(target) -> list:
 def _runs(e: dict) -> str:
     failed = ", ".join(f"{n} {k}" for k, n in e["failed"].items())
     return f"{e['completed']}/{e['runs']}" + (f" ({failed})" if failed else "")
+
+
+def _workers(e: dict) -> str:
+    """The worker processes the runs used, from their summary.json (a range if repeats differ)."""
+    w = e["workers"]
+    if w["min"] is None:
+        return "–"
+    return str(w["min"]) if w["min"] == w["max"] else f"{w['min']}–{w['max']}"
 
 
 def _time_to_target(e: dict) -> str:
