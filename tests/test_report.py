@@ -280,6 +280,38 @@ def test_worker_counts_are_those_the_runs_used(tmp_path, monkeypatch):
     assert [(r.label, r.repeat) for r in runs] == [("sequential", 0), ("sequential", 1)]
 
 
+def test_repeat_markers_only_with_repeats(tmp_path, monkeypatch):
+    """One run per algorithm: no 'median repeat', no min–max whiskers; two repeats: both."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    drawn = {"xerr": [], "text": []}
+    barh, text, suptitle = matplotlib.axes.Axes.barh, matplotlib.figure.Figure.text, matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", lambda self, *a, xerr=None, **kw: (
+        drawn["xerr"].append(xerr), barh(self, *a, xerr=xerr, **kw))[1])
+    monkeypatch.setattr(matplotlib.figure.Figure, "text", lambda self, x, y, s, *a, **kw: (
+        drawn["text"].append(s), text(self, x, y, s, *a, **kw))[1])
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, s, *a, **kw: (
+        drawn["text"].append(s), suptitle(self, s, *a, **kw))[1])
+
+    once = [_fake_run_dir(tmp_path / "one" / a, a, 0.1, 0, t, 100.0) for a, t in (("sync", 2.0), ("hogwild", 3.0))]
+    assert _report_in_process(*once, "--out", tmp_path / "rep1") == 0
+    md = (tmp_path / "rep1" / "report.md").read_text()
+    assert "median repeat" not in md and "over repeats" not in md and "min–max" not in md
+    assert drawn["xerr"] and all(e is None for e in drawn["xerr"])
+    assert not any("repeat" in t or "min–max" in t for t in drawn["text"])
+
+    drawn["xerr"].clear(), drawn["text"].clear()
+    twice = once + [_fake_run_dir(tmp_path / "two" / a, a, 0.1, 1, t, 300.0) for a, t in (("sync", 3.0),
+                                                                                           ("hogwild", 4.0))]
+    assert _report_in_process(*twice, "--out", tmp_path / "rep2") == 0
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "Accuracy plot: bold line = the median repeat" in md and "whiskers span min–max" in md
+    assert "Values are medians over repeats, [min–max] in brackets." in md
+    assert any(e is not None for e in drawn["xerr"])
+    assert any("median repeat" in t for t in drawn["text"]) and any("min–max" in t for t in drawn["text"])
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_missing_directory(tmp_path):

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from .load import Run, short
-from .stats import REFERENCES
+from .plots import draw, repeat_notes
+from .stats import REFERENCES, has_repeats
 
 
 def render(results: dict, runs: list[Run], out_dir, title: str | None = None) -> list[Path]:
@@ -29,8 +30,6 @@ def render(results: dict, runs: list[Run], out_dir, title: str | None = None) ->
         md += _table(name, sc, target)
         if matplotlib is None:
             continue
-        from .plots import draw
-
         group = [r for r in runs if r.scenario == name and r.status == "ok"]
         plots[name] = draw(out, name, sc, group, target)
         files += plots[name]
@@ -39,6 +38,9 @@ def render(results: dict, runs: list[Run], out_dir, title: str | None = None) ->
     for name, pngs in plots.items():
         md += [f"## Plots: {name}", ""]
         md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+        notes = repeat_notes(results["scenarios"][name])
+        if notes:
+            md += [" ".join(f"{plot.capitalize()} plot: {text}." for plot, text in notes.items()), ""]
     md += _run_list(results)
     md += _notes(results)
     (out / "report.md").write_text("\n".join(md) + "\n")
@@ -90,8 +92,9 @@ def _header(res: dict) -> list[str]:
     ratios = ["time-to-target ratio = reference's median time / this algorithm's median time"] \
         if res.get("target_accuracy") is not None else []
     ratios.append("throughput ratio = this algorithm's samples/s / the reference's")
-    lines.append(f"Ratios: {'; '.join(ratios)}. Above 1 means this algorithm is better. "
-                 "Values are medians over repeats, [min–max] in brackets.")
+    repeats = any(has_repeats(sc) for sc in res["scenarios"].values())
+    lines.append(f"Ratios: {'; '.join(ratios)}. Above 1 means this algorithm is better."
+                 + (" Values are medians over repeats, [min–max] in brackets." if repeats else ""))
     return lines + [""]
 
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from .load import Run
-from .stats import median_run
+from .stats import has_repeats, median_run
 
 RATIO_OF = {"time_to_target_s": "time_to_target_ratio_vs_sync", "samples_per_s": "throughput_ratio_vs_sync"}
 
@@ -20,11 +20,20 @@ def draw(out: Path, name: str, sc: dict, runs: list[Run], target) -> list[Path]:
     labels = list(sc["algorithms"])
     colors = _colors(labels)
     slug = _slug(name)
+    notes = repeat_notes(sc)
     return [
-        _plot_accuracy(out / f"accuracy-{slug}.png", name, runs, labels, colors, target),
-        _plot_speed(out / f"speed-{slug}.png", name, sc, labels, colors, target),
-        _plot_staleness(out / f"staleness-{slug}.png", name, runs, labels, colors),
+        _plot_accuracy(out / f"accuracy-{slug}.png", name, runs, labels, colors, target, notes.get("accuracy")),
+        _plot_speed(out / f"speed-{slug}.png", name, sc, labels, colors, target, notes.get("speed")),
+        _plot_staleness(out / f"staleness-{slug}.png", name, runs, labels, colors, pooled=bool(notes)),
     ]
+
+
+def repeat_notes(sc: dict) -> dict:
+    """What the plots' repeat markers mean, {plot: text}; none without repeats (nothing is marked then)."""
+    if not has_repeats(sc):
+        return {}
+    return {"accuracy": "bold line = the median repeat (by time to target), faint lines = the other repeats",
+            "speed": "bars = median over repeats, whiskers span min–max"}
 
 
 def _slug(name: str) -> str:
@@ -38,7 +47,8 @@ def _colors(labels: list) -> dict:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def _plot_accuracy(path: Path, name: str, runs: list[Run], labels: list, colors: dict, target) -> Path:
+def _plot_accuracy(path: Path, name: str, runs: list[Run], labels: list, colors: dict, target,
+                   note: str | None) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -68,15 +78,15 @@ def _plot_accuracy(path: Path, name: str, runs: list[Run], labels: list, colors:
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
         axes[0].legend(loc="lower right", fontsize=8)
-    fig.text(0.5, 0.005, "bold: the median repeat (by time to target); faint: other repeats", ha="center",
-             fontsize=8, color="gray")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", fontsize=8, color="gray")
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, target) -> Path:
+def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, target, note: str | None) -> Path:
     import matplotlib.pyplot as plt
 
     algos = sc["algorithms"]
@@ -105,15 +115,15 @@ def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, tar
                 continue
             lo, hi = st["min"], st["max"]
             err = None
-            if lo is not None and hi is not None:
+            if algos[label]["completed"] > 1 and lo is not None and hi is not None:
                 err = [[(med - lo) * scale], [(hi - med) * scale]]
             ax.barh(y, med * scale, color=colors[label], xerr=err, capsize=3)
             drawn = True
             ratio = algos[label].get(RATIO_OF.get(key, ""))
             v = med * scale
-            note = " " + (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + (f" ({ratio:.2f}x sync)" if ratio is not None
-                                                                      else "")
-            ax.text(med * scale, y, note, va="center", fontsize=8)
+            value = " " + (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + (f" ({ratio:.2f}x sync)" if ratio is not None
+                                                                       else "")
+            ax.text(med * scale, y, value, va="center", fontsize=8)
         ax.set_yticks(ys)
         ax.set_yticklabels(labels)
         ax.set_ylim(-0.6, len(labels) - 0.4)
@@ -125,14 +135,14 @@ def _plot_speed(path: Path, name: str, sc: dict, labels: list, colors: dict, tar
         else:
             ax.set_xlim(0, 1)
             ax.set_xticks([])
-    fig.suptitle(f"{name}: median over repeats, bars span min–max", fontsize=10)
+    fig.suptitle(f"{name}: {note}" if note else name, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _plot_staleness(path: Path, name: str, runs: list[Run], labels: list, colors: dict) -> Path:
+def _plot_staleness(path: Path, name: str, runs: list[Run], labels: list, colors: dict, pooled: bool) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -168,7 +178,7 @@ def _plot_staleness(path: Path, name: str, runs: list[Run], labels: list, colors
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{name}: staleness histograms (all repeats)", fontsize=10)
+    fig.suptitle(f"{name}: staleness histograms" + (" (all repeats)" if pooled else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -178,6 +178,11 @@ def _winner(algos: dict, target) -> dict | None:
     return None
 
 
+def has_repeats(sc: dict) -> bool:
+    """Whether some algorithm of this scenario finished more than one run (medians, min-max mean something)."""
+    return any(e["completed"] > 1 for e in sc["algorithms"].values())
+
+
 def ordered(items) -> list:
     """The distinct items in the order first seen."""
     out: list = []
