@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from asyncsgd.launch.modes import LocalLaunch
-
 import pytest
 import torch
 
@@ -26,6 +24,7 @@ from conftest import read_run, run_cli
 
 from asyncsgd.exchange import wire
 from asyncsgd.exchange.wire import DONE, FINAL, GRAD, HEADER_FIELDS, PARAMS, Malformed, Message
+from asyncsgd.launch.modes import LocalLaunch
 
 REPO = Path(__file__).resolve().parents[1]
 N, NUMEL = 3, 5  # decode tests: 3 workers, a payload of 5 floats; the receiver is worker 0

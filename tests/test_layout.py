@@ -39,15 +39,17 @@ def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
         for t in targets:
             if t in modules:
                 found.add(t)
-    # importing a.b.c runs a/__init__ and a/b/__init__ too
+    # importing a.b.c runs a/__init__ and a/b/__init__ too, unless they are this module's own
+    # packages (those are always imported before the module itself)
+    own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
     for t in list(found):
         parts = t.split(".")
         for i in range(1, len(parts)):
             parent = ".".join(parts[:i])
-            if parent in modules:
+            if parent in modules and parent not in own:
                 found.add(parent)
     found.discard(name)
-    return found
+    return found - own
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -77,7 +77,9 @@ def test_report_with_a_different_target_and_a_parent_folder(two_runs, tmp_path):
     assert "time to 0.11 (s)" in (out / "report.md").read_text()
 
 
-def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float, **config) -> Path:
+def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps: float, summary_extra=None,
+                  **config) -> Path:
+    """A run record with known numbers; summary_extra overrides fields of its summary.json."""
     path.mkdir(parents=True)
     rows = [{"wall_time_s": t, "samples": int(1000 * t), "test_accuracy": 0.95 if t >= t_hit else 0.4,
              "test_loss": 0.2, "train_loss": 0.2} for t in (1.0, 2.0, 3.0, 4.0)]
@@ -86,7 +88,7 @@ def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps
                "wall_time_s": 4.0, "samples_per_s": sps, "final_test_accuracy": 0.95, "final_test_loss": 0.2,
                "target_accuracy": 0.9, "staleness": {"mean": 0.5, "max": 2}, "staleness_histogram": {"0": 3, "2": 1},
                "bytes_sent": 0, "config": {"algorithm": algo, "lr": lr, "seed": seed, "out": str(path), **config},
-               "task_info": {"train_samples": 1000}, "device": "elsewhere"}
+               "task_info": {"train_samples": 1000}, "device": "elsewhere", **(summary_extra or {})}
     (path / "summary.json").write_text(json.dumps(summary))
     return path
 
@@ -121,9 +123,9 @@ def test_differing_settings_only_among_the_algorithms_that_use_them(tmp_path):
 
 
 def test_not_reached_counts_as_slowest_in_the_median():
-    stats = report._ttt_stats([2.0, None, 4.0])
+    stats = report.ttt_stats([2.0, None, 4.0])
     assert stats["median"] == 4.0 and stats["min"] == 2.0 and stats["max"] is None and stats["reached"] == 2
-    assert report._ttt_stats([2.0, None, None])["median"] is None
+    assert report.ttt_stats([2.0, None, None])["median"] is None
 
 
 def test_report_rerenders_a_bench_directory(tmp_path, monkeypatch):
@@ -159,6 +161,157 @@ def test_report_rerenders_a_bench_directory(tmp_path, monkeypatch):
     assert "hogwild" in (tmp_path / "again" / "report.md").read_text()
 
 
+# -- a report says only what is so ------------------------------------------------------------------
+
+def _report_md(tmp_path, *argv) -> str:
+    out = tmp_path / "rep"
+    proc = run_cli("report", *argv, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return (out / "report.md").read_text()
+
+
+def test_without_a_target_there_is_no_time_to_target(tmp_path):
+    no_target = {"target_accuracy": None}
+    dirs = [_fake_run_dir(tmp_path / "s", "sync", 0.1, 0, 2.0, 100.0, no_target),
+            _fake_run_dir(tmp_path / "h", "hogwild", 0.1, 0, 3.0, 200.0, {**no_target, "final_test_accuracy": 0.97})]
+    md = _report_md(tmp_path, *dirs)
+    assert "n/a" not in md and "| time to" not in md and "reached" not in md
+    assert "| algorithm | runs | final test acc | workers | samples/s | throughput vs sync |" in md
+    assert "No target accuracy given (--target-accuracy); best final test accuracy: **hogwild** (0.9700)." in md
+    assert "time-to-target ratio" not in md and "throughput ratio = " in md
+    # With a target the column and the sentence are back.
+    md = _report_md(tmp_path / "t", *dirs, "--target-accuracy", "0.9")
+    assert "| algorithm | runs | time to 0.9 (s) | vs sync | vs hogwild | final test acc |" in md
+    assert "**Fastest to 0.9 test accuracy: sync**" in md
+
+
+def _report_in_process(*argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    return report.main(parser.parse_args([str(a) for a in argv]))
+
+
+def _bench_main(bench, *argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return bench.main(parser.parse_args([str(a) for a in argv]))
+
+
+def _peak_now(flops):
+    """A stand-in for mfu.measure_peak_flops that reports `flops`, as a measurement would."""
+    return lambda *a, **kw: {"flops": flops, "method": f"fake matmul benchmark: {flops:g}"}
+
+
+def test_mfu_uses_the_peak_the_bench_recorded_not_one_measured_at_report_time(tmp_path, monkeypatch):
+    from asyncsgd import bench
+
+    def fake_run(cfg):
+        d = _fake_run_dir(Path(cfg.out), cfg.algorithm, 0.1, cfg.seed, 2.0, 1000.0)
+        return json.loads((d / "summary.json").read_text())
+
+    monkeypatch.setattr("asyncsgd.runner.run", fake_run)
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(2.266e11))  # the machine while benching
+    b = tmp_path / "bench"
+    assert _bench_main(bench, "--out", b, "--algos", "sync,hogwild") == 0
+    recorded = json.loads((b / "results.json").read_text())
+    assert recorded["peak_flops"]["flops"] == 2.266e11 and recorded["peak_flops"]["source"] == "measured"
+    fps = recorded["scenarios"]["quick"]["flops_per_sample"]
+
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(6.4e10))  # the same machine, busy, later
+    assert _report_in_process(b, "--out", tmp_path / "again") == 0
+    res = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert res["peak_flops"]["flops"] == 2.266e11
+    assert res["scenarios"]["quick"]["algorithms"]["hogwild"]["mfu"]["median"] == pytest.approx(fps * 1000 / 2.266e11)
+    assert "Peak for MFU: 226.6 GFLOP/s (measured: fake matmul benchmark" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_plain_run_directories_get_mfu_only_from_a_given_peak(tmp_path, monkeypatch):
+    """Runs from `asyncsgd train` on this very machine record no peak: no MFU, and the report says why."""
+    from asyncsgd.records import device_name
+
+    here = {"device": device_name("cpu")}
+    dirs = [_fake_run_dir(tmp_path / "s", "sync", 0.1, 0, 2.0, 100.0, here),
+            _fake_run_dir(tmp_path / "h", "hogwild", 0.1, 0, 3.0, 200.0, here)]
+    monkeypatch.setattr("asyncsgd.mfu.measure_peak_flops", _peak_now(6.4e10))
+    monkeypatch.setattr("asyncsgd.report.command._count_flops", lambda run: 1000.0)
+    assert _report_in_process(*dirs, "--out", tmp_path / "rep") == 0
+    res = json.loads((tmp_path / "rep" / "results.json").read_text())
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert res["peak_flops"] is None
+    assert all(e["mfu"]["median"] is None for e in res["scenarios"]["mytask"]["algorithms"].values())
+    assert "Peak for MFU" not in md and "%" not in md
+    assert "MFU: left out, plain run directories (from `asyncsgd train`) record no peak FLOP/s" in md
+    assert md.count("MFU: left out") == 1
+
+    assert _report_in_process(*dirs, "--out", tmp_path / "given", "--peak-flops", "1e8") == 0
+    res = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert res["scenarios"]["mytask"]["algorithms"]["hogwild"]["mfu"]["median"] == pytest.approx(1000 * 200.0 / 1e8)
+    md = (tmp_path / "given" / "report.md").read_text()
+    assert "Peak for MFU: 0.1 GFLOP/s (given (--peak-flops)" in md and "| 0.20% |" in md and "left out" not in md
+
+
+def test_worker_counts_are_those_the_runs_used(tmp_path, monkeypatch):
+    """The bench asks every algorithm for 2 workers; sequential runs 1 and its summary says so."""
+    from asyncsgd import bench
+
+    def fake_run(cfg):
+        used = {"workers": 1 if cfg.algorithm == "sequential" else cfg.workers}
+        d = _fake_run_dir(Path(cfg.out), cfg.algorithm, 0.1, cfg.seed, 2.0, 1000.0, used, workers=cfg.workers)
+        return json.loads((d / "summary.json").read_text())
+
+    monkeypatch.setattr("asyncsgd.runner.run", fake_run)
+    b = tmp_path / "bench"
+    assert _bench_main(bench, "--out", b, "--peak-flops", "1e9", "--algos", "sequential,sync,hogwild") == 0
+    md = (b / "report.md").read_text()
+    assert "2 workers" not in md
+    assert "workers (sequential 1, sync 2, hogwild 2)" in md
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    col = rows["algorithm"].index("workers")
+    assert [rows[a][col] for a in ("sequential", "sync", "hogwild")] == ["1", "2", "2"]
+
+    # Plain run directories: sequential asked for 2 and for 4 workers ran 1 process both times: repeats.
+    dirs = [_fake_run_dir(tmp_path / f"seq{n}", "sequential", 0.1, n, 2.0, 100.0, {"workers": 1}, workers=n)
+            for n in (2, 4)]
+    runs, _ = report.collect(dirs)
+    assert [(r.label, r.repeat) for r in runs] == [("sequential", 0), ("sequential", 1)]
+
+
+def test_repeat_markers_only_with_repeats(tmp_path, monkeypatch):
+    """One run per algorithm: no 'median repeat', no min–max whiskers; two repeats: both."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    drawn = {"xerr": [], "text": []}
+    barh, text, suptitle = matplotlib.axes.Axes.barh, matplotlib.figure.Figure.text, matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", lambda self, *a, xerr=None, **kw: (
+        drawn["xerr"].append(xerr), barh(self, *a, xerr=xerr, **kw))[1])
+    monkeypatch.setattr(matplotlib.figure.Figure, "text", lambda self, x, y, s, *a, **kw: (
+        drawn["text"].append(s), text(self, x, y, s, *a, **kw))[1])
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, s, *a, **kw: (
+        drawn["text"].append(s), suptitle(self, s, *a, **kw))[1])
+
+    once = [_fake_run_dir(tmp_path / "one" / a, a, 0.1, 0, t, 100.0) for a, t in (("sync", 2.0), ("hogwild", 3.0))]
+    assert _report_in_process(*once, "--out", tmp_path / "rep1") == 0
+    md = (tmp_path / "rep1" / "report.md").read_text()
+    assert "median repeat" not in md and "over repeats" not in md and "min–max" not in md
+    assert drawn["xerr"] and all(e is None for e in drawn["xerr"])
+    assert not any("repeat" in t or "min–max" in t for t in drawn["text"])
+
+    drawn["xerr"].clear(), drawn["text"].clear()
+    twice = once + [_fake_run_dir(tmp_path / "two" / a, a, 0.1, 1, t, 300.0) for a, t in (("sync", 3.0),
+                                                                                           ("hogwild", 4.0))]
+    assert _report_in_process(*twice, "--out", tmp_path / "rep2") == 0
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "Accuracy plot: bold line = the median repeat" in md and "whiskers span min–max" in md
+    assert "Values are medians over repeats, [min–max] in brackets." in md
+    assert any(e is not None for e in drawn["xerr"])
+    assert any("median repeat" in t for t in drawn["text"]) and any("min–max" in t for t in drawn["text"])
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_missing_directory(tmp_path):
@@ -182,3 +335,11 @@ def test_run_directory_without_metrics(tmp_path):
     d = _fake_run_dir(tmp_path / "half", "sync", 0.1, 0, 1.0, 1.0)
     (d / "metrics.jsonl").unlink()
     _one_line_error(run_cli("report", d, "--out", tmp_path / "o"), "half", "metrics.jsonl")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan", ""])
+def test_bad_peak_flops(tmp_path, value):
+    d = _fake_run_dir(tmp_path / "r", "sync", 0.1, 0, 1.0, 1.0)
+    _one_line_error(run_cli("report", d, "--peak-flops", value, "--out", tmp_path / "o"),
+                    f"--peak-flops {value!r}", "accepted: a finite number of FLOP/s > 0")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,160 @@
+"""Reading run records: one run directory (load_run), a bench directory (results.json + runs/), or
+a folder of run directories (collect), and grouping loose runs into scenarios, labels and repeats.
+
+Owns the Run record and which settings make two runs different methods (comparable_settings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+# Settings that do not make two runs different methods (they are repeats of each other).
+_NOT_A_DIFFERENCE = {"seed", "out", "resume", "progress", "target_accuracy", "eval_points", "checkpoint_every",
+                     "stall_timeout", "threads_per_worker", "data_dir", "algorithm"}
+
+# Settings whose value in summary.json (what the run did) wins over its config (what was asked).
+_USED = ("workers",)
+
+
+@dataclass
+class Run:
+    """One run directory, read back, plus where it sits in a comparison."""
+
+    dir: Path
+    summary: dict | None
+    metrics: list[dict]
+    scenario: str = ""
+    label: str = ""
+    repeat: int = 0
+    status: str = "ok"  # ok | diverged | error (bench records failed runs too)
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_run(path) -> Run:
+    """Read one run directory; ConfigError naming it if summary.json or metrics.jsonl is missing or bad."""
+    d = Path(path)
+    try:
+        summary = json.loads((d / "summary.json").read_text())
+        lines = (d / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines if line.strip()]
+    except FileNotFoundError as e:
+        raise ConfigError(f"report dir {str(d)!r} has no {Path(e.filename).name}; accepted: a run directory "
+                          "(summary.json + metrics.jsonl) or a bench directory (results.json)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"report dir {str(d)!r} holds an unreadable run record ({str(e).splitlines()[0][:100]}); "
+                          "accepted: summary.json and metrics.jsonl as asyncsgd writes them") from None
+    if not isinstance(summary, dict) or "algorithm" not in summary:
+        raise ConfigError(f"report dir {str(d)!r}: summary.json has no 'algorithm'; accepted: a summary.json "
+                          "written by asyncsgd")
+    return Run(dir=d, summary=summary, metrics=metrics)
+
+
+def collect(dirs) -> tuple[list[Run], dict]:
+    """Runs from every DIR, plus what a bench directory recorded (machine, suite, run order).
+
+    Bench directories keep their scenarios, labels and repeats; other runs are grouped here.
+    meta["recorded_peaks"]: the peak FLOP/s each bench directory recorded (None where none);
+    meta["loose_runs"]: how many runs came from plain run directories (they record no peak).
+    """
+    runs: list[Run] = []
+    loose: list[Run] = []
+    meta: dict = {}
+    peaks: list = []
+    seen: set[Path] = set()
+    for raw in dirs:
+        d = Path(raw)
+        if not d.is_dir():
+            raise ConfigError(f"report dir {str(raw)!r} does not exist or is not a directory; accepted: a run "
+                              "directory (summary.json + metrics.jsonl) or a bench directory (results.json)")
+        if (d / "results.json").is_file():
+            bench_runs, bench_meta = load_bench(d)
+            for r in bench_runs:
+                if r.dir.resolve() not in seen:
+                    seen.add(r.dir.resolve())
+                    runs.append(r)
+            if not meta:
+                meta = bench_meta
+            peaks.append(bench_meta["peak_flops"])
+            continue
+        found = [d] if (d / "summary.json").exists() else sorted(p.parent for p in d.rglob("summary.json"))
+        if not found:
+            raise ConfigError(f"report dir {str(raw)!r} holds no run record (no summary.json or results.json "
+                              "in it or below it); accepted: a run directory or a bench directory")
+        for rd in found:
+            if rd.resolve() not in seen:
+                seen.add(rd.resolve())
+                loose.append(load_run(rd))
+    _group(loose)
+    return runs + loose, {**meta, "recorded_peaks": peaks, "loose_runs": len(loose)}
+
+
+def load_bench(d: Path) -> tuple[list[Run], dict]:
+    """The runs of a bench directory, in run order, and what its results.json recorded about them."""
+    try:
+        res = json.loads((d / "results.json").read_text())
+        order = res["run_order"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"report dir {str(d)!r}: results.json is not a bench result ({type(e).__name__}: "
+                          f"{str(e)[:80]}); accepted: results.json written by asyncsgd bench") from None
+    runs = []
+    for entry in order:
+        rd = d / entry["run_dir"]
+        if entry.get("status", "ok") == "ok":
+            run = load_run(rd)
+        else:
+            run = Run(dir=rd, summary=None, metrics=[])
+        run.scenario, run.label, run.repeat = entry["scenario"], entry["algorithm"], entry.get("repeat", 0)
+        run.status, run.error = entry.get("status", "ok"), entry.get("error")
+        run.extra = {k: entry[k] for k in ("index", "seed", "started_at", "elapsed_s") if k in entry}
+        runs.append(run)
+    meta = {k: res.get(k) for k in ("machine", "suite", "target_accuracy")}
+    meta["peak_flops"] = res.get("peak_flops") or (res.get("machine") or {}).get("peak_flops")
+    meta["bench"] = {k: res[k] for k in ("complete", "bench_elapsed_s") if k in res}
+    meta["scenario_info"] = {name: {k: v for k, v in sc.items() if k in ("settings", "flops_per_sample",
+                                                                           "target_accuracy", "adjustments")}
+                             for name, sc in (res.get("scenarios") or {}).items()}
+    return runs, meta
+
+
+def comparable_settings(run: Run) -> dict:
+    """The settings of a run that can make it a different method from another run, as the run used
+    them: the worker count is the summary's (sequential runs 1 process whatever --workers said)."""
+    config = run.summary.get("config") or {}
+    used = {k: run.summary[k] for k in _USED if k in run.summary}
+    return {k: v for k, v in {**config, **used}.items() if k not in _NOT_A_DIFFERENCE}
+
+
+def varies(values) -> bool:
+    """Whether these setting values (JSON-like: lists, dicts, numbers...) are not all equal."""
+    return len({json.dumps(v, sort_keys=True) for v in values}) > 1
+
+
+def _group(runs: list[Run]) -> None:
+    """Scenario = task (plus model where a task was run with several); label = algorithm (plus settings)."""
+    models: dict[str, set] = {}
+    for r in runs:
+        models.setdefault(r.summary.get("task", "?"), set()).add(r.summary.get("model"))
+    for r in runs:
+        task = r.summary.get("task", "?")
+        r.scenario = task if len(models[task]) == 1 else f"{task}-{r.summary.get('model')}"
+    by_algo: dict[tuple, list[Run]] = {}
+    for r in runs:
+        by_algo.setdefault((r.scenario, r.summary["algorithm"]), []).append(r)
+    for (_, algo), group in by_algo.items():
+        settings = [comparable_settings(r) for r in group]
+        differ = [k for k in sorted({k for s in settings for k in s}) if varies(s.get(k) for s in settings)]
+        counts: dict[str, int] = {}
+        for r, s in zip(group, settings):
+            r.label = algo + "".join(f" {k}={short(s.get(k))}" for k in differ)
+            r.repeat = counts.get(r.label, 0)
+            counts[r.label] = r.repeat + 1
+
+
+def short(v) -> str:
+    """A setting's value as a label shows it (0.1, not 0.1000000)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
