@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from .config import FIELD_NAMES, RunConfig
+from .config import FIELD_NAMES, RunConfig, check_types
 from .errors import ConfigError
 
 
@@ -26,7 +26,15 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
     unknown = sorted(set(settings) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"train(): unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(FIELD_NAMES)}")
+    settings = check_types({**settings, **({"algorithm": algorithm} if algorithm is not None else {}),
+                            **({"task": task} if task is not None else {})})
+    algorithm, task = settings.pop("algorithm", None), settings.pop("task", None)
     check_options(algorithm or default_algorithm(), settings, settings.get("runtime"))
+    import torch
+
+    if model_fn is not None and (isinstance(model_fn, torch.nn.Module) or not callable(model_fn)):
+        raise ConfigError(f"train(): model_fn {type(model_fn).__name__} is not accepted; accepted: a callable that "
+                          "returns a new nn.Module (the class itself, or a function), not a model instance")
     cfg = RunConfig(algorithm=algorithm or default_algorithm(), **settings)
     if model_fn is None:
         if train_set is not None:

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .config import FIELD_NAMES, RunConfig, flag, load_toml
+from .config import FIELD_NAMES, RunConfig, check_types, flag, load_toml
 from .errors import AsyncSGDError, ConfigError
 
 BOOL_FIELDS = {"nesterov", "partitioned"}
@@ -109,6 +109,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="asyncsgd", description="Asynchronous SGD for PyTorch, compared side by side with synchronous training.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"asyncsgd {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser("train", help="train one run and write its record")
     _add_train_flags(train)
@@ -140,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             values["lr_steps"] = tuple(float(s) for s in values["lr_steps"].split(","))
         except ValueError:
             raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
+    values = check_types(values)
     values.setdefault("algorithm", default_algorithm())
     if values.get("resume") is None:  # a resumed run keeps its saved settings
         check_options(values["algorithm"], {k: v for k, v in values.items() if v is not None}, values.get("runtime"))

@@ -120,6 +120,7 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_ANNOTATIONS = {f.name: f.type for f in fields(RunConfig)}  # strings: `from __future__ import annotations`
 
 
 def flag(name: str) -> str:
@@ -282,8 +283,9 @@ def load_toml(path: str) -> dict:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"--config {path!r}: no such file; accepted: a readable TOML file") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"--config {path!r} is not valid TOML ({str(e).splitlines()[0]}); "
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--config {path!r} is not valid UTF-8 TOML ({why}); "
                           "accepted: a TOML file of settings such as lr = 0.05") from None
     out = {}
     for key, value in raw.items():
@@ -292,10 +294,37 @@ def load_toml(path: str) -> dict:
             name = "algorithm"
         if name not in FIELD_NAMES:
             raise ConfigError(f"--config {path!r}: unknown setting {key!r}; accepted: {', '.join(FIELD_NAMES)}")
-        out[name] = tuple(value) if name == "lr_steps" else value
+        out[name] = value
+    return check_types(out)
+
+
+# What each setting's value may be, from RunConfig's annotations: (accepted Python types, words).
+_KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "text"),
+          "bool": ((bool,), "true or false"), "tuple[float, ...]": ((list, tuple), "a list of numbers")}
+
+
+def check_types(values: dict) -> dict:
+    """The same type check for TOML files, the Python API and the CLI: each value of the type its
+    setting takes (booleans only true/false, numbers finite; None where a setting may be unset).
+    Returns the values with lists made tuples. ConfigError names the setting and what is accepted."""
+    out = {}
+    for name, value in values.items():
+        annotation = _ANNOTATIONS[name]
+        optional = annotation.endswith(" | None")
+        kinds, words = _KINDS[annotation.removesuffix(" | None")]
+        if value is None and optional:
+            out[name] = None
+            continue
+        ok = isinstance(value, bool) if bool in kinds else isinstance(value, kinds) and not isinstance(value, bool)
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if ok and isinstance(value, (list, tuple)):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            value = tuple(value)
+        if ok and isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2 ** 62:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{flag(name)} {value!r} is not accepted; accepted: {words}"
+                              + (" (or leave it unset)" if optional else ""))
+        out[name] = value
     return out
-
-
-def default_out_dir(cfg: RunConfig) -> str:
-    import time
-    return str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset, TensorDataset, default_collate
 
+from .errors import ConfigError
 from .tensors import StateFlattener, loss_fn
 
 TRAIN_LOSS_SAMPLES = 2000
@@ -104,6 +105,41 @@ def time_to_target(rows: list[dict], target: float | None) -> float | None:
         if row["test_accuracy"] is not None and row["test_accuracy"] >= target:
             return row["wall_time_s"]
     return None
+
+
+def make_run_dir(cfg) -> Path:
+    """The run directory, made and checked before anything runs: --out (or --resume's) as given,
+    else a new runs/<timestamp>-<algo> (with -2, -3, ... when two runs start in the same second).
+    ConfigError when it is a file, cannot be made or cannot be written."""
+    import os
+
+    given = cfg.out or cfg.resume
+    flag_name = "--out" if cfg.out else "--resume"
+    if given is None:
+        base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.algorithm}"
+        for i in range(1, 1000):
+            path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise ConfigError(f"the run directory {str(path)!r} cannot be made ({e.strerror}); accepted: "
+                                  "--out DIR with DIR a writable directory") from None
+        raise ConfigError(f"{str(base)!r} and 998 more run directories of this second exist; accepted: --out DIR")
+    path = Path(given)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag_name} {given!r} is not accepted: it is a file; accepted: a directory (new or existing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".asyncsgd-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{flag_name} {given!r} is not accepted: it cannot be written ({e.strerror or e}); "
+                          "accepted: a writable directory") from None
+    return path
 
 
 @dataclass

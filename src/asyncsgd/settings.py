@@ -11,7 +11,9 @@ to another, would be silently ignored, so the CLI, TOML files and the Python API
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from .algorithms.registry import ALGORITHMS, users_of
 from .config import (DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
@@ -19,6 +21,18 @@ from .config import (DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SI
 from .errors import ConfigError
 
 SIM_TIMES = ("flops", "measured")
+
+# Upper limits of the sizes a run allocates (threads, shared memory, samples, time), with why.
+LIMITS = {"forward_threads": 64, "backward_threads": 64, "queue_size": 1024, "groups": 256, "workers_per_group": 64,
+          "eval_points": 1000, "epochs": 100_000, "batch_size": 1 << 20, "num_samples": 10_000_000,
+          "stall_timeout": 7 * 86400.0, "checkpoint_every": 100_000, "threads_per_worker": 1024}
+LIMITS_WHY = {"forward_threads": "threads per worker", "backward_threads": "threads per worker",
+              "queue_size": "pending forwards hold their activations", "groups": "processes",
+              "workers_per_group": "threads per group",
+              "eval_points": "each is a copy of the model in shared memory, per replica",
+              "epochs": "passes over the training set", "batch_size": "samples per step",
+              "num_samples": "generated samples held in memory", "stall_timeout": "seconds, a week",
+              "checkpoint_every": "epochs", "threads_per_worker": "torch threads"}
 
 
 def default_text(name: str) -> str:
@@ -66,6 +80,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
                  "groups", "workers_per_group", "average_every", "send_every"):
         _whole(cfg, name)
     need(cfg.workers <= 256, "workers", cfg.workers, "1 to 256 real workers (use --runtime sim for more)")
+    for name, high in LIMITS.items():  # sizes that allocate threads, memory or time: refused before anything runs
+        v = getattr(cfg, name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > high:
+            need(False, name, v, f"at most {high:g} ({LIMITS_WHY[name]})")
     for name in ("epochs", "lr"):
         v = getattr(cfg, name)
         need(_number(v) and v > 0, name, v, "a number > 0")
@@ -116,3 +134,36 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if algo.check is not None:
         cfg = algo.check(cfg)
     return cfg
+
+
+def replayable(cfg: RunConfig) -> dict:
+    """The resolved settings a run's config.toml holds: every setting this algorithm and runtime
+    use (the others would be rejected as unused by `--config`), without the run's own directory."""
+    out = {}
+    for name, value in cfg.to_dict().items():
+        if value is None or name in ("out", "resume"):
+            continue
+        users = users_of(name)
+        if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim"):
+            continue
+        if name == "average_every" and cfg.algorithm == "pdasgd" and cfg.sharing != "average":
+            continue  # used only with replicas
+        out[name] = value
+    return out
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def write_config_toml(cfg: RunConfig, path) -> None:
+    """config.toml in the run directory: `asyncsgd train --config DIR/config.toml` runs the same settings."""
+    lines = ["# asyncsgd run settings: asyncsgd train --config this-file (flags given there override it)"]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in replayable(cfg).items()]
+    Path(path).write_text("\n".join(lines) + "\n")

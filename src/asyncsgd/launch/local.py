@@ -31,10 +31,10 @@ from .. import records
 from ..algorithms.registry import get_algorithm
 from ..board import Board, ClaimLock
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import RunConfig, default_out_dir
+from ..config import RunConfig
 from ..engine import WorkerSpec
 from ..errors import ConfigError, DivergedError, WorkerError
-from ..settings import resolve
+from ..settings import resolve, write_config_toml
 from ..tensors import StateFlattener
 from .modes import LocalLaunch
 from .worker import worker_main
@@ -77,9 +77,11 @@ class Launcher:
         self.task = task if task is not None else get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir,
                                                            seed=cfg.seed, num_samples=cfg.num_samples)
         self.setup_s = time.perf_counter() - t
-        self.out = Path(cfg.out or cfg.resume or default_out_dir(cfg))
         if self.writes_record:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.out = records.make_run_dir(cfg)
+            write_config_toml(cfg, self.out / "config.toml")
+        else:  # a torchrun rank other than 0: rank 0 writes the record
+            self.out = Path(cfg.out or cfg.resume or "runs")
         self.device = resolve_device(cfg)
         self.n_proc = self.algo.processes(cfg)
         n_train = len(self.task.train_set)

@@ -16,9 +16,9 @@ from torch.utils.data import TensorDataset, default_collate
 from .. import records
 from ..algorithms.registry import get_algorithm
 from ..checkpoint import save_checkpoint
-from ..config import default_out_dir
 from ..engine import BatchPlan
 from ..errors import ConfigError
+from ..settings import write_config_toml
 from ..tensors import StateFlattener, loss_fn
 from .core import ComputeModel, EventLoop, FlatModel, Network, Stats, flops_compute, measure_compute
 from .simulation import Simulation
@@ -47,8 +47,8 @@ def run_sim(cfg, task=None) -> dict:
     n_train = len(task.train_set)
     if n_train == 0:
         raise ConfigError(f"--task {cfg.task!r} has an empty training set; accepted: at least one sample")
-    out = Path(cfg.out or default_out_dir(cfg))
-    out.mkdir(parents=True, exist_ok=True)
+    out = records.make_run_dir(cfg)
+    write_config_toml(cfg, out / "config.toml")
     total = max(1, round(cfg.epochs * n_train))
     snapshot_every = max(1, math.ceil(total / cfg.eval_points))
 
