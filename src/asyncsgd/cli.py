@@ -44,11 +44,12 @@ FLOAT = _typed(float, "a number")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from .algorithms.registry import default_algorithm
     from .settings import default_text as D  # each default is written once: RunConfig, SHARED_DEFAULTS, a spec
 
     S = argparse.SUPPRESS
     p.add_argument("--algo", "--algorithm", dest="algorithm", default=S,
-                   help="algorithm name (see `asyncsgd algorithms`); default pdasgd, or hogwild if pdasgd is absent")
+                   help=f"algorithm name (see `asyncsgd algorithms`; default {default_algorithm()})")
     p.add_argument("--task", default=S, help="mnist1d (default), mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH")
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
@@ -105,6 +106,39 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sim-times", default=S, help=f"flops: the model's FLOPs / --sim-device-flops (deterministic); measured: time this host ({D('sim_times')})")
     g.add_argument("--sim-device-flops", type=FLOAT, default=S, help=f"FLOP/s of a simulated device ({D('sim_device_flops')})")
     g.add_argument("--sim-compute", default=S, help=f"per-step compute-time factor: fixed, lognormal:SIGMA or pareto:ALPHA (heavy-tailed stragglers) ({D('sim_compute')})")
+
+
+def settings_markdown() -> str:
+    """docs/configuration.md: every setting once, from the same flags and help text as `asyncsgd
+    train --help` (tests/test_docs.py keeps the file equal to this)."""
+    p = _Parser(prog="asyncsgd train")
+    _add_train_flags(p)
+    lines = ["# Configuration", "",
+             "Every setting of `asyncsgd train`, as a flag and as a key of a TOML file given with `--config`",
+             "(keys are the flag names without `--`, with `-` or `_`; flags given on the command line override",
+             "the file). Each run directory holds `config.toml` with the run's resolved settings, which",
+             "`asyncsgd train --config DIR/config.toml` runs again. Settings only some algorithms use are",
+             "rejected, not ignored, when given to another one.",
+             "",
+             "Generated from the CLI's own definitions: `python -c \"from asyncsgd.cli import settings_markdown; "
+             "print(settings_markdown(), end='')\" > docs/configuration.md`.", ""]
+    groups = [("general", p._actions)] + [(g.title, g._group_actions) for g in p._action_groups[2:]]
+    seen = set()
+    for title, actions in groups:
+        rows = [a for a in actions if a.option_strings and a.dest not in seen and a.dest != "help"]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| flag | TOML key | meaning |", "|---|---|---|"]
+        for a in rows:
+            seen.add(a.dest)
+            key = "(command line only)" if a.dest == "config" else f"`{a.dest}`"
+            lines.append(f"| `{a.option_strings[0]}` | {key} | "
+                         f"{(a.help or '').replace('|', '/')} |")
+        lines.append("")
+    lines += ["## Example", "", "```toml", "# run.toml: asyncsgd train --config run.toml", 'algorithm = "dasgd"',
+              "workers = 4", "epochs = 20", "lr = 0.07", 'staleness = "adaptive"', 'topology = "ring"',
+              'delay = "latency=20ms"', 'straggler = "worker=1,slowdown=4"', "lr_steps = [0.5, 0.75]", "```", ""]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
