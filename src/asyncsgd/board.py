@@ -56,8 +56,14 @@ class ClaimLock:
 
     _open_lock = threading.Lock()
 
-    def __init__(self):
-        fd, self.path = tempfile.mkstemp(prefix="asyncsgd-claim-")
+    def __init__(self, directory=None):
+        """directory: where the lock file lives (the run directory, so that a killed launcher leaves
+        nothing elsewhere; a stale one there is replaced); default: a temporary file."""
+        if directory is None:
+            fd, self.path = tempfile.mkstemp(prefix="asyncsgd-claim-")
+        else:
+            self.path = os.path.join(str(directory), ".asyncsgd-claim")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
         self._pid, self._fd, self._threads = None, None, None
         weakref.finalize(self, _unlink, self.path)

@@ -79,7 +79,7 @@ class WorkerSpec:
     world_size: int
     device: str
     launch: object = None  # launch.modes.LocalLaunch or TorchrunLaunch: batches, resume point, start line
-    dist_init: str | None = None  # tcp://host:port of the launcher's store (local runs); None under torchrun
+    dist_init: str | None = None  # file://PATH of the launcher's FileStore (local runs); None under torchrun
     errors: object = None  # multiprocessing queue: (rank, kind, message)
 
 

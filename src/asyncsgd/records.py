@@ -136,6 +136,8 @@ def make_run_dir(cfg) -> Path:
         probe = path / f".asyncsgd-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
+        for stale in (*path.glob(".checkpoint.pt.*.tmp"), *path.glob("*.json.tmp")):  # a killed launcher's
+            stale.unlink(missing_ok=True)
     except OSError as e:
         raise ConfigError(f"{flag_name} {given!r} is not accepted: it cannot be written ({e.strerror or e}); "
                           "accepted: a writable directory") from None

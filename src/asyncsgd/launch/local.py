@@ -40,6 +40,7 @@ from .modes import LocalLaunch
 from .worker import worker_main
 
 STOP_GRACE_S = 10.0
+STORE_FILE = ".asyncsgd-store"  # the local process group's FileStore, in the run directory
 POLL_S = 0.05
 
 
@@ -106,7 +107,7 @@ class Launcher:
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
-                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock())
+                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None))
         start_batch = samples_before = 0
         elapsed = 0.0
         momentum = None
@@ -172,15 +173,15 @@ class Launcher:
                               f"multi-process algorithms: a module-level function or class, or functools.partial of one") from None
         store = None
         if self.algo.distributed:
-            # The launcher hosts the process group's store on a port it holds for the whole run. (A
-            # port picked free here and bound later by worker 0 could be taken in between, e.g. by
-            # another worker's connect attempt to it, leaving the workers waiting on a store
-            # that is not theirs.)
-            import datetime
+            # The process group's rendezvous is a FileStore in the run directory: no port at all
+            # (a TCPStore listens on every interface, whatever host it is given), nothing another
+            # run can take, and the launcher holds it for the whole run. Its file is removed at the
+            # end, and a stale one (a killed launcher's) at the next start.
             import torch.distributed as dist
-            store = dist.TCPStore("127.0.0.1", 0, self.n_proc, is_master=True, wait_for_workers=False,
-                                  timeout=datetime.timedelta(seconds=max(60.0, self.cfg.stall_timeout)))
-            self.spec.dist_init = f"tcp://127.0.0.1:{store.port}"
+            path = self.out / STORE_FILE
+            path.unlink(missing_ok=True)
+            store = dist.FileStore(str(path), self.n_proc + 1)  # the workers and this launcher
+            self.spec.dist_init = f"file://{path.resolve()}"
         procs = []
         for rank in range(self.n_proc):
             p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
@@ -188,11 +189,22 @@ class Launcher:
             procs.append(p)
         self.procs = procs
         self._write_workers_json("starting")
+        state = "failed"
         try:
             self._watch(procs, progress)
+            state = "done"
+        except KeyboardInterrupt:
+            state = "interrupted"
+            raise
+        except DivergedError:
+            state = "diverged"
+            raise
         finally:
             self._stop_all(procs)
-            del store  # after the workers: the server closes with it
+            self._write_workers_json(state)  # a final state: every process above has ended
+            if store is not None:
+                del store  # after the workers
+                (self.out / STORE_FILE).unlink(missing_ok=True)  # a killed worker never closed its copy
 
     def _write_workers_json(self, state: str) -> None:
         """workers.json in the run directory: the worker processes' pids (to watch or kill them)."""

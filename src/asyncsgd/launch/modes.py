@@ -41,10 +41,16 @@ class LocalLaunch:
     marks_lost_peers = False  # the launcher watches exit codes and sets board.lost
 
     def join_group(self, spec, rank: int, backend: str, timeout):
-        """The launcher hosts the store (Launcher._run_processes); every worker is a client."""
+        """The launcher's FileStore in the run directory (Launcher._run_processes) is the rendezvous;
+        gloo's own sockets listen on the loopback interface only: every peer is on this machine."""
+        import os
+        import socket
+
         import torch.distributed as dist
-        host, port = spec.dist_init.removeprefix("tcp://").rsplit(":", 1)
-        store = dist.TCPStore(host, int(port), spec.world_size, is_master=False, timeout=timeout)
+        loopback = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+        if loopback:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
+        store = dist.FileStore(spec.dist_init.removeprefix("file://"), spec.world_size + 1)
         dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
         return None
 

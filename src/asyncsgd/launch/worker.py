@@ -5,7 +5,10 @@ the launcher (the errors queue) before it leaves; the process group is destroyed
 
 from __future__ import annotations
 
+import os
 import queue
+import threading
+import time
 import traceback
 
 import torch
@@ -15,15 +18,35 @@ from ..engine import WorkerContext, WorkerSpec, set_threads
 from ..errors import DivergedError, WorkerError
 
 
+LAUNCHER_POLL_S = 0.5
+
+
+def watch_launcher() -> threading.Thread:
+    """A worker process never outlives its launcher: a daemon thread looks at the parent pid every
+    LAUNCHER_POLL_S and ends the process when the launcher is gone (SIGKILL, a crash), wherever its
+    threads are blocked (a collective waiting for a peer, a queue). Nothing is lost that could be
+    kept: without the launcher there is no record to write."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(LAUNCHER_POLL_S)
+        os._exit(1)
+    t = threading.Thread(target=watch, name="asyncsgd-watch-launcher", daemon=True)
+    t.start()
+    return t
+
+
 def worker_main(rank: int, spec: WorkerSpec) -> None:
     """Entry point of every worker (process or in-process): runs the algorithm's schedule."""
     algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
     board, launch = spec.board, spec.launch
     group = False
     job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
-    if spec.errors is not None and not isinstance(spec.errors, queue.Queue):
+    if spec.errors is not None and not isinstance(spec.errors, queue.Queue):  # a process the launcher started
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+        watch_launcher()
     try:
         set_threads(spec, launch.processes_here(spec))
         if spec.device.startswith("cuda"):

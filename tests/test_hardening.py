@@ -1,0 +1,133 @@
+"""What a local run exposes and leaves behind: no listening socket beyond loopback, and no
+rendezvous file or 'training' state once it ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import read_run
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1 as /proc/net/tcp{,6} writes them
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _listening() -> dict[str, str]:
+    """inode -> local address (hex, as the kernel writes it) of every listening TCP socket."""
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A":  # LISTEN
+                    out[cols[9]] = cols[1].split(":")[0]
+    return out
+
+
+def test_a_local_four_worker_run_listens_on_loopback_only(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--algo", "dasgd", "--workers", "4",
+                             "--epochs", "1", "--progress", "none", "--threads-per-worker", "1", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: dict[str, str] = {}
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                info = json.loads((out / "workers.json").read_text())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+                continue
+            pids = [info["launcher_pid"]] + [w["pid"] for w in info["workers"]]
+            listening = _listening()
+            for pid in pids:
+                for inode in _socket_inodes(pid) & set(listening):
+                    seen[inode] = listening[inode]
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert seen, "gloo's listening sockets were never seen: the check itself is broken"
+    assert set(seen.values()) <= LOOPBACK, seen
+    summary, _ = read_run(out)
+    assert summary["samples"] == 8000
+    assert json.loads((out / "workers.json").read_text())["state"] == "done"
+    assert not (out / ".asyncsgd-store").exists()
+
+
+KILL_RUNS = {
+    "sync": ["--algo", "sync"],
+    "hogwild": ["--algo", "hogwild"],
+    "dasgd": ["--algo", "dasgd"],
+    "lpap": ["--algo", "lpap"],
+    "pdasgd shared memory": ["--algo", "pdasgd", "--workers", "2"],
+    "pdasgd replicas": ["--algo", "pdasgd", "--workers", "2", "--sharing", "average"],
+}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("name", sorted(KILL_RUNS))
+def test_no_worker_outlives_a_killed_launcher(name, tmp_path):
+    """SIGKILL the launcher mid-training: every worker process is gone within 15 s, and nothing
+    of the run is left outside its directory."""
+    out, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()  # the run's temporary folder: whatever it leaves outside its directory would land here
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", *KILL_RUNS[name], "--epochs", "50",
+                             "--progress", "none", "--threads-per-worker", "1", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        deadline = time.time() + 180
+        info = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                info = json.loads((out / "workers.json").read_text())
+                if info["state"] == "training":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert info is not None and info["state"] == "training", "the run never started training"
+        workers = [w["pid"] for w in info["workers"]]
+        assert workers and all(_alive(p) for p in workers)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone_by = time.time() + 15
+        while time.time() < gone_by and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert [p for p in workers if _alive(p)] == []
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the test's own cleanup, whatever happened above
+        except OSError:
+            pass
+    assert [f for f in os.listdir(tmp) if "asyncsgd" in f] == []
