@@ -150,3 +150,20 @@ def test_config_toml_of_a_real_run_replays_it(tmp_path, capsys):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
     assert {k: v for k, v in a["config"].items() if k != "out"} == {k: v for k, v in b["config"].items() if k != "out"}
     assert a["final_test_accuracy"] == b["final_test_accuracy"]  # sequential is deterministic
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--algo", "sequential", "--epochs", "0.05", *FAST, "--out", str(out)]) == 0
+    (out / "summary.json").unlink()  # as an interrupted run leaves it: a checkpoint, no summary
+    capsys.readouterr()
+    one_line(*main(capsys, "--resume", out, "--algo", "dasgd"), "--algo is not accepted with --resume",
+             "accepted with --resume: --progress")
+    one_line(*main(capsys, "--resume", out, "--epochs", "5", "--lr", "0.5"), "--epochs is not accepted with --resume")
+
+
+def test_resume_of_a_finished_run_exits_2(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert cli.main(["train", "--algo", "sequential", "--epochs", "0.05", *FAST, "--out", str(out)]) == 0
+    capsys.readouterr()
+    one_line(*main(capsys, "--resume", out, "--progress", "none"), str(out), "has finished")

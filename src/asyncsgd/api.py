@@ -20,7 +20,7 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
     """Train and return the summary. Give model_fn + datasets, or a built-in task name."""
     from .algorithms.registry import default_algorithm
     from .runner import run
-    from .settings import check_options
+    from .settings import check_options, check_resume
     from .tasks import Task
 
     unknown = sorted(set(settings) - set(FIELD_NAMES))
@@ -29,6 +29,8 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
     settings = check_types({**settings, **({"algorithm": algorithm} if algorithm is not None else {}),
                             **({"task": task} if task is not None else {})})
     algorithm, task = settings.pop("algorithm", None), settings.pop("task", None)
+    if settings.get("resume") is not None:
+        check_resume(set(settings) | ({"algorithm"} if algorithm else set()) | ({"task"} if task else set()))
     check_options(algorithm or default_algorithm(), settings, settings.get("runtime"))
     import torch
 

@@ -165,7 +165,7 @@ PLUGINS = {
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     from .algorithms.registry import default_algorithm
-    from .settings import check_options
+    from .settings import check_options, check_resume
 
     values = load_toml(args.config) if getattr(args, "config", None) else {}
     for name in FIELD_NAMES:
@@ -177,6 +177,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         except ValueError:
             raise ConfigError(f"--lr-steps {values['lr_steps']!r} is not accepted; accepted: fractions like 0.5,0.75") from None
     values = check_types(values)
+    if values.get("resume") is not None:
+        from .checkpoint import load_checkpoint
+        load_checkpoint(values["resume"])  # a missing or broken checkpoint is the first thing to say
+        check_resume({k for k, v in values.items() if v is not None})
     values.setdefault("algorithm", default_algorithm())
     if values.get("resume") is None:  # a resumed run keeps its saved settings
         check_options(values["algorithm"], {k: v for k, v in values.items() if v is not None}, values.get("runtime"))

@@ -4,7 +4,10 @@ job (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), or local processes started
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .checkpoint import load_checkpoint
+from .errors import ConfigError
 from .config import RunConfig
 from .launch.local import Launcher
 from .launch.torchrun import TorchrunLauncher, torchrun_env
@@ -18,11 +21,14 @@ def run(cfg: RunConfig, task=None) -> dict:
         from .sim.runtime import run_sim  # the simulated cluster (discrete-event, one process)
         return run_sim(resolve(cfg), task)
     if cfg.resume:
+        if (Path(cfg.resume) / "summary.json").exists():
+            raise ConfigError(f"--resume {cfg.resume!r} is not accepted: that run has finished (it has a summary.json); "
+                              "accepted: the directory of an interrupted run")
         ckpt = load_checkpoint(cfg.resume)
         saved = {k: v for k, v in ckpt["config"].items() if k in RunConfig.__dataclass_fields__}
         saved["lr_steps"] = tuple(saved.get("lr_steps", ()))
-        cfg = RunConfig(**{**saved, "resume": cfg.resume, "out": cfg.resume,
-                           "progress": cfg.progress})
+        cfg = RunConfig(**{**saved, "resume": cfg.resume, "out": cfg.resume, "progress": cfg.progress,
+                           "threads_per_worker": cfg.threads_per_worker or saved.get("threads_per_worker")})
     env = torchrun_env()
     if env is not None and env["world_size"] > 1:
         return TorchrunLauncher(cfg, env, task).run()

@@ -61,6 +61,20 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
         check_given(given, runtime)
 
 
+# What may be given with --resume (how this process shows progress and uses the cores); every
+# other setting is the saved run's.
+RESUME_FLAGS = ("resume", "progress", "threads_per_worker")
+
+
+def check_resume(given) -> None:
+    """A resumed run continues with its saved settings: another setting given with --resume would
+    be silently ignored, so it is refused."""
+    other = sorted(set(given) - set(RESUME_FLAGS))
+    if other:
+        raise ConfigError(f"{flag(other[0])} is not accepted with --resume (a resumed run continues with the "
+                          f"settings saved in its checkpoint); accepted with --resume: --progress, --threads-per-worker")
+
+
 def _whole(cfg, name: str, low: int = 1, high: int | None = None, accepted: str = "a whole number >= 1") -> None:
     v = getattr(cfg, name)
     need(isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high), name, v, accepted)
