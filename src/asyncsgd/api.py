@@ -9,7 +9,6 @@ for algorithms that start processes. The returned dict is the run's summary.json
 
 from __future__ import annotations
 
-import functools
 
 from .config import FIELD_NAMES, RunConfig, check_types
 from .errors import ConfigError

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .config import FIELD_NAMES, RunConfig, check_types, flag, load_toml
+from .config import FIELD_NAMES, RunConfig, check_types, load_toml
 from .errors import AsyncSGDError, ConfigError
 
 BOOL_FIELDS = {"nesterov", "partitioned"}
@@ -198,6 +198,11 @@ def cmd_algorithms(args) -> int:
 
 
 def cmd_train(args) -> int:
+    progress = getattr(args, "progress", None)
+    if progress is None and getattr(args, "config", None):
+        progress = load_toml(args.config).get("progress")
+    if progress != "none":  # within a second of the command, before PyTorch and the task load
+        print("[asyncsgd] starting: loading PyTorch", file=sys.stderr, flush=True)
     from .runner import run
 
     cfg = config_from_args(args)

@@ -55,8 +55,9 @@ def _train_slice(dataset):
     return Subset(dataset, range(n))
 
 
-def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude=()) -> list[dict]:
-    """One metrics row per snapshot: replica 0 (or the shared model), plus the replicas' average."""
+def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude=(), on_row=None) -> list[dict]:
+    """One metrics row per snapshot: replica 0 (or the shared model), plus the replicas' average.
+    on_row(): called after each row (the progress display's evaluation bar)."""
     model = task.model_fn().to(device)
     flat = StateFlattener(model)
     train_slice = _train_slice(task.train_set)
@@ -81,6 +82,8 @@ def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude
             flat.load_flat(model, avg.to(device))
             row["avg_test_accuracy"], row["avg_test_loss"] = evaluate(model, task.test_set, task.loss, device)
         rows.append(row)
+        if on_row is not None:
+            on_row()
     return rows
 
 
@@ -209,9 +212,18 @@ def device_name(device: str) -> str:
 
 
 class Progress:
-    """A live bar on a terminal (tqdm), plain lines every 5 s otherwise, nothing with --progress none."""
+    """What the user sees while a run goes on, and never a silent stretch (stderr):
+    - bar (a terminal): "starting N workers" at once, the training bar (tqdm, fits 80 columns),
+      then an evaluation bar over the snapshots;
+    - lines (not a terminal): a line at the start, every 5 s a line with samples, rate, ETA,
+      loss and staleness, and a final line;
+    - none: nothing.
+    The launcher calls start() before the workers, update() while they run, close() when training
+    ended, and evaluating(n) / evaluated() around the evaluation of the snapshots."""
 
-    def __init__(self, cfg, total: int, board, samples_before: int):
+    LINE_EVERY_S = 5.0
+
+    def __init__(self, cfg, total: int, board, samples_before: int, workers: int = 1):
         mode = cfg.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
@@ -220,6 +232,15 @@ class Progress:
         self.last_line = 0.0
         self.start = None
         self.desc = cfg.algorithm
+        self.workers = workers
+        self.closed = False
+
+    def say(self, text: str) -> None:
+        if self.mode != "none":
+            print(f"[asyncsgd] {text}", file=sys.stderr, flush=True)
+
+    def starting(self) -> None:
+        self.say(f"{self.desc}: starting {self.workers} worker{'s' * (self.workers != 1)}")
 
     def _stats(self):
         b = self.board
@@ -228,31 +249,72 @@ class Progress:
         n = int(hist.sum())
         stale = float((hist.double() * torch.arange(len(hist), dtype=torch.float64)).sum() / n) if n else 0.0
         active = b.loss[b.samples > 0]
-        loss = float(active.mean()) if len(active) else float("nan")
+        loss = float(active.mean()) if len(active) else None
         return done, loss, stale
 
     def update(self) -> None:
-        if self.mode == "none" or self.board.t0[0] == 0:
+        if self.mode == "none" or self.board.t0[0] == 0 or self.closed:
             return
         done, loss, stale = self._stats()
         if self.start is None:  # training started: the bar's clock starts now, not at process start-up
             self.start = (time.time(), done)
             if self.mode == "bar":
                 from tqdm import tqdm
-                self.bar = tqdm(total=self.total, initial=done, unit="sample", unit_scale=True, desc=self.desc,
-                                file=sys.stderr, dynamic_ncols=True)
-        rate = (done - self.start[1]) / max(1e-9, time.time() - self.start[0])
+                # a fixed 10-cell bar and short fields: the counts, times and rate fit in 80 columns
+                self.bar = tqdm(total=self.total, initial=done, unit="", unit_scale=True, desc=self.desc,
+                                file=sys.stderr, dynamic_ncols=True, bar_format="{desc} {percentage:3.0f}%|{bar:10}| "
+                                "{n_fmt}/{total_fmt} {elapsed}<{remaining} {rate_noinv_fmt}")
+            else:
+                self.last_line = time.time()
+                self.say(f"training: {done}/{self.total} samples")
+                return  # the first progress line comes with a rate to show, not "0 samples/s"
+        loss_text = "loss –" if loss is None else f"loss {loss:.3f}"
         if self.bar is not None:
             self.bar.n = done
-            self.bar.set_postfix_str(f"loss {loss:.3f} staleness {stale:.2f}", refresh=False)
+            self.bar.set_description_str(f"{self.desc} {loss_text} st {stale:.2f}", refresh=False)
             self.bar.refresh()
-        elif self.mode == "lines" and time.time() - self.last_line >= 5.0:
+        elif self.mode == "lines" and time.time() - self.last_line >= self.LINE_EVERY_S:
             self.last_line = time.time()
-            print(f"[asyncsgd] {done}/{self.total} samples ({100 * done / self.total:.0f}%) "
-                  f"{rate:.0f} samples/s loss {loss:.4f} staleness {stale:.2f}", file=sys.stderr, flush=True)
+            self.say(self._line(done, loss_text, stale))
+
+    def _line(self, done: int, loss_text: str, stale: float) -> str:
+        elapsed = max(1e-9, time.time() - self.start[0])
+        rate = (done - self.start[1]) / elapsed
+        eta = f"ETA {(self.total - done) / rate:.0f} s" if rate > 0 else "ETA –"
+        return (f"{done}/{self.total} samples ({100 * done / self.total:.0f}%) {rate:.0f} samples/s {eta} "
+                f"{loss_text} staleness {stale:.2f}")
 
     def close(self) -> None:
+        """Training ended (or stopped): the bar's last state, or the final line."""
+        if self.closed:
+            return
         if self.bar is not None:
             self.update()
             self.bar.close()
             self.bar = None
+        elif self.mode == "lines" and self.start is not None:
+            done, loss, stale = self._stats()
+            b = self.board
+            wall = float(b.finish.max() - b.t0[0]) if float(b.finish.max()) > 0 else time.time() - float(b.t0[0])
+            rate = (done - self.before) / max(wall, 1e-9)
+            self.say(f"training done: {done}/{self.total} samples in {wall:.2f} s, {rate:.0f} samples/s, "
+                     + ("loss –" if loss is None else f"loss {loss:.3f}") + f", staleness {stale:.2f}")
+        self.closed = True
+
+    def evaluating(self, snapshots: int):
+        """A bar (or a line) for the evaluation of the snapshots after training; returns a
+        callback to call after each one."""
+        if self.mode == "bar":
+            from tqdm import tqdm
+            bar = tqdm(total=snapshots, desc="evaluating", unit="snapshot", file=sys.stderr, dynamic_ncols=True,
+                       bar_format="{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+            self._eval_bar = bar
+            return lambda: bar.update(1)
+        self.say(f"evaluating {snapshots} snapshots")
+        return lambda: None
+
+    def evaluated(self) -> None:
+        bar = getattr(self, "_eval_bar", None)
+        if bar is not None:
+            bar.close()
+            self._eval_bar = None

@@ -7,7 +7,7 @@ from .wire import header_bytes
 
 
 def exchange_summary(record, out: dict, payload_numel: int, payload_itemsize: int = 4) -> None:
-    b, cfg = record.board, record.cfg
+    b = record.board
     metrics = record.metrics
     final = metrics[-1] if metrics else {}
     out["consensus_distance"] = final.get("consensus_distance")

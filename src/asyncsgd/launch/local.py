@@ -74,6 +74,10 @@ class Launcher:
         self.resumed = None
         if cfg.resume:
             self.resumed = load_checkpoint(cfg.resume)
+        self.n_proc = self.algo.processes(cfg)
+        self.progress = records.Progress(cfg if self.writes_record else cfg.replace(progress="none"), 1, None, 0,
+                                         workers=self.n_proc)
+        self.progress.say(f"{cfg.algorithm}: preparing task {cfg.task}")
         t = time.perf_counter()
         self.task = task if task is not None else get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir,
                                                            seed=cfg.seed, num_samples=cfg.num_samples)
@@ -84,7 +88,6 @@ class Launcher:
         else:  # a torchrun rank other than 0: rank 0 writes the record
             self.out = Path(cfg.out or cfg.resume or "runs")
         self.device = resolve_device(cfg)
-        self.n_proc = self.algo.processes(cfg)
         n_train = len(self.task.train_set)
         if n_train == 0:
             raise ConfigError(f"--task {cfg.task!r} has an empty training set; accepted: at least one sample")
@@ -129,7 +132,9 @@ class Launcher:
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> dict:
-        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
+        progress = self.progress
+        progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
+        progress.starting()
         in_process = self.n_proc == 1 and not self.algo.distributed
         try:
             if in_process:
@@ -349,8 +354,10 @@ class Launcher:
                 for t_ in (b.snap, b.snap_time, b.snap_samples, b.snap_count):
                     t_[0] = t_[alive[0]]
         t = time.perf_counter()
-        metrics = records.evaluate_snapshots(self.task, b, self.device, self.algo.snapshot_all_replicas,
+        tick = self.progress.evaluating(int(b.snap_count[0]))
+        metrics = records.evaluate_snapshots(self.task, b, self.device, self.algo.snapshot_all_replicas, on_row=tick,
                                              exclude=self.lost)
+        self.progress.evaluated()
         eval_s = time.perf_counter() - t
         if self.resumed is not None:  # keep the evaluation points from before the interruption
             before = [r for r in records.read_metrics(self.out / "metrics.jsonl")

@@ -12,7 +12,6 @@ import os
 import queue
 import threading
 
-from .. import records
 from ..algorithms.registry import ALGORITHMS, get_algorithm
 from ..config import RunConfig
 from ..errors import ConfigError
@@ -73,7 +72,8 @@ class TorchrunLauncher(Launcher):
         self.spec.errors = self.errors
 
     def run(self) -> dict:
-        progress = records.Progress(self.cfg, self.total, self.board, self.spec.samples_before)
+        progress = self.progress
+        progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
         done = threading.Event()
         if self.writes_record:  # progress and checkpoints: rank 0 only
             monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")

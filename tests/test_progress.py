@@ -1,0 +1,69 @@
+"""The progress display never looks hung: a line at once, lines while training (with rate and
+ETA), a final line, and a line before the evaluation; at 80 columns the bar keeps its text."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import torch
+
+from asyncsgd import records
+from asyncsgd.board import Board
+from asyncsgd.config import RunConfig
+
+
+def test_piped_output_starts_at_once_and_ends_with_a_final_line(tmp_path):
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--algo", "sequential", "--epochs", "1",
+                             "--threads-per-worker", "1", "--out", str(tmp_path / "run")],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append((time.time() - started, line.rstrip()))
+    assert proc.wait(timeout=300) == 0, lines
+    text = [t for _, t in lines]
+    assert text[0] == "[asyncsgd] starting: loading PyTorch"
+    # the first line comes before PyTorch loads: well before the first training line
+    assert lines[0][0] < [s for s, t in lines if t.startswith("[asyncsgd] training:")][0]
+    assert any(t.startswith("[asyncsgd] sequential: starting 1 worker") for t in text)
+    final = [t for t in text if t.startswith("[asyncsgd] training done: 8000/8000 samples in ")]
+    assert len(final) == 1 and "samples/s" in final[0] and "loss nan" not in final[0]
+    assert text.index(final[0]) < text.index("[asyncsgd] evaluating 42 snapshots")
+
+
+def test_lines_carry_rate_eta_and_no_nan_loss(capsys):
+    board = Board(2, 1, 1, 1, 1)
+    p = records.Progress(RunConfig(algorithm="hogwild", progress="lines"), 1000, board, 0, workers=2)
+    p.LINE_EVERY_S = 0.0
+    board.t0[0] = time.time() - 2
+    p.update()  # training started; no worker has a loss yet
+    board.samples[0], board.samples[1] = 300, 200
+    board.loss[0], board.loss[1] = 1.0, 2.0
+    p.start = (time.time() - 1.0, 0)
+    p.update()
+    out = capsys.readouterr().err.splitlines()
+    assert out[0] == "[asyncsgd] training: 0/1000 samples"
+    assert "500/1000 samples (50%)" in out[1] and "samples/s ETA " in out[1] and "loss 1.500" in out[1]
+    assert not any("nan" in line for line in out)
+
+
+def test_the_bar_keeps_its_text_at_80_columns(monkeypatch, capsys):
+    """tqdm with a fixed-width bar: at 80 columns the counts, rate and postfix still fit."""
+    import io
+
+    from tqdm import tqdm
+    monkeypatch.setenv("COLUMNS", "80")
+    buf = io.StringIO()
+    board = Board(1, 1, 1, 1, 1)
+    p = records.Progress(RunConfig(algorithm="sequential", progress="bar"), 80000, board, 0)
+    board.t0[0] = time.time()
+    monkeypatch.setattr(sys, "stderr", buf)
+    p.update()
+    board.samples[0], board.loss[0] = 40000, 0.5
+    p.update()
+    p.close()
+    last = buf.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert len(last) <= 80 and "sequential loss 0.500" in last and "40.0k/80.0k" in last and "/s" in last, last
+    assert isinstance(p, records.Progress) and tqdm is not None and torch is not None
