@@ -343,3 +343,27 @@ def test_bad_peak_flops(tmp_path, value):
     _one_line_error(run_cli("report", d, "--peak-flops", value, "--out", tmp_path / "o"),
                     f"--peak-flops {value!r}", "accepted: a finite number of FLOP/s > 0")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_collapsed_run_is_marked_not_ranked(tmp_path):
+    """summary.json says collapsed; the report marks the run and ranks the others."""
+    from asyncsgd.records import collapse_check
+
+    rows = [{"test_accuracy": a, "train_loss": l} for a, l in ((0.3, 2.0), (0.91, 0.4), (0.52, 1.1))]
+    c = collapse_check(rows)
+    assert c["collapsed"] and c["best_test_accuracy"] == 0.91 and "0.5200" in c["why"]
+    assert not collapse_check([{"test_accuracy": a, "train_loss": l} for a, l in ((0.3, 2.0), (0.9, 0.4), (0.88, 0.41))])["collapsed"]
+    assert collapse_check([{"test_accuracy": 0.1, "train_loss": l} for l in (2.3, 1.0, 2.31)])["collapsed"]
+    from asyncsgd.report.load import Run
+    from asyncsgd.report.stats import build_results
+
+    def run(label, final, collapsed):
+        return Run(dir=tmp_path / label, label=label, scenario="s", repeat=0,
+                   summary={"algorithm": label, "final_test_accuracy": final, "collapsed": collapsed, "workers": 1,
+                            "samples_per_s": 1.0, "staleness": {}},
+                   metrics=[{"wall_time_s": 1.0, "samples": 1, "test_accuracy": final}], status="ok")
+    res = build_results([run("pdasgd", 0.99, True), run("hogwild", 0.95, False)], target=None, peak=None, flops={})
+    sc = res["scenarios"]["s"]
+    assert sc["algorithms"]["pdasgd"]["collapsed"] == 1 and sc["winner"]["algorithm"] == "hogwild"
+    from asyncsgd.report.markdown import _accuracy
+    assert _accuracy(sc["algorithms"]["pdasgd"]).endswith("**collapsed**")

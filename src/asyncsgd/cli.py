@@ -210,6 +210,9 @@ def cmd_train(args) -> int:
     if summary.get("record_written") is False:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print_summary(summary)
+    if summary.get("collapsed"):
+        print(f"asyncsgd: warning: the run collapsed: {summary['collapse']['why']} (summary.json: collapsed)",
+              file=sys.stderr, flush=True)
     return 0
 
 
@@ -219,7 +222,9 @@ def print_summary(s: dict) -> None:
         ("algorithm", s["algorithm"]), ("task / model", f"{s['task']} / {s['model']}"),
         ("workers", s["workers"]), ("samples", s["samples"]), ("updates", s["updates"]),
         ("wall time (training)", f"{s['wall_time_s']:.2f} s"), ("throughput", f"{s['samples_per_s']:.0f} samples/s"),
-        ("test accuracy", "n/a" if acc is None else f"{acc:.4f}"), ("test loss", f"{s['final_test_loss']:.4f}"),
+        ("test accuracy", "n/a" if acc is None else f"{acc:.4f}" + (
+            f" (best {s['best_test_accuracy']:.4f})" if s.get("best_test_accuracy") not in (None, acc) else "")),
+        ("test loss", f"{s['final_test_loss']:.4f}"),
         ("staleness mean / p99 / max", f"{s['staleness']['mean']:.2f} / {s['staleness']['p99']} / {s['staleness']['max']}"),
     ]
     if s.get("target_accuracy") is not None:

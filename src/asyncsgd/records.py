@@ -101,6 +101,26 @@ def read_metrics(path) -> list[dict]:
         return []
 
 
+COLLAPSE_DROP = 0.10  # a run whose final test accuracy is this far below its own best has collapsed
+
+
+def collapse_check(rows: list[dict]) -> dict:
+    """Whether a run collapsed: its final test accuracy ended COLLAPSE_DROP or more below its own best,
+    or its training loss climbed back to where it started. Never silent: summary.json records it,
+    the CLI warns on stderr, the report marks the run instead of ranking it."""
+    accs = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
+    losses = [r["train_loss"] for r in rows if r.get("train_loss") is not None]
+    out = {"collapsed": False, "best_test_accuracy": max(accs) if accs else None,
+           "final_test_accuracy": accs[-1] if accs else None, "why": None}
+    if accs and accs[-1] <= max(accs) - COLLAPSE_DROP:
+        out.update(collapsed=True, why=f"final test accuracy {accs[-1]:.4f} is {max(accs) - accs[-1]:.4f} below "
+                                       f"the run's best {max(accs):.4f}")
+    elif len(losses) >= 3 and losses[-1] >= losses[0]:
+        out.update(collapsed=True, why=f"the training loss climbed back to {losses[-1]:.4f}, where it started "
+                                       f"({losses[0]:.4f})")
+    return out
+
+
 def time_to_target(rows: list[dict], target: float | None) -> float | None:
     if target is None:
         return None
@@ -177,6 +197,7 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
     run_samples = int(b.samples.sum())
     run_wall = max(wall - record.elapsed_before, 1e-9)
     final = metrics[-1] if metrics else {}
+    collapse = collapse_check(metrics)
     stale = b.staleness_stats()
     hist = stale.pop("histogram")
     out = {
@@ -185,6 +206,8 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
         "wall_time_s": round(wall, 4), "samples_per_s": round(run_samples / run_wall, 2),
         "final_test_accuracy": final.get("test_accuracy"), "final_test_loss": final.get("test_loss"),
         "final_train_loss": final.get("train_loss"),
+        "best_test_accuracy": collapse["best_test_accuracy"], "collapsed": collapse["collapsed"],
+        "collapse": collapse,
         "target_accuracy": cfg.target_accuracy, "time_to_target_s": time_to_target(metrics, cfg.target_accuracy),
         "staleness": stale, "staleness_histogram": hist,
         "bytes_sent": int(b.bytes_sent.sum()), "messages_sent": int(b.messages_sent.sum()),

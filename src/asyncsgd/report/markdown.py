@@ -183,7 +183,10 @@ def _time_to_target(e: dict) -> str:
 def _accuracy(e: dict) -> str:
     acc = e["final_test_accuracy"]
     spread = f" [{_fmt(acc['min'], '.3f')}–{_fmt(acc['max'], '.3f')}]" if e["completed"] > 1 else ""
-    return _fmt(acc["median"], ".4f") + spread
+    collapsed = e.get("collapsed", 0)
+    mark = "" if not collapsed else (" **collapsed**" if e["completed"] <= 1 else
+                                     f" **{collapsed}/{e['completed']} collapsed**")
+    return _fmt(acc["median"], ".4f") + spread + mark
 
 
 def _run_list(res: dict) -> list[str]:

@@ -83,6 +83,7 @@ def run_metrics(run: Run, target: float | None, flops: float | None, peak: float
         "bytes_sent": s.get("bytes_sent"),
         "wall_time_s": s.get("wall_time_s"),
         "workers": s.get("workers"),
+        "collapsed": bool(s.get("collapsed")),
     }
 
 
@@ -119,6 +120,7 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
                      "time_to_target_s": ttt_stats([p["time_to_target_s"] for p in per])}
             for k in METRICS:
                 entry[k] = stats([p[k] for p in per])
+            entry["collapsed"] = sum(p["collapsed"] for p in per)  # runs that collapsed (summary.json)
             entry["run_dirs"] = [_rel(r.dir, base_dir) for r in members]
             algos[label] = entry
         for label, e in algos.items():
@@ -167,6 +169,9 @@ def _differences(runs: list[Run]) -> dict:
 
 
 def _winner(algos: dict, target) -> dict | None:
+    """The fastest to target, else the most accurate; an algorithm most of whose runs collapsed is
+    not ranked (the report marks it instead)."""
+    algos = {label: e for label, e in algos.items() if not e.get("collapsed", 0) * 2 > max(1, e["completed"])}
     timed = [(e["time_to_target_s"]["median"], label) for label, e in algos.items()
              if e["time_to_target_s"]["median"] is not None]
     if timed:
