@@ -8,6 +8,7 @@ Imports nothing of the launch package, so the launch modes can use it.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 
@@ -85,6 +86,15 @@ class TorchrunJob:
         dist.init_process_group(backend, store=dist.PrefixStore("default_pg", self.store), rank=self.rank,
                                 world_size=self.world, timeout=self.timeout)
         self.kv.set(f"node/{self.rank}", os.environ.get("GROUP_RANK", "0"))
+        self.kv.set(f"host/{self.rank}", socket.gethostname())
+
+    def ranks_on_this_host(self) -> int:
+        """How many ranks of the job run on this machine (after every rank joined the group). torchrun's
+        LOCAL_WORLD_SIZE counts one node's processes, but several nodes may share a machine (a test
+        on loopback, a fat host): their cores are shared all the same."""
+        me = socket.gethostname()
+        self.kv.wait([f"host/{r}" for r in range(self.world)], self.timeout)
+        return sum(self.kv.get(f"host/{r}").decode() == me for r in range(self.world))
 
     def close(self) -> None:
         """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
