@@ -73,3 +73,18 @@ def test_staleness_is_zero_for_sequential(tmp_path):
     summary, _ = read_run(out)
     assert summary["staleness"] == {"count": summary["updates"], "min": 0, "mean": 0.0, "p50": 0, "p99": 0, "max": 0}
     assert summary["time_to_target_s"] is None
+
+
+def test_summary_splits_the_wall_time(tmp_path):
+    """setup, start-up (worker processes until training began), training, evaluation and writing:
+    each non-negative, and together no more than the total the launcher measured."""
+    from asyncsgd import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--algo", "hogwild", "--epochs", "0.2", "--progress", "none", "--threads-per-worker", "1",
+                     "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    t = s["timings"]
+    parts = ("setup_s", "startup_s", "training_s", "evaluation_s", "writing_s")
+    assert all(t[k] >= 0 for k in parts) and t["startup_s"] > 0 and t["training_s"] == pytest.approx(s["wall_time_s"], abs=0.01)
+    assert sum(t[k] for k in parts) <= t["total_s"] + 0.01

@@ -234,6 +234,11 @@ def print_summary(s: dict) -> None:
         rows.append(("bytes sent", f"{s['bytes_sent']:,}"))
     if s.get("lost_workers"):
         rows.append(("lost workers", ", ".join(map(str, s["lost_workers"]))))
+    t = s.get("timings")
+    if t:
+        rows.append(("time split", f"setup {t['setup_s']:.1f} s, start-up {t['startup_s']:.1f} s, training "
+                     f"{t['training_s']:.1f} s, evaluation {t['evaluation_s']:.1f} s, writing {t['writing_s']:.1f} s "
+                     f"(total {t['total_s']:.1f} s)"))
     rows.append(("record", s.get("out_dir", "")))
     w = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -69,6 +69,7 @@ class Launcher:
     def __init__(self, cfg: RunConfig, task=None, launch=LocalLaunch()):
         from ..tasks import get_task
 
+        self.created = time.perf_counter()  # the wall-time split of summary.json starts here
         self.cfg = cfg = resolve(cfg)
         self.algo = get_algorithm(cfg.algorithm).for_config(cfg)  # properties decided by the settings
         self.resumed = None
@@ -135,6 +136,7 @@ class Launcher:
         progress = self.progress
         progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
         progress.starting()
+        self.run_started = time.time()
         in_process = self.n_proc == 1 and not self.algo.distributed
         try:
             if in_process:
@@ -372,7 +374,16 @@ class Launcher:
             samples_before=self.spec.samples_before, elapsed_before=self.spec.elapsed_before,
             resumed=self.resumed is not None, metrics=metrics)
         summary = records.summary(record, metrics, wall, eval_s)
+        t = time.perf_counter()
         save_checkpoint(self.out, final_state, None, math.ceil(self.total / self.cfg.batch_size), self.total,
                         wall, self.cfg.to_dict())
+        writing_s = time.perf_counter() - t
+        # Where the command's seconds went: building the task, starting the workers (spawn, imports,
+        # the process group) until training began, training, evaluating the snapshots, writing.
+        started = float(b.t0[0]) + self.spec.elapsed_before if b.t0[0] > 0 else time.time()
+        summary["timings"] = {
+            "setup_s": round(self.setup_s, 3), "startup_s": round(max(0.0, started - self.run_started), 3),
+            "training_s": round(wall - self.spec.elapsed_before, 3), "evaluation_s": round(eval_s, 3),
+            "writing_s": round(writing_s, 3), "total_s": round(time.perf_counter() - self.created, 3)}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
