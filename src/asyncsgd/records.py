@@ -201,7 +201,7 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
     stale = b.staleness_stats()
     hist = stale.pop("histogram")
     out = {
-        "algorithm": cfg.algorithm, "task": task.name, "model": task.model_name, "workers": record.workers,
+        "status": "done", "algorithm": cfg.algorithm, "task": task.name, "model": task.model_name, "workers": record.workers,
         "epochs": cfg.epochs, "samples": samples, "updates": int(b.updates.sum()),
         "wall_time_s": round(wall, 4), "samples_per_s": round(run_samples / run_wall, 2),
         "final_test_accuracy": final.get("test_accuracy"), "final_test_loss": final.get("test_loss"),

@@ -4,6 +4,7 @@ job (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), or local processes started
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
@@ -14,6 +15,14 @@ from .launch.torchrun import TorchrunLauncher, torchrun_env
 from .settings import resolve
 
 
+def _status(run_dir: Path) -> str | None:
+    """How the run in run_dir ended: done, interrupted, diverged (summary.json), or None (no summary)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status", "done")
+    except (OSError, ValueError):
+        return None
+
+
 def run(cfg: RunConfig, task=None) -> dict:
     """Returns the summary dict. Under torchrun rank 0 returns the summary, the other ranks
     {"torchrun_rank": r, "record_written": False}."""
@@ -21,7 +30,7 @@ def run(cfg: RunConfig, task=None) -> dict:
         from .sim.runtime import run_sim  # the simulated cluster (discrete-event, one process)
         return run_sim(resolve(cfg), task)
     if cfg.resume:
-        if (Path(cfg.resume) / "summary.json").exists():
+        if _status(Path(cfg.resume)) == "done":
             raise ConfigError(f"--resume {cfg.resume!r} is not accepted: that run has finished (it has a summary.json); "
                               "accepted: the directory of an interrupted run")
         ckpt = load_checkpoint(cfg.resume)

@@ -148,11 +148,27 @@ class Launcher:
             progress.close()
             self._write_checkpoint()
             self._save_metrics_until_checkpoint()
+            self._write_ended("interrupted", "interrupted (Ctrl-C or SIGTERM); --resume DIR continues from the last checkpoint")
+            raise
+        except DivergedError as e:
+            self._write_ended("diverged", str(e))
             raise
         finally:
             progress.close()
         self._write_checkpoint()
         return self._finish()
+
+    def _write_ended(self, status: str, why: str) -> None:
+        """A run that ended early still leaves a summary.json, saying how it ended and how far it got."""
+        if not self.writes_record:
+            return
+        b = self.board
+        summary = {"status": status, "why": why, "algorithm": self.cfg.algorithm, "workers": self.n_proc,
+                   "samples": self.spec.samples_before + int(b.samples.sum()), "planned_samples": self.total,
+                   "updates": int(b.updates.sum()), "diverged_at_update": int(b.diverged_step[0]) if status == "diverged" else None,
+                   "checkpoint": "checkpoint.pt" if (self.out / "checkpoint.pt").exists() else None,
+                   "lost_workers": sorted(self.lost), "config": self.cfg.to_dict(), "out_dir": str(self.out)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def _run_in_process(self, progress) -> None:
         self.spec.errors = self.errors
