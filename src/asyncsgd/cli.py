@@ -83,6 +83,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
     g.add_argument("--queue-size", type=INT, default=S, help="finished forwards waiting for a backward thread (default: the forward threads; deeper queues add staleness)")
     g.add_argument("--updates", default=S, help=f"layer (each layer updated when its gradient is ready) or block ({D('updates')})")
+    g.add_argument("--backward-weights", default=S, help="current (a backward runs on the live shared weights, as "
+                   "others updated them since its forward) or forward (on a private copy of the weights its forward "
+                   f"read) ({D('backward_weights')})")
     g.add_argument("--sharing", default=S, help="memory: the --workers processes update one shared model; average: a replica "
                    "per process (one per GPU), averaged in the background every --average-every backward passes; "
                    "auto: average with --device cuda, several GPUs and --workers > 1, else memory (" + D("sharing") + ")")

@@ -29,6 +29,7 @@ SCHEDULES = ("cosine", "constant", "step")
 DEVICES = ("cpu", "cuda", "auto")
 PROGRESS = ("auto", "bar", "lines", "none")
 UPDATES = ("layer", "block")
+BACKWARD_WEIGHTS = ("forward", "current")
 SHARING = ("memory", "average", "auto")
 TOPOLOGIES = ("all", "ring", "random:M")
 STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
@@ -37,7 +38,8 @@ RUNTIMES = ("real", "sim")
 
 # Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
 # left None is resolved by settings.resolve() to the algorithm's value, else to this one.
-SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1}
+SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1,
+                   "warmup_epochs": 0.5}
 
 
 @dataclass
@@ -57,7 +59,7 @@ class RunConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "cosine"
-    warmup_epochs: float = 0.5
+    warmup_epochs: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     lr_steps: tuple[float, ...] = (0.5, 0.75)  # fractions of the run, for schedule=step
     lr_gamma: float = 0.1
     lr_scaling: str = "linear"  # sync: lr x N for its N x B effective batch (Goyal et al. 2017); "none" keeps lr
@@ -77,6 +79,9 @@ class RunConfig:
     fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
     queue_size: int | None = None  # default: algorithms/pdasgd/spec.queue_size (docs/pdasgd.md)
     updates: str = "layer"
+    # forward: a pass's backward runs on a private copy of the weights its forward read (the exact
+    # gradient there); current: on the live shared weights, as other threads have updated them
+    backward_weights: str = "current"
     # memory: every worker process updates one shared model; average: a replica per process (one per
     # GPU), averaged every --average-every backward passes in the background; auto: pdasgd/spec.resolve_sharing
     sharing: str = "auto"

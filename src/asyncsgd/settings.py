@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .algorithms.registry import ALGORITHMS, users_of
-from .config import (DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
+from .config import (BACKWARD_WEIGHTS, DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
                      flag, need)
 from .errors import ConfigError
 
@@ -132,6 +132,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
     need(cfg.progress in PROGRESS, "progress", cfg.progress, ", ".join(PROGRESS))
     need(cfg.updates in UPDATES, "updates", cfg.updates, ", ".join(UPDATES))
+    need(cfg.backward_weights in BACKWARD_WEIGHTS, "backward_weights", cfg.backward_weights, ", ".join(BACKWARD_WEIGHTS))
     need(cfg.runtime in RUNTIMES, "runtime", cfg.runtime, ", ".join(RUNTIMES))
     need(cfg.fb_ratio in (None, "auto"), "fb_ratio", cfg.fb_ratio, "auto (or leave unset and give the thread counts)")
     straggler = cfg.parsed.straggler  # parses every structured setting once (ConfigError on a bad one)

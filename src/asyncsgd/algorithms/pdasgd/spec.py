@@ -24,6 +24,9 @@ def check(cfg):
     if cfg.sharing == "average" and cfg.workers < 2:
         raise ConfigError(f"--sharing 'average' is not accepted with --workers {cfg.workers}; accepted: "
                           "--workers 2 or more (a replica per worker process to average), or --sharing memory, auto")
+    if cfg.backward_weights == "forward" and cfg.runtime == "sim":
+        raise ConfigError("--backward-weights 'forward' is not accepted with --runtime sim; accepted: current "
+                          "(the simulated pdasgd runs its backward on the weights of the moment, as the paper does)")
     if cfg.sharing == "average" and cfg.runtime == "sim":
         raise ConfigError("--sharing 'average' is not accepted with --runtime sim; accepted: memory, auto "
                           "(the simulated cluster runs pdasgd on one shared model)")
@@ -61,6 +64,7 @@ def summary_extra(record, out: dict) -> None:
     out["queue_size"] = queue_size(cfg, fb[0])
     out["queue_peak"] = int(b.queue_peak.max())
     out["updates_mode"] = cfg.updates
+    out["backward_weights"] = cfg.backward_weights
     out["sharing"] = cfg.sharing
     if cfg.sharing == "average":
         from ...exchange.summary import exchange_summary
@@ -85,7 +89,11 @@ PDASGD = Algorithm(
     # themselves. One shared model: a worker killed mid-update may leave it half-written, so that
     # run stops with exit 1.
     tolerates_failures=_replicas, snapshot_all_replicas=_replicas,
-    defaults={"workers": 1, "staleness": "adaptive"},
-    options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "sharing",
-             "average_every", "staleness"),
+    # --staleness scale (lr / (1 + s) on a layer update of staleness s) and a 2-epoch warm-up: one
+    # step of delay with momentum 0.9 makes the lower layers oscillate near the peak lr and kill
+    # ReLU channels; with both, 1F:1B, 1F:2B and 1F:4B stop collapsing (measured, 8-16 seeds each:
+    # docs/pdasgd.md, "Stale updates")
+    defaults={"workers": 1, "staleness": "scale", "warmup_epochs": 2.0},
+    options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
+             "sharing", "average_every", "staleness"),
     summary_extra=summary_extra, check=check, sim_theory=True, distributed_with="--sharing average")

@@ -56,9 +56,13 @@ class Decoupled:
     """One worker process of PD-ASGD: its threads, queue, counters and bookkeeping."""
 
     def __init__(self, ctx, forward_threads: int, backward_threads: int, queue_size: int, updates: str,
-                 staleness: Staleness = Staleness("none"), workers: int = 1, model=None, replica: bool = False):
+                 staleness: Staleness = Staleness("none"), workers: int = 1, model=None, replica: bool = False,
+                 backward_weights: str = "current"):
         """model: what the threads train (default the shared ctx.spec.model); replica: it is this
-        process's own replica, so only this worker's updates count in its layer versions."""
+        process's own replica, so only this worker's updates count in its layer versions;
+        backward_weights: forward (each pass on a private copy of the weights it read, see
+        ViewedReplica) or current (the graph aliases the live shared weights)."""
+        self.snapshot = backward_weights == "forward"
         self.ctx, self.board, self.rank = ctx, ctx.board, ctx.rank
         self.model = ctx.spec.model if model is None else model
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -110,7 +114,7 @@ class Decoupled:
 
     # -- one forward, one backward ----------------------------------------------------------
     def replica(self) -> ViewedReplica:
-        return ViewedReplica(self.model, self.params, self.version_of)
+        return ViewedReplica(self.model, self.params, self.version_of, self.snapshot)
 
     def forward(self, replica: ViewedReplica, k: int, stream=None) -> Pending:
         if stream is None:

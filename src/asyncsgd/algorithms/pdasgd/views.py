@@ -37,9 +37,14 @@ class ViewedReplica:
     gets the pass's early view, made at the start; both kinds are inputs of the backward.
     """
 
-    def __init__(self, model: torch.nn.Module, params: list, version_of):
+    def __init__(self, model: torch.nn.Module, params: list, version_of, snapshot: bool = False):
+        """snapshot (--backward-weights forward): each module runs on a private copy of its
+        parameters taken when it runs (p.clone()), so the graph saves that copy, not the live
+        shared tensor, and the backward computes the exact gradient at the weights the forward
+        read. Without it (current) the graph saves views of the live parameters: a pending
+        backward then uses whatever other threads wrote since its forward."""
         self.module = shared_replica(model)
-        self.params, self.version_of = params, version_of
+        self.params, self.version_of, self.snapshot = params, version_of, snapshot
         index = {id(p): i for i, p in enumerate(params)}  # by identity: tied weights are one layer
         self.slots = []  # (module, attribute, layer)
         for mod in self.module.modules():
@@ -56,8 +61,8 @@ class ViewedReplica:
             v = self.late[i]
             if v is None:  # first call of this module in this pass (a reused module keeps its view)
                 p = self.params[i]
-                v = self.late[i] = p.view_as(p)
-                self.read[i] = self.version_of(i)
+                self.read[i] = self.version_of(i)  # read before the copy: a write in between counts as stale
+                v = self.late[i] = p.clone() if self.snapshot else p.view_as(p)
             module._parameters[n] = v
 
     def __call__(self, x, read: list):

@@ -110,7 +110,8 @@ def run(ctx) -> None:
     # set_threads gave this process its share of the cores; its F + B threads split it.
     torch.set_num_threads(max(1, torch.get_num_threads() // (F + B)))
     if not replicas:
-        worker = Decoupled(ctx, F, B, depth, cfg.updates, cfg.parsed.staleness, cfg.workers)
+        worker = Decoupled(ctx, F, B, depth, cfg.updates, cfg.parsed.staleness, cfg.workers,
+                           backward_weights=cfg.backward_weights)
         ctx.start()
         worker.run()
         ctx.finish(model)
@@ -118,7 +119,8 @@ def run(ctx) -> None:
     # After --fb-ratio auto's private copy: the parameters become views of one vector, the averaged one
     flat = flatten_params([p for p in model.parameters() if p.requires_grad])
     # The staleness policy's concurrency counts this replica's threads only
-    worker = Decoupled(ctx, F, B, depth, cfg.updates, cfg.parsed.staleness, 1, model=model, replica=True)
+    worker = Decoupled(ctx, F, B, depth, cfg.updates, cfg.parsed.staleness, 1, model=model, replica=True,
+                       backward_weights=cfg.backward_weights)
     run_replica(ctx, worker, flat)
 
 
