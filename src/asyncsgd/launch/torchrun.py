@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 
 from ..algorithms.registry import ALGORITHMS, get_algorithm
 from ..config import RunConfig
@@ -74,6 +75,7 @@ class TorchrunLauncher(Launcher):
     def run(self) -> dict:
         progress = self.progress
         progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
+        self.run_started = time.time()
         done = threading.Event()
         if self.writes_record:  # progress and checkpoints: rank 0 only
             monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
