@@ -5,11 +5,9 @@ Concurrency contract:
 - Decoupled.run() starts every thread and is their only owner: it joins them as they finish,
   and once a stop is asked for (a thread failed, or the launcher set board.stop) gives them
   STOP_JOIN_S to leave, then raises ThreadFailed naming the threads that did not.
-- A forward thread takes a slot (one of queue_size tokens) BEFORE it claims and computes a
+- A forward thread takes a slot (semaphore of queue_size) BEFORE it claims and computes a
   batch; a backward thread gives the slot back when it takes the item, so at most queue_size
-  computed forwards wait and the queue never holds more than queue_size. Slots and queue are
-  queue.SimpleQueue (C, one internal lock) rather than threading.Semaphore / queue.Queue (Python
-  Conditions, several lock operations per call, measured ~8% of the threads' samples).
+  computed forwards wait and the queue can never be full.
 - Every blocking wait polls the stop flags every POLL_S seconds.
 - Layer versions: board.layer_version[w, t, l] has one writer (backward thread t of worker w);
   with more backward threads than rows, threads that share a row bump it under its lock.
@@ -74,16 +72,14 @@ class Decoupled:
         self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
         self.device = self.params[0].device if self.params else ctx.device
         self.cuda = self.device.type == "cuda"
-        self.q: queue.SimpleQueue = queue.SimpleQueue()  # at most queue_size items: the slots bound it
+        self.q: queue.Queue = queue.Queue(maxsize=queue_size)
         self.stop = threading.Event()
         self.forwards_done = threading.Event()
         self.errors: list = []  # (thread name, exception, traceback), first one wins
         self.lock = threading.Lock()  # errors, queue peak, forward count: small, short
         self.record_lock = threading.Lock()  # ctx.record is called by one thread at a time
         self.forwards_left = forward_threads
-        self.slots: queue.SimpleQueue = queue.SimpleQueue()  # tokens: taken by a forward, given back when its item is taken
-        for _ in range(queue_size):
-            self.slots.put(None)
+        self.slots = threading.Semaphore(queue_size)  # taken by a forward, given back when its item is taken
         self.peak = 0
         lv = self.board.layer_version
         self.layer_version = lv
@@ -224,11 +220,8 @@ class Decoupled:
 
     def _acquire_slot(self) -> bool:
         while not self._stopping():
-            try:
-                self.slots.get(timeout=POLL_S)
+            if self.slots.acquire(timeout=POLL_S):
                 return True
-            except queue.Empty:
-                continue
         return False
 
     def _forward_loop(self, index: int) -> None:
@@ -244,18 +237,20 @@ class Decoupled:
             while self._acquire_slot():
                 k = self.take()
                 if k is None or self._stopping():
-                    self.slots.put(None)
+                    self.slots.release()
                     break
                 item = self.forward(replica, k, stream)
-                if self._stopping():
-                    break
-                self.q.put(item)  # never blocks: this thread holds one of the queue_size slots
-                depth = self.q.qsize()
-                if depth > self.peak:
+                while not self._stopping():
+                    try:
+                        self.q.put(item, timeout=POLL_S)
+                    except queue.Full:
+                        continue
+                    depth = self.q.qsize()
                     with self.lock:
                         if depth > self.peak:
                             self.peak = depth
                             self.board.queue_peak[self.rank] = depth
+                    break
                 del item
         except BaseException as e:
             self._fail(f"forward thread {index}", e, k)
@@ -280,7 +275,7 @@ class Decoupled:
                     if self.forwards_done.is_set() and self.q.empty():
                         return
                     continue
-                self.slots.put(None)
+                self.slots.release()
                 k = item.batch
                 grads = self.backward(item, index, stream)
                 self.book(item, grads, self.opts[index])

@@ -4,7 +4,7 @@ Inside one worker process, F forward threads and B backward threads share one mo
 - A forward thread takes a queue slot, claims the next batch of the shared plan, runs the
   forward pass on the parameters as they are at that moment and puts the pending backward
   (the loss with its graph, plus each layer's version when the forward read it) on a bounded
-  queue (queue_size slots): at most queue_size computed forwards wait, which bounds the memory
+  queue.Queue(queue_size): at most queue_size computed forwards wait, which bounds the memory
   held in activations and how far forwards run ahead of the updates.
 - A backward thread takes a pending backward and runs it. With --updates layer (default) each
   parameter tensor ("layer") is updated the moment its gradient exists, before the rest of the
