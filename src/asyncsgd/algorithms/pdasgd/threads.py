@@ -16,7 +16,6 @@ Concurrency contract:
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -50,6 +49,23 @@ class Pending:
     read: list  # each layer's version when the forward read the parameters
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
+    hooks: object = None  # PassHooks: registered on the views by the forward, pointed at its backward
+
+
+class PassHooks:
+    """The gradient hook of one pass's views. The forward thread registers it on every view as
+    the view is made (register_hook and its handles cost the backward thread, the busier one,
+    ~2% of the samples); the backward that runs the pass points .fn at its own on_grad and
+    clears it after, which also breaks the cycle views -> hook -> on_grad -> pass -> views.
+    The views die with the pass's graph, so the hooks need no removing."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self):
+        self.fn = None
+
+    def __call__(self, i, g):
+        self.fn(i, g)
 
 
 class Decoupled:
@@ -140,8 +156,9 @@ class Decoupled:
         ctx = self.ctx
         x, y = ctx.fetch(k)
         read = self.versions()  # layers no module pre-hook reads are read now
-        out, views = replica(x, read)
-        return Pending(k, len(y), ctx.loss(out, y), views, read)
+        hooks = PassHooks()
+        out, views = replica(x, read, hooks)
+        return Pending(k, len(y), ctx.loss(out, y), views, read, hooks=hooks)
 
     def backward(self, item: Pending, writer: int, stream=None) -> list:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
@@ -165,7 +182,7 @@ class Decoupled:
             if layer_mode:
                 apply(i, g, self.version_of(i) - item.read[i])
 
-        handles = [v.register_hook(functools.partial(on_grad, i)) for i, v in item.views]
+        item.hooks.fn = on_grad
         inputs = [v for _, v in item.views]
         try:
             if stream is not None:
@@ -175,8 +192,7 @@ class Decoupled:
             else:
                 torch.autograd.grad(item.loss, inputs, allow_unused=True)
         finally:
-            for h in handles:
-                h.remove()
+            item.hooks.fn = None
         if not layer_mode:
             now = self.versions()
             for i, g in enumerate(grads):
