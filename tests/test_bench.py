@@ -99,7 +99,8 @@ def test_tiny_quick_suite_writes_results_report_and_plots(tmp_path):
 # -- the bench logic with a fake runner -----------------------------------------------------------
 
 # algorithm -> (training seconds, samples/s, accuracy curve reaching 0.9 at that time or never)
-FAKE = {"sequential": (4.0, 1000.0, 2.0), "sync": (4.0, 2000.0, 3.0), "hogwild": (4.0, 4000.0, 1.5)}
+FAKE = {"sequential": (4.0, 1000.0, 2.0), "sync": (4.0, 2000.0, 3.0), "hogwild": (4.0, 4000.0, 1.5),
+        "pdasgd": (4.0, 3000.0, 2.5)}
 
 
 def _fake_run(calls, fail=()):
@@ -194,6 +195,39 @@ def test_delays_suite_drops_the_straggler_where_it_has_no_worker(tmp_path, monke
     sc = res["scenarios"]["straggler-latency"]
     assert "sequential" in sc["adjustments"] and sc["settings"]["delay"] == "latency=20ms"
     assert calls[0][2].endswith("runs/straggler-latency/sequential-r0")
+
+
+def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, monkeypatch):
+    calls, fake = [], _fake_run([])
+
+    def run(cfg):
+        calls.append((cfg.algorithm, cfg.workers, cfg.forward_threads, cfg.backward_threads, cfg.threads_per_worker,
+                      cfg.seed, cfg.task, cfg.model, cfg.target_accuracy, Path(cfg.out).name))
+        return fake(cfg)
+    monkeypatch.setattr("asyncsgd.runner.run", run)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.main(parser.parse_args(["--suite", "speed", "--out", str(tmp_path / "b"), "--peak-flops", "1e9"])) == 0
+    # label -> (algorithm, processes, forward threads, backward threads, torch threads per process)
+    layouts = {"sequential": ("sequential", 1, 1, 2, None), "sequential threads=1": ("sequential", 1, 1, 2, 1),
+               "hogwild": ("hogwild", 2, 1, 2, None),
+               "pdasgd 1x1F:2B": ("pdasgd", 1, 1, 2, None), "pdasgd 1x1F:1B": ("pdasgd", 1, 1, 1, None),
+               "pdasgd 1x1F:1B threads=1": ("pdasgd", 1, 1, 1, 1),
+               "pdasgd 2x1F:1B": ("pdasgd", 2, 1, 1, None), "pdasgd 2x1F:2B": ("pdasgd", 2, 1, 2, None)}
+    slug = {"sequential": "sequential", "sequential threads=1": "sequential-threads-1", "hogwild": "hogwild",
+            "pdasgd 1x1F:2B": "pdasgd-1x1F-2B", "pdasgd 1x1F:1B": "pdasgd-1x1F-1B",
+            "pdasgd 1x1F:1B threads=1": "pdasgd-1x1F-1B-threads-1", "pdasgd 2x1F:1B": "pdasgd-2x1F-1B",
+            "pdasgd 2x1F:2B": "pdasgd-2x1F-2B"}
+    # 3 repeats, interleaved: every layout once per repeat, repeat r with seed r
+    assert calls == [(*layouts[label], r, "mnist1d", "cnn1d", 0.95, f"{slug[label]}-r{r}")
+                     for r in range(3) for label in layouts]
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    algos = res["scenarios"]["speed"]["algorithms"]
+    assert set(algos) == set(layouts) and all(e["samples_per_s"]["median"] is not None for e in algos.values())
+    assert all(e["time_to_target_s"]["runs"] == 3 for e in algos.values())
+    # --algos picks variants by algorithm (or label)
+    p = bench.plan(parser.parse_args(["--suite", "speed", "--out", str(tmp_path / "c"), "--algos", "pdasgd,hogwild"]))
+    assert p["algos"] == [label for label in layouts if label.startswith("pdasgd")] + ["hogwild"]
 
 
 def test_every_suite_is_a_small_declarative_dict():

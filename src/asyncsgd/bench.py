@@ -10,8 +10,10 @@ machine's dense-matmul peak (mfu.measure_peak_flops) and counts the model's FLOP
 (mfu.flops_per_sample) for MFU. The tables and plots come from asyncsgd.report.
 
 A suite is a small declarative dict below; its "settings" apply to every algorithm (settings an
-algorithm does not use, e.g. lpap's groups, are ignored by the others). Method and commands:
-docs/benchmarks.md.
+algorithm does not use, e.g. lpap's groups, are ignored by the others). A suite with "variants"
+runs those labelled configurations (label -> {"algorithm": name, settings...}) instead of one run
+per algorithm, e.g. one algorithm in several layouts; --algos then picks variants by label or by
+algorithm. Method and commands: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -64,6 +66,24 @@ SUITES: dict[str, dict] = {
         "settings": {"device": "cuda", "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                      "warmup_epochs": 1.0, "eval_points": 30, "groups": 2, "workers_per_group": 2},
         "scenarios": {"cifar10-resnet18": {}},
+    },
+    "speed": {
+        "about": "mnist1d/cnn1d on the CPU: samples/s and time to 0.95 of sequential, Hogwild! (2 processes) "
+                 "and PD-ASGD's CPU layouts (processes x forward:backward threads)",
+        "task": "mnist1d", "model": "cnn1d", "workers": 1, "epochs": 10.0, "target_accuracy": 0.95, "repeats": 3,
+        "settings": {"device": "cpu"},
+        "variants": {
+            "sequential": {"algorithm": "sequential"},
+            "sequential threads=1": {"algorithm": "sequential", "threads_per_worker": 1},
+            "hogwild": {"algorithm": "hogwild", "workers": 2},
+            "pdasgd 1x1F:2B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 2},
+            "pdasgd 1x1F:1B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 1},
+            "pdasgd 1x1F:1B threads=1": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1,
+                                         "backward_threads": 1, "threads_per_worker": 1},
+            "pdasgd 2x1F:1B": {"algorithm": "pdasgd", "workers": 2, "forward_threads": 1, "backward_threads": 1},
+            "pdasgd 2x1F:2B": {"algorithm": "pdasgd", "workers": 2, "forward_threads": 1, "backward_threads": 2},
+        },
+        "scenarios": {"speed": {}},
     },
 }
 
@@ -120,7 +140,18 @@ def plan(args) -> dict:
     if args.suite not in SUITES:
         _fail("--suite", args.suite, ", ".join(SUITES))
     suite = {"name": args.suite, **json.loads(json.dumps(SUITES[args.suite]))}  # a deep copy
-    if args.algos is None:
+    variants = suite.get("variants")
+    if variants:  # labelled configurations: --algos picks them by label or by algorithm
+        algos = list(variants)
+        if args.algos is not None:
+            algos = []
+            for name in (a.strip() for a in args.algos.split(",")):
+                chosen = [v for v, vs in variants.items() if name in (v, vs["algorithm"])]
+                if not chosen:
+                    _fail("--algos", name if name else args.algos,
+                          "a variant of this suite (" + ", ".join(variants) + ") or its algorithm")
+                algos += [v for v in chosen if v not in algos]
+    elif args.algos is None:
         algos = list(ALGORITHMS)
     else:
         algos = []
@@ -182,15 +213,18 @@ def plan(args) -> dict:
             "adjustments": adjustments}
 
 
-def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
-    """The RunConfig of one algorithm in one scenario (repeat 0), validated; plus a note if adjusted."""
+def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
+    """The RunConfig of one algorithm (or variant: label) in one scenario (repeat 0), validated;
+    plus a note if adjusted."""
     from .algorithms.registry import ALGORITHMS
     from .config import RunConfig
     from .settings import resolve
 
+    variant = dict(suite.get("variants", {}).get(label) or {"algorithm": label})
+    algo = variant.pop("algorithm")
     values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
               "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
-              **extra, **suite.get("per_algorithm", {}).get(algo, {}), "algorithm": algo, "seed": seed,
+              **extra, **suite.get("per_algorithm", {}).get(algo, {}), **variant, "algorithm": algo, "seed": seed,
               "progress": "none"}
     note = None
     try:
@@ -202,7 +236,7 @@ def _config(suite: dict, scenario: str, extra: dict, algo: str, seed: int):
             note = f"no straggler: it runs {n} process(es), so worker {straggler.worker} does not exist"
         resolve(cfg)
     except (ConfigError, DataError) as e:
-        raise type(e)(f"suite {suite['name']!r} scenario {scenario!r} algorithm {algo!r}: {e}") from None
+        raise type(e)(f"suite {suite['name']!r} scenario {scenario!r} algorithm {label!r}: {e}") from None
     except TypeError as e:  # an unknown setting in a suite definition
         raise ConfigError(f"scenario {scenario!r}: {e}; accepted: RunConfig fields") from None
     return cfg, note
@@ -331,7 +365,7 @@ def execute(args) -> tuple[dict, list]:
     try:
         for i, (r, scenario, algo) in enumerate(order):
             cfg = p["configs"][(scenario, algo)]
-            run_dir = out / "runs" / scenario / f"{algo}-r{r}"
+            run_dir = out / "runs" / scenario / f"{_slug(algo)}-r{r}"
             cfg = cfg.replace(seed=cfg.seed + r, out=str(run_dir))
             _say(f"[{i + 1}/{len(order)}] {scenario} / {algo} repeat {r} (seed {cfg.seed}) -> {run_dir}")
             started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -367,6 +401,11 @@ def execute(args) -> tuple[dict, list]:
         raise
     results = write(complete=True, plots=True)
     return results, runs
+
+
+def _slug(label: str) -> str:
+    """A variant's label as a directory name: "pdasgd 2x1F:1B" -> "pdasgd-2x1F-1B"."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
 
 
 def _say(msg: str) -> None:

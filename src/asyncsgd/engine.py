@@ -106,6 +106,7 @@ class WorkerContext:
         self._step_start, self._slowed = None, False
         self._data = self._place_data(spec.task.train_set)
         self.is_lead = rank == 0
+        self._views = _Views(self.board, rank)
         self._ppid, self._checks = os.getppid(), 0
         import multiprocessing
         self._spawned = multiprocessing.parent_process() is not None  # a launcher owns this process
@@ -199,11 +200,11 @@ class WorkerContext:
         which the launch mode derives where a resumed run starts (or give next_batch)."""
         if next_batch is None and batch is not None:
             next_batch = self.launch.resume_point(self, batch)
-        b, r = self.board, self.rank
-        if grads is not None and int(b.updates[r]) % 8 == 0:
+        b, r, v = self.board, self.rank, self._views
+        if grads is not None and v.updates[r] % 8 == 0:
             norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
-            if norm > b.grad_norm_max[r]:
-                b.grad_norm_max[r] = norm
+            if norm > v.grad_norm_max[r]:
+                v.grad_norm_max[r] = norm
         loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(loss):
             step = int(b.updates.sum())
@@ -214,11 +215,11 @@ class WorkerContext:
                                 "lower --lr or raise --warmup-epochs")
         self.compute_done()
         self._loss_avg = loss if self._loss_avg is None else 0.95 * self._loss_avg + 0.05 * loss
-        b.loss[r] = self._loss_avg
+        v.loss[r] = self._loss_avg
         if staleness is not None:
             self.record_staleness(staleness)
-        b.updates[r] += updates
-        b.samples[r] += samples
+        v.updates[r] += updates
+        v.samples[r] += samples
         if model is not None:
             self.maybe_snapshot(model, optimizer, next_batch)
         self.begin_step()
@@ -231,13 +232,16 @@ class WorkerContext:
         self._slowed = True
 
     def record_staleness(self, staleness) -> None:
-        b, r = self.board, self.rank
+        v, r = self._views, self.rank
+        hist, top = v.hist_row, v.stale_max[r]
         values = staleness if isinstance(staleness, (list, tuple)) else (staleness,)
         for s in values:
             s = int(s)
-            b.hist[r, min(s, STALENESS_BINS - 1)] += 1
-            if s > b.stale_max[r]:
-                b.stale_max[r] = s
+            hist[min(s, STALENESS_BINS - 1)] += 1
+            if s > top:
+                top = s
+        if top > v.stale_max[r]:
+            v.stale_max[r] = top
 
     def maybe_snapshot(self, model, optimizer=None, next_batch: int | None = None) -> None:
         """Copy the parameters at fixed global-sample marks (evaluated after training, off the clock)."""
@@ -288,6 +292,16 @@ class WorkerContext:
             self.snapshot(model, self.global_samples())
         b.finish[self.rank] = time.time()
         b.status[self.rank] = 3
+
+
+class _Views:
+    """The board counters record() touches every step, as flat memoryviews (board.view): plain
+    Python item reads and writes of the shared memory instead of torch scalar ops."""
+
+    def __init__(self, board: Board, rank: int):
+        for name in ("samples", "updates", "loss", "stale_max", "grad_norm_max"):
+            setattr(self, name, board.view(name))
+        self.hist_row = board.row("hist", rank)
 
 
 def set_threads(spec: WorkerSpec, processes: int) -> int:

@@ -66,8 +66,10 @@ class LocalLaunch:
     def batch_source(self, ctx, done=None):
         board, plan = ctx.board, ctx.plan
 
+        stop = board.view("stop")
+
         def take() -> int | None:
-            if board.stop[0] or not ctx.launcher_alive():
+            if stop[0] or not ctx.launcher_alive():
                 return None
             k = board.claim()
             return k if k < plan.num_batches else None
@@ -77,7 +79,7 @@ class LocalLaunch:
         return None
 
     def global_samples(self, ctx) -> int:
-        return ctx.spec.samples_before + int(ctx.board.samples.sum())
+        return ctx.spec.samples_before + sum(ctx.board.view("samples"))
 
     def start(self, ctx) -> None:
         b = ctx.board
@@ -150,7 +152,7 @@ class TorchrunLaunch:
         # Capped at the plan, which dasgd's survivors of a lost rank pass when they take over its
         # batches (the snapshot slots are sized for the plan: past it the final snapshot would find no slot).
         return min(ctx.spec.total_samples,
-                   ctx.spec.samples_before + int(ctx.board.samples[ctx.rank]) * ctx.world_size)
+                   ctx.spec.samples_before + ctx.board.view("samples")[ctx.rank] * ctx.world_size)
 
     def start(self, ctx) -> None:
         ctx.board.t0[0] = time.time() - ctx.spec.elapsed_before  # worker_main's barrier was the start

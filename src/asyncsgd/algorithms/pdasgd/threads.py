@@ -16,7 +16,6 @@ Concurrency contract:
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -50,6 +49,23 @@ class Pending:
     read: list  # each layer's version when the forward read the parameters
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
+    hooks: object = None  # PassHooks: registered on the views by the forward, pointed at its backward
+
+
+class PassHooks:
+    """The gradient hook of one pass's views. The forward thread registers it on every view as
+    the view is made (register_hook and its handles cost the backward thread, the busier one,
+    ~2% of the samples); the backward that runs the pass points .fn at its own on_grad and
+    clears it after, which also breaks the cycle views -> hook -> on_grad -> pass -> views.
+    The views die with the pass's graph, so the hooks need no removing."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self):
+        self.fn = None
+
+    def __call__(self, i, g):
+        self.fn(i, g)
 
 
 class Decoupled:
@@ -90,8 +106,23 @@ class Decoupled:
         # The updates a layer's version counts: every worker's on the shared model; on a replica,
         # this worker's only (peers' progress arrives by averaging, not as layer updates).
         self.scope = lv[self.rank:self.rank + 1] if replica else lv
-        self.columns = [self.scope[:, :, i] for i in range(len(self.params))]
-        self.rows = lv.shape[1]
+        self.rows, L = lv.shape[1], lv.shape[2]
+        # The counters are read and written through flat memoryviews of the board's shared memory
+        # (board.view): a version is a sum of Python ints, not a torch reduction, and other
+        # processes' updates are seen the moment they are written.
+        flat = self.board.view("layer_version")
+        block = self.rows * L  # one worker's rows
+        lo, hi = (self.rank * block, (self.rank + 1) * block) if replica else (0, len(flat))
+        self.columns = [flat[lo + i:hi:L] for i in range(len(self.params))]  # layer i over the scope's rows
+        self.writer_rows = [flat[(self.rank * self.rows + t) * L:(self.rank * self.rows + t + 1) * L]
+                            for t in range(self.rows)]
+        self.scope_np = self.scope.numpy()
+        self.stop_flag = self.board.view("stop")
+        self.dropped = self.board.view("dropped")
+        r = self.rank
+        self.stale_sum, self.stale_count, self.stale_max = (
+            self.board.row(n, r) for n in ("layer_stale_sum", "layer_stale_count", "layer_stale_max"))
+        self.passes, self.misaligned = self.board.view("backward_passes"), self.board.view("misaligned")
         # More backward threads than rows: threads share a row, and bump it under its lock.
         self.row_locks = [threading.Lock() for _ in range(self.rows)] if backward_threads > self.rows else None
         self.take = ctx.batch_source()  # the forward threads' batches (thread-safe; the launch mode's)
@@ -99,10 +130,10 @@ class Decoupled:
 
     # -- versions -------------------------------------------------------------------------
     def versions(self) -> list:
-        return self.scope.sum((0, 1)).tolist()
+        return self.scope_np.sum((0, 1)).tolist()
 
     def bump(self, writer: int, i: int) -> None:
-        row = self.layer_version[self.rank, writer % self.rows]
+        row = self.writer_rows[writer % self.rows]
         if self.row_locks is None:
             row[i] += 1
         else:
@@ -110,7 +141,7 @@ class Decoupled:
                 row[i] += 1
 
     def version_of(self, i: int) -> int:
-        return int(self.columns[i].sum())
+        return sum(self.columns[i])
 
     # -- one forward, one backward ----------------------------------------------------------
     def replica(self) -> ViewedReplica:
@@ -129,8 +160,9 @@ class Decoupled:
         ctx = self.ctx
         x, y = ctx.fetch(k)
         read = self.versions()  # layers no module pre-hook reads are read now
-        out, views = replica(x, read)
-        return Pending(k, len(y), ctx.loss(out, y), views, read)
+        hooks = PassHooks()
+        out, views = replica(x, read, hooks)
+        return Pending(k, len(y), ctx.loss(out, y), views, read, hooks=hooks)
 
     def backward(self, item: Pending, writer: int, stream=None) -> list:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
@@ -144,7 +176,7 @@ class Decoupled:
             stale.append((i, s))
             factor = self.policy.factor(s)
             if factor is None:  # --staleness drop:MAX
-                self.board.dropped[self.rank] += 1
+                self.dropped[self.rank] += 1
                 return
             opt.update(i, g, lr * factor)
             self.bump(writer, i)
@@ -154,7 +186,7 @@ class Decoupled:
             if layer_mode:
                 apply(i, g, self.version_of(i) - item.read[i])
 
-        handles = [v.register_hook(functools.partial(on_grad, i)) for i, v in item.views]
+        item.hooks.fn = on_grad
         inputs = [v for _, v in item.views]
         try:
             if stream is not None:
@@ -164,8 +196,7 @@ class Decoupled:
             else:
                 torch.autograd.grad(item.loss, inputs, allow_unused=True)
         finally:
-            for h in handles:
-                h.remove()
+            item.hooks.fn = None
         if not layer_mode:
             now = self.versions()
             for i, g in enumerate(grads):
@@ -175,18 +206,22 @@ class Decoupled:
 
     def book(self, item: Pending, grads: list, opt) -> None:
         """Bookkeeping of one finished backward pass (one thread at a time per worker)."""
-        b, r, ctx = self.board, self.rank, self.ctx
+        r, ctx = self.rank, self.ctx
+        total, count, top = self.stale_sum, self.stale_count, self.stale_max
         with self.record_lock:
             if item.stale:
-                idx = torch.tensor([i for i, _ in item.stale], dtype=torch.long)
-                val = torch.tensor([max(0, s) for _, s in item.stale], dtype=torch.long)
-                b.layer_stale_sum[r].index_add_(0, idx, val.double())
-                b.layer_stale_count[r].index_add_(0, idx, torch.ones_like(val))
-                b.layer_stale_max[r].scatter_reduce_(0, idx, val, reduce="amax")
-                ctx.record_staleness(val.tolist())
-                if any(s > 0 for _, s in item.stale):
-                    b.misaligned[r] += 1
-            b.backward_passes[r] += 1
+                values = []
+                for i, s in item.stale:
+                    s = max(0, s)
+                    values.append(s)
+                    total[i] += s
+                    count[i] += 1
+                    if s > top[i]:
+                        top[i] = s
+                ctx.record_staleness(values)
+                if any(values):
+                    self.misaligned[r] += 1
+            self.passes[r] += 1
             ctx.record(item.samples, item.loss, staleness=None, model=self.model, optimizer=opt,
                        batch=item.batch,
                        grads=[g for g in grads if g is not None] or None)
@@ -201,7 +236,7 @@ class Decoupled:
         self.stop.set()
 
     def _stopping(self) -> bool:
-        return self.stop.is_set() or bool(self.board.stop[0])
+        return self.stop.is_set() or bool(self.stop_flag[0])
 
     def _acquire_slot(self) -> bool:
         while not self._stopping():

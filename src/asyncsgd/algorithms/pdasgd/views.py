@@ -52,7 +52,7 @@ class ViewedReplica:
             if mine:
                 self.slots += [(mod, n, i) for n, i in mine]
                 mod.register_forward_pre_hook(functools.partial(self._enter, mine))
-        self.late = self.read = None
+        self.late = self.read = self.hook = None
 
     def _enter(self, mine, module, args) -> None:
         if self.late is None:
@@ -63,13 +63,19 @@ class ViewedReplica:
                 p = self.params[i]
                 self.read[i] = self.version_of(i)  # read before the copy: a write in between counts as stale
                 v = self.late[i] = p.clone() if self.snapshot else p.view_as(p)
+                if self.hook is not None:
+                    v.register_hook(functools.partial(self.hook, i))
             module._parameters[n] = v
 
-    def __call__(self, x, read: list):
+    def __call__(self, x, read: list, hook=None):
         """The model's output on x and the pass's views [(layer, view)]; read[i] is set to the
-        version of layer i when the forward read it."""
+        version of layer i when the forward read it. hook(i, grad), if given, is registered on
+        every view as it is made (here, on the forward thread, not by the backward that runs it)."""
         early = [p.view_as(p) for p in self.params]
-        self.late, self.read = [None] * len(self.params), read
+        if hook is not None:
+            for i, v in enumerate(early):
+                v.register_hook(functools.partial(hook, i))
+        self.late, self.read, self.hook = [None] * len(self.params), read, hook
         for mod, n, i in self.slots:
             mod._parameters[n] = early[i]
         try:
@@ -77,5 +83,5 @@ class ViewedReplica:
         finally:
             for mod, n, i in self.slots:
                 mod._parameters[n] = self.params[i]
-            late, self.late, self.read = self.late, None, None
+            late, self.late, self.read, self.hook = self.late, None, None, None
         return out, list(enumerate(early)) + [(i, v) for i, v in enumerate(late) if v is not None]
