@@ -3,6 +3,8 @@ ETA), a final line, and a line before the evaluation; at 80 columns the bar keep
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 import sys
 import time
@@ -24,10 +26,11 @@ def test_piped_output_starts_at_once_and_ends_with_a_final_line(tmp_path):
         lines.append((time.time() - started, line.rstrip()))
     assert proc.wait(timeout=300) == 0, lines
     text = [t for _, t in lines]
-    assert text[0] == "[asyncsgd] starting: loading PyTorch"
-    # the first line comes before PyTorch loads: well before the first training line
-    assert lines[0][0] < [s for s, t in lines if t.startswith("[asyncsgd] training:")][0]
-    assert any(t.startswith("[asyncsgd] sequential: starting 1 worker") for t in text)
+    # piped: no terminal start-up line (bad input must stay one line); the launcher's lines come
+    # before training starts
+    assert text[0] == "[asyncsgd] sequential: preparing task mnist1d"
+    assert text[1] == "[asyncsgd] sequential: starting 1 worker"
+    assert lines[1][0] <= [s for s, t in lines if t.startswith("[asyncsgd] training:")][0]
     final = [t for t in text if t.startswith("[asyncsgd] training done: 8000/8000 samples in ")]
     assert len(final) == 1 and "samples/s" in final[0] and "loss nan" not in final[0]
     assert text.index(final[0]) < text.index("[asyncsgd] evaluating 42 snapshots")
@@ -67,3 +70,30 @@ def test_the_bar_keeps_its_text_at_80_columns(monkeypatch, capsys):
     last = buf.getvalue().replace("\r", "\n").strip().splitlines()[-1]
     assert len(last) <= 80 and "sequential loss 0.500" in last and "40.0k/80.0k" in last and "/s" in last, last
     assert isinstance(p, records.Progress) and tqdm is not None and torch is not None
+
+
+def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one_line(tmp_path):
+    """On a terminal (a pty) the CLI says it is starting before PyTorch loads; when the input is
+    bad that line is erased and the error is the one line left on the screen."""
+    import asyncsgd.cli  # noqa: F401 (the import cost is not the line's)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--lr", "-1", "--out", str(tmp_path / "r")])
+    started, out = time.time(), b""
+    first = None
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if first is None and b"starting" in out:
+            first = time.time() - started
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2
+    text = out.decode()
+    assert first is not None and "[asyncsgd] starting: loading PyTorch" in text
+    screen = text.split("\x1b[K")[-1].strip().splitlines()  # what is left after the erase
+    assert len(screen) == 1 and screen[0].startswith("asyncsgd: error: --lr -1"), screen

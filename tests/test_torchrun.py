@@ -206,6 +206,7 @@ def test_torchrun_sync_stops_on_a_dead_rank(tmp_path):
         line.endswith("); --algo sync cannot continue without every rank"), err0[-3000:]
 
 
+@pytest.mark.acceptance  # a timing comparison (two runs): pytest -m acceptance
 def test_torchrun_ranks_on_one_machine_share_its_cores(tmp_path):
     """Two torchrun nodes on one machine each used all the cores (torch threads = cores), and a
     dasgd run trained ~90x slower than the same run launched locally. Ranks now count the ranks

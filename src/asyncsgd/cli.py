@@ -204,8 +204,11 @@ def cmd_train(args) -> int:
     progress = getattr(args, "progress", None)
     if progress is None and getattr(args, "config", None):
         progress = load_toml(args.config).get("progress")
-    if progress != "none":  # within a second of the command, before PyTorch and the task load
-        print("[asyncsgd] starting: loading PyTorch", file=sys.stderr, flush=True)
+    if progress != "none" and sys.stderr.isatty():  # within a second, before PyTorch and the task load;
+        # on a terminal only, and erased before an error, so bad input stays one line
+        print("[asyncsgd] starting: loading PyTorch", end="", file=sys.stderr, flush=True)
+        global _EPHEMERAL
+        _EPHEMERAL = True
     from .runner import run
 
     cfg = config_from_args(args)
@@ -248,6 +251,16 @@ def print_summary(s: dict) -> None:
         print(f"{k:<{w}}  {v}")
 
 
+_EPHEMERAL = False  # the terminal's start-up line is showing (the next output replaces it)
+
+
+def _erase_ephemeral() -> None:
+    global _EPHEMERAL
+    if _EPHEMERAL:
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+        _EPHEMERAL = False
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -270,6 +283,7 @@ def main(argv=None) -> int:
             return importlib.import_module(PLUGINS[args.command][0]).main(args)
         return COMMANDS[args.command](args)
     except AsyncSGDError as e:
+        _erase_ephemeral()
         print(f"asyncsgd: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

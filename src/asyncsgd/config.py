@@ -288,9 +288,11 @@ def load_toml(path: str) -> dict:
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"--config {path!r}: no such file; accepted: a readable TOML file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--config {path!r} is not valid UTF-8 TOML ({why}); "
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path!r} is not valid TOML: it is not UTF-8 text; accepted: a UTF-8 "
+                          "TOML file of settings such as lr = 0.05") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"--config {path!r} is not valid TOML ({str(e).splitlines()[0]}); "
                           "accepted: a TOML file of settings such as lr = 0.05") from None
     out = {}
     for key, value in raw.items():

@@ -259,8 +259,8 @@ class Progress:
         self.closed = False
 
     def say(self, text: str) -> None:
-        if self.mode != "none":
-            print(f"[asyncsgd] {text}", file=sys.stderr, flush=True)
+        if self.mode != "none":  # on a terminal, over the CLI's start-up line
+            print(("\r\x1b[K" if sys.stderr.isatty() else "") + f"[asyncsgd] {text}", file=sys.stderr, flush=True)
 
     def starting(self) -> None:
         self.say(f"{self.desc}: starting {self.workers} worker{'s' * (self.workers != 1)}")

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Where pdasgd's threads spend their time: a py-spy raw profile (--threads --idle) aggregated by
+category (bookkeeping, autograd engine, waiting, module forward, LayerSGD.update, ...).
+
+    py-spy record -f raw --threads --idle -o prof.txt -- python -m asyncsgd train --progress none
+    python bench/pdasgd_profile.py prof.txt
+"""
+import re, sys, collections
+BOOK = ("Decoupled.version_of", "Decoupled.versions ", "Decoupled.bump", "Decoupled.book",
+        "WorkerContext.record ", "WorkerContext.record_staleness", "WorkerContext.lr ",
+        "WorkerContext.maybe_snapshot", "WorkerContext.global_samples", "LocalLaunch.global_samples",
+        "_version_of", "_versions", "Counters.")
+import os
+SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "asyncsgd", "algorithms", "pdasgd", "threads.py")
+WAIT_LINES = {f"threads.py:{n}" for n, l in enumerate(open(SRC), 1) if "q.get(timeout" in l or "slots.get(timeout" in l}
+def cat(frames):
+    leaf = frames[-1]
+    if leaf.startswith("Decoupled.") and any(w + ")" in leaf for w in WAIT_LINES): return "wait"
+    for f in reversed(frames):
+        fn = f.split(" (")[0] + " "
+        if fn.startswith("LayerSGD.update"): return "LayerSGD.update"
+        if fn.startswith("WorkerContext.snapshot") or fn.startswith("WorkerContext.copy_checkpoint"): return "snapshot/checkpoint"
+        if any(fn.startswith(b.strip() + " ") or fn.startswith(b) for b in BOOK): return "bookkeeping"
+        if fn.startswith("ViewedReplica._enter") or fn.startswith("ViewedReplica.__call__"): return "views/hooks"
+        if "torch/nn/modules" in f or fn.startswith("Module._call_impl"): return "module forward"
+        if fn.startswith("grad ") and "autograd" in f: return "autograd engine"
+        if fn.startswith(("Condition.wait", "Semaphore.acquire", "Queue.get", "Queue.put", "Event.wait")): return "wait"
+        if fn.startswith(("on_grad", "apply", "Decoupled.backward", "Decoupled._forward", "WorkerContext.fetch", "BatchPlan")): return "other pdasgd"
+    return "other"
+tot = collections.Counter(); funcs = collections.Counter()
+for line in open(sys.argv[1]):
+    line = line.rstrip("\n")
+    m = re.match(r"(.*) (\d+)$", line)
+    if not m: continue
+    stack, n = m.group(1), int(m.group(2))
+    frames = stack.split(";")
+    if "pdasgd-" not in frames[0]: continue
+    frames = frames[1:]
+    c = cat(frames); tot[c] += n
+    for f in set(fr.split(" (")[0] for fr in frames): funcs[f] += n
+T = sum(tot.values()); A = T - tot["wait"]
+print(f"pdasgd thread samples: {T} (active, not waiting: {A})")
+for c, n in tot.most_common():
+    print(f"  {c:22s} {n:6d}  {100*n/T:5.1f}% of all  " + ("" if c == "wait" else f"{100*n/A:5.1f}% of active"))
+print("inclusive by function (top 25, % of all pdasgd samples):")
+for f, n in funcs.most_common(25):
+    print(f"  {100*n/T:5.1f}%  {f}")
