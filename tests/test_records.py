@@ -88,3 +88,16 @@ def test_summary_splits_the_wall_time(tmp_path):
     parts = ("setup_s", "startup_s", "training_s", "evaluation_s", "writing_s")
     assert all(t[k] >= 0 for k in parts) and t["startup_s"] > 0 and t["training_s"] == pytest.approx(s["wall_time_s"], abs=0.01)
     assert sum(t[k] for k in parts) <= t["total_s"] + 0.01
+
+
+def test_summary_says_what_ran_and_when(tmp_path):
+    from asyncsgd import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--runtime", "sim", "--task", "logreg", "--epochs", "0.2", "--progress", "none",
+                     "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "done" and s["started_at"] <= s["ended_at"] and "train" in s["command"]
+    assert s["best_test_accuracy"] >= s["final_test_accuracy"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lr"] > 0 for r in rows) and max(r["lr"] for r in rows) <= 0.05

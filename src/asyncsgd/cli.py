@@ -50,7 +50,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     p.add_argument("--algo", "--algorithm", dest="algorithm", default=S,
                    help=f"algorithm name (see `asyncsgd algorithms`; default {default_algorithm()})")
-    p.add_argument("--task", default=S, help="mnist1d (default), mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH")
+    p.add_argument("--task", default=S, help=f"mnist1d, mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH ({D('task')})")
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
     p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")

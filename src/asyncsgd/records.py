@@ -10,6 +10,7 @@ first copy whose test accuracy reached --target-accuracy, so its resolution is o
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,26 @@ def evaluate_snapshots(task, board, device: str, average_replicas: bool, exclude
         if on_row is not None:
             on_row()
     return rows
+
+
+def add_lr(rows: list[dict], cfg, total: int) -> list[dict]:
+    """Each evaluation point's learning rate (the schedule at that point of global progress)."""
+    from .optim import learning_rate
+    for row in rows:
+        row["lr"] = round(learning_rate(cfg, row["samples"], total), 8)
+    return rows
+
+
+def _git_revision() -> str | None:
+    """The commit of the checkout asyncsgd runs from (an editable install), or None."""
+    import subprocess
+    from pathlib import Path as P
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=P(__file__).resolve().parent, capture_output=True,
+                           text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def write_metrics(path, rows: list[dict]) -> None:
@@ -187,6 +208,7 @@ class RunRecord:
     elapsed_before: float = 0.0
     resumed: bool = False
     metrics: list = field(default_factory=list)  # the evaluated points (for final consensus distance...)
+    started_at: str | None = None  # ISO time the run was set up
 
 
 def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) -> dict:
@@ -219,6 +241,8 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
         "setup_s": round(record.setup_s, 3), "eval_s": round(eval_s, 3),
         "resumed_from_samples": record.samples_before if record.resumed else None,
         "config": cfg.to_dict(), "task_info": task.info,
+        "command": shlex.join(sys.argv), "started_at": record.started_at,
+        "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": _git_revision(),
         "out_dir": str(record.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(record.device),
         "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // record.workers),
     }

@@ -117,7 +117,7 @@ class BackgroundAverager:
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             if self._thread.is_alive():  # blocked in torch: a daemon thread, it ends with the process
-                self.ex._log(f"{self.label}: averaging thread still busy at close; abandoned")
+                self.ex.log(f"{self.label}: averaging thread still busy at close; abandoned")
         if not clean and self._opened:
             # The thread may have died before its last message: post DONE here (a no-op if one was
             # sent). The receiver threads wait for peers that are still training: give the sender
@@ -198,4 +198,4 @@ class BackgroundAverager:
         missing = [p for p in ex.live_peers() if p not in finals]
         if missing:
             why = "the run was stopped" if self.board.stop[0] else "no FINAL within --stall-timeout"
-            ex._log(f"final average without worker(s) {missing}: {why}")
+            ex.log(f"final average without worker(s) {missing}: {why}")

@@ -162,10 +162,10 @@ class Exchange:
             if t is not None:
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
         if self._sender is not None and self._sender.is_alive():
-            self._log("sender thread still blocked in a send at close; abandoned (it ends with the process)")
+            self.log("sender thread still blocked in a send at close; abandoned (it ends with the process)")
         stuck = [p for p, t in zip(self.peers, self._receivers) if t.is_alive()]
         if stuck:
-            self._log(f"receiver threads for worker(s) {stuck} still blocked at close; abandoned "
+            self.log(f"receiver threads for worker(s) {stuck} still blocked at close; abandoned "
                       "(daemon threads, they end with the process)")
         if self.error is not None:
             raise self.error
@@ -267,7 +267,7 @@ class Exchange:
         with self._cv:
             if not self.broken:
                 self.broken = True
-                self._log(f"exchange broken ({why}); training continues without communication")
+                self.log(f"exchange broken ({why}); training continues without communication")
             self._cv.notify_all()
 
     def _mark_gone(self, peer: int, why) -> None:
@@ -282,16 +282,16 @@ class Exchange:
         self._cv.notify_all()
         why = brief(why)
         if not self.marks_lost:
-            self._log(f"worker {peer} unreachable ({why}); not sending to it any more")
+            self.log(f"worker {peer} unreachable ({why}); not sending to it any more")
             return
         # torchrun: nobody else will notice (no launcher), so the loss goes on this process's board
         # for dasgd's batch takeover and the runner's end-of-run agreement (protocol step 2)
         self.board.lost[peer] = 1
         if peer == 0:
             return  # rank 0 keeps the run record: the runner stops this rank and says so (one line, exit 1)
-        self._log(f"worker {peer} is gone ({why}); continuing with the survivors")
+        self.log(f"worker {peer} is gone ({why}); continuing with the survivors")
 
-    def _log(self, text: str) -> None:
+    def log(self, text: str) -> None:
         print(f"asyncsgd: worker {self.rank}: {text}", file=sys.stderr, flush=True)
 
     def _isend_locked(self, d: int, m: Message) -> None:
@@ -392,7 +392,7 @@ class Exchange:
             first = peer not in self._malformed_from
             self._malformed_from.add(peer)
         if first:
-            self._log(f"dropped a malformed message from worker {peer} ({reason}); "
+            self.log(f"dropped a malformed message from worker {peer} ({reason}); "
                       "further ones are counted in malformed_messages, not logged")
 
 

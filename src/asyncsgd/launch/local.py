@@ -70,6 +70,7 @@ class Launcher:
         from ..tasks import get_task
 
         self.created = time.perf_counter()  # the wall-time split of summary.json starts here
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.cfg = cfg = resolve(cfg)
         self.algo = get_algorithm(cfg.algorithm).for_config(cfg)  # properties decided by the settings
         self.resumed = None
@@ -381,14 +382,14 @@ class Launcher:
             before = [r for r in records.read_metrics(self.out / "metrics.jsonl")
                       if r["samples"] <= self.spec.samples_before]
             metrics = before + [r for r in metrics if r["samples"] > self.spec.samples_before]
-        records.write_metrics(self.out / "metrics.jsonl", metrics)
+        records.write_metrics(self.out / "metrics.jsonl", records.add_lr(metrics, self.cfg, self.total))
         final_state = self._state_dict(b.snap[0, int(b.snap_count[0]) - 1]) if b.snap_count[0] > 0 else \
             self.model.state_dict()
         record = records.RunRecord(
             cfg=self.cfg, task=self.task, board=b, model=self.model, out=self.out, device=self.device,
             workers=self.n_proc, launch=self.spec.launch.name, algo=self.algo, lost=self.lost, setup_s=self.setup_s,
             samples_before=self.spec.samples_before, elapsed_before=self.spec.elapsed_before,
-            resumed=self.resumed is not None, metrics=metrics)
+            resumed=self.resumed is not None, metrics=metrics, started_at=self.started_at)
         summary = records.summary(record, metrics, wall, eval_s)
         t = time.perf_counter()
         save_checkpoint(self.out, final_state, None, math.ceil(self.total / self.cfg.batch_size), self.total,

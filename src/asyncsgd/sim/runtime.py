@@ -36,6 +36,7 @@ def run_sim(cfg, task=None) -> dict:
     if cfg.resume:
         raise ConfigError(f"--resume {cfg.resume!r} is not accepted with --runtime sim; accepted: --resume with "
                           "--runtime real (a simulated run is replayed exactly from its seed instead)")
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     algo = get_algorithm(cfg.algorithm)
     replicated = algo.for_config(cfg).snapshot_all_replicas  # several models: replica 0, plus the average
     workers, groups, per_group = algo.sim_layout(cfg)
@@ -104,11 +105,12 @@ def run_sim(cfg, task=None) -> dict:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
-    records.write_metrics(out / "metrics.jsonl", metrics)
+    records.write_metrics(out / "metrics.jsonl", records.add_lr(metrics, cfg, total))
     board = stats.to_board(len(fm.params))
     # The twin added its algorithm's fields (sim.extra) itself: no summary_extra hook here.
     record = records.RunRecord(cfg=cfg, task=task, board=board, model=model, out=out, device="cpu", workers=workers,
-                               launch="sim", setup_s=setup_s, metrics=metrics)
+                               launch="sim", setup_s=setup_s, metrics=metrics,
+                               started_at=started_at)
     summary = records.summary(record, metrics, end, eval_s)
     summary["threads_per_worker"] = 1
     summary["device"] = "simulated (" + summary["device"] + ", 1 thread)"

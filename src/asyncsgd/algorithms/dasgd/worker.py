@@ -124,7 +124,7 @@ def run(ctx) -> None:
         ex.send_last(DONE)
         board.idle_s[rank] += ex.wait_peers(cfg.stall_timeout, stop=lambda: bool(board.stop[0]))
         if not ex.peers_finished() and not board.stop[0]:  # told to stop: no waiting was given up
-            ex._log(f"gave up waiting for worker(s) {ex.unfinished()} to finish")
+            ex.log(f"gave up waiting for worker(s) {ex.unfinished()} to finish")
     finally:
         ex.close(timeout=30)  # the sender hands over what is still queued (our DONE) first
     with lock, stats:
