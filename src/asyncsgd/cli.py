@@ -270,6 +270,8 @@ COMMANDS = {"train": cmd_train, "algorithms": cmd_algorithms}
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from . import config
+    config.COMMAND[:] = ["asyncsgd", *map(str, argv)]
     import signal
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM (schedulers, timeout) stops like Ctrl-C
         signal.signal(signal.SIGTERM, _terminate)

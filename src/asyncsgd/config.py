@@ -138,6 +138,8 @@ def need(ok: bool, name: str, value, accepted: str) -> None:
         raise ConfigError(f"{flag(name)} {value!r} is not accepted; accepted: {accepted}")
 
 
+COMMAND: list[str] = []  # the asyncsgd command line of this process, set by cli.main (summary.json)
+
 SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute", "sim_times", "sim_device_flops")  # --runtime sim only
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset, TensorDataset, default_collate
 
+from .config import COMMAND
 from .errors import ConfigError
 from .tensors import StateFlattener, loss_fn
 
@@ -241,7 +242,7 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
         "setup_s": round(record.setup_s, 3), "eval_s": round(eval_s, 3),
         "resumed_from_samples": record.samples_before if record.resumed else None,
         "config": cfg.to_dict(), "task_info": task.info,
-        "command": shlex.join(sys.argv), "started_at": record.started_at,
+        "command": shlex.join(COMMAND or sys.argv), "started_at": record.started_at,
         "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": _git_revision(),
         "out_dir": str(record.out), "asyncsgd_version": __version__, "torch_version": torch.__version__, "device": device_name(record.device),
         "threads_per_worker": cfg.threads_per_worker or max(1, (__import__("os").cpu_count() or 1) // record.workers),
