@@ -31,6 +31,8 @@ BAD_FLAGS = {
     "huge groups": (["--algo", "lpap", "--groups", "100000"], ["--groups", "at most 256"]),
     "huge workers per group": (["--algo", "lpap", "--workers-per-group", "100000"], ["--workers-per-group", "at most 64"]),
     "huge sample count": (["--task", "logreg", "--num-samples", "100000000000"], ["--num-samples", "at most"]),
+    "more random peers than there are": (["--algo", "dasgd", "--workers", "2", "--topology", "random:50"],
+                                         ["--topology", "'random:50'", "at most the 1 peer"]),
     "unknown staleness policy": (["--staleness", "sometimes"], ["--staleness", "'sometimes'", "adaptive"]),
     "unknown sim times": (["--runtime", "sim", "--sim-times", "guess"], ["--sim-times", "'guess'", "flops, measured"]),
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
@@ -167,3 +169,29 @@ def test_resume_of_a_finished_run_exits_2(tmp_path, capsys):
     assert cli.main(["train", "--algo", "sequential", "--epochs", "0.05", *FAST, "--out", str(out)]) == 0
     capsys.readouterr()
     one_line(*main(capsys, "--resume", out, "--progress", "none"), str(out), "has finished")
+
+
+# Random settings of every kind, as TOML values: the config layer answers with exit 0 or a
+# one-line ConfigError, never a traceback (hypothesis draws them; the run itself is not started).
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+from asyncsgd.config import FIELD_NAMES, RunConfig, check_types  # noqa: E402
+from asyncsgd.settings import check_options, resolve  # noqa: E402
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
+                   st.text(max_size=12), st.lists(st.floats(-2, 2), max_size=3),
+                   st.sampled_from(["dasgd", "lpap", "sync", "auto", "scale", "drop:3", "random:2", "ring",
+                                    "latency=20ms", "worker=1,slowdown=4", "fixed", "pareto:1.5", "inf", "-1"]))
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from([f for f in FIELD_NAMES if f not in ("out", "resume", "data_dir", "task")]),
+                       VALUES, max_size=4))
+def test_random_settings_never_give_a_traceback(values):
+    try:
+        values = check_types(values)
+        algorithm = values.pop("algorithm", None) or "pdasgd"
+        check_options(algorithm, values, values.get("runtime"))
+        resolve(RunConfig(algorithm=algorithm, **values))
+    except ConfigError as e:
+        assert "\n" not in str(e) and "accepted" in str(e), str(e)

@@ -3,8 +3,19 @@ applied on arrival (decentralized, no averaging)."""
 
 from __future__ import annotations
 
+from ...config import need
 from ..base import Algorithm
 from . import sim, worker
+
+
+def check(cfg):
+    """--topology random:M needs M peers to draw from: with fewer it would silently send to all."""
+    topo = cfg.parsed.topology
+    peers = (cfg.sim_workers or cfg.workers) - 1
+    if topo.kind == "random":
+        need(topo.m <= max(peers, 1), "topology", cfg.topology,
+             f"random:M with M at most the {peers} peer(s) of each of the {peers + 1} workers, or all, ring")
+    return cfg
 
 
 def summary_extra(record, out: dict) -> None:
@@ -27,4 +38,4 @@ DASGD = Algorithm(
     # docs/distributed.md, "Defaults")
     defaults={"staleness": "adaptive", "send_every": 4, "lr": 0.07},
     options=("send_every", "topology", "staleness"),
-    summary_extra=summary_extra, sim_replicas=lambda workers, groups: workers, sim_theory=True)
+    summary_extra=summary_extra, check=check, sim_replicas=lambda workers, groups: workers, sim_theory=True)
