@@ -195,3 +195,15 @@ def test_random_settings_never_give_a_traceback(values):
         resolve(RunConfig(algorithm=algorithm, **values))
     except ConfigError as e:
         assert "\n" not in str(e) and "accepted" in str(e), str(e)
+
+
+def test_an_existing_record_is_not_overwritten_unless_asked(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--runtime", "sim", "--task", "logreg", "--epochs", "0.1", "--progress", "none", "--out", str(out)]
+    assert cli.main(args) == 0
+    first = (out / "summary.json").read_text()
+    capsys.readouterr()
+    one_line(*main(capsys, *args[1:]), str(out), "holds another run's record", "--overwrite")
+    assert (out / "summary.json").read_text() == first
+    assert cli.main(args + ["--seed", "3", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 3

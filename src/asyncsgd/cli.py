@@ -69,6 +69,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=INT, default=S, help=f"seed of everything random ({D('seed')})")
     p.add_argument("--target-accuracy", type=FLOAT, default=S, help="report the first wall-clock time test accuracy reached this")
     p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")
+    p.add_argument("--overwrite", action="store_true", default=S,
+                   help="let --out replace the record of a run already in that directory")
     p.add_argument("--config", help="TOML file of settings; flags given here override it")
     p.add_argument("--resume", default=S, help="continue the run in this directory from its last checkpoint")
     p.add_argument("--device", default=S, help=f"cpu, cuda or auto ({D('device')})")

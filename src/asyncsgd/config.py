@@ -66,6 +66,7 @@ class RunConfig:
     seed: int = 0
     target_accuracy: float | None = None
     out: str | None = None
+    overwrite: bool = False  # --out may be a finished or stopped run's directory, replaced
     resume: str | None = None
     device: str = "auto"
     eval_points: int = 40

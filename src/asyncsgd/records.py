@@ -152,6 +152,9 @@ def time_to_target(rows: list[dict], target: float | None) -> float | None:
     return None
 
 
+RUN_FILES = ("summary.json", "checkpoint.pt", "metrics.jsonl")  # what makes a directory a run's record
+
+
 def make_run_dir(cfg) -> Path:
     """The run directory, made and checked before anything runs: --out (or --resume's) as given,
     else a new runs/<timestamp>-<algo> (with -2, -3, ... when two runs start in the same second).
@@ -176,6 +179,9 @@ def make_run_dir(cfg) -> Path:
     path = Path(given)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag_name} {given!r} is not accepted: it is a file; accepted: a directory (new or existing)")
+    if cfg.out and not cfg.resume and not cfg.overwrite and any((path / f).exists() for f in RUN_FILES):
+        raise ConfigError(f"--out {given!r} is not accepted: it holds another run's record; accepted: a new or "
+                          "empty directory, --overwrite to replace that record, or --resume DIR to continue it")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".asyncsgd-write-test-{os.getpid()}"

@@ -156,7 +156,7 @@ def replayable(cfg: RunConfig) -> dict:
     use (the others would be rejected as unused by `--config`), without the run's own directory."""
     out = {}
     for name, value in cfg.to_dict().items():
-        if value is None or name in ("out", "resume"):
+        if value is None or name in ("out", "resume", "overwrite"):
             continue
         users = users_of(name)
         if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim"):
