@@ -33,6 +33,8 @@ BAD_FLAGS = {
     "huge sample count": (["--task", "logreg", "--num-samples", "100000000000"], ["--num-samples", "at most"]),
     "more random peers than there are": (["--algo", "dasgd", "--workers", "2", "--topology", "random:50"],
                                          ["--topology", "'random:50'", "at most the 1 peer"]),
+    "device rate with measured times": (["--runtime", "sim", "--sim-times", "measured", "--sim-device-flops", "1e9"],
+                                        ["--sim-device-flops is not used"]),
     "unknown staleness policy": (["--staleness", "sometimes"], ["--staleness", "'sometimes'", "adaptive"]),
     "unknown sim times": (["--runtime", "sim", "--sim-times", "guess"], ["--sim-times", "'guess'", "flops, measured"]),
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
@@ -207,3 +209,7 @@ def test_an_existing_record_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert (out / "summary.json").read_text() == first
     assert cli.main(args + ["--seed", "3", "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["seed"] == 3
+
+
+def test_overwrite_without_out_exits_2(capsys):
+    one_line(*main(capsys, "--overwrite", *FAST), "--overwrite is not accepted without --out")

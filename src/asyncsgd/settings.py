@@ -56,6 +56,10 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
         if users and algorithm not in users:
             raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
                               f"{', '.join('--algo ' + u for u in users)}")
+    if isinstance(given, dict) and "sim_device_flops" in given and (
+            given.get("sim_times") == "measured" or {"sim_forward_s", "sim_backward_s"} <= set(given)):
+        raise ConfigError("--sim-device-flops is not used when the compute times are measured or both given; "
+                          "accepted with: --sim-times flops and at most one of --sim-forward-s, --sim-backward-s")
     if algorithm == "pdasgd" and isinstance(given, dict):
         from .algorithms.pdasgd.spec import check_given
         check_given(given, runtime)
@@ -127,6 +131,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     need(cfg.sim_times in SIM_TIMES, "sim_times", cfg.sim_times, ", ".join(SIM_TIMES))
     need(_number(cfg.sim_device_flops) and cfg.sim_device_flops > 0, "sim_device_flops", cfg.sim_device_flops,
          "FLOP/s > 0, e.g. 1e10")
+    if cfg.overwrite and not cfg.out:  # the default run directory is always new: nothing to replace
+        raise ConfigError("--overwrite is not accepted without --out; accepted with: --out DIR")
     need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
     need(cfg.lr_scaling in ("linear", "none"), "lr_scaling", cfg.lr_scaling, "linear, none")
     need(cfg.device in DEVICES, "device", cfg.device, ", ".join(DEVICES))
