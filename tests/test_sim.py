@@ -13,7 +13,7 @@ from asyncsgd.exchange.wire import HEADER_FIELDS
 from asyncsgd.runner import run
 from conftest import read_run, run_cli
 
-HOST_FIELDS = ("host_time_s", "setup_s", "eval_s", "out_dir")  # host-side timings and paths: may differ
+HOST_FIELDS = ("host_time_s", "setup_s", "eval_s", "out_dir", "command", "started_at", "ended_at")  # host timings, paths
 
 
 def sim(tmp_path, name="run", **settings) -> dict:
