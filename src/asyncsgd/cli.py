@@ -79,6 +79,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads-per-worker", type=INT, default=S, help="torch threads per process (default cores / processes)")
     p.add_argument("--progress", default=S, help=f"auto (bar on a terminal, lines otherwise), bar, lines, none ({D('progress')})")
     p.add_argument("--stall-timeout", type=FLOAT, default=S, help=f"seconds without progress before the run is stopped ({D('stall_timeout')})")
+    p.add_argument("--tensorboard", action="store_true", default=S,
+                   help="write accuracy, loss, lr, throughput and staleness as TensorBoard event files into the run "
+                        "directory (`tensorboard --logdir runs`; needs `pip install tensorboard`)")
     g = p.add_argument_group("pdasgd")
     g.add_argument("--forward-threads", type=INT, default=S, help=f"forward threads per worker ({D('forward_threads')})")
     g.add_argument("--backward-threads", type=INT, default=S, help=f"backward threads per worker ({D('backward_threads')})")

@@ -74,6 +74,7 @@ class RunConfig:
     threads_per_worker: int | None = None
     progress: str = "auto"
     stall_timeout: float = 120.0
+    tensorboard: bool = False  # TensorBoard event files in the run directory (the tensorboard extra)
     # pdasgd
     forward_threads: int = 1
     backward_threads: int = 2

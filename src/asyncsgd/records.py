@@ -97,6 +97,40 @@ def add_lr(rows: list[dict], cfg, total: int) -> list[dict]:
     return rows
 
 
+TENSORBOARD_POINTS = {"test/accuracy": "test_accuracy", "test/loss": "test_loss", "train/loss": "train_loss",
+                      "lr": "lr", "replicas/avg_test_accuracy": "avg_test_accuracy",
+                      "replicas/consensus_distance": "consensus_distance"}
+
+
+def write_tensorboard(record: RunRecord, summary: dict, metrics: list[dict]) -> None:
+    """--tensorboard: the run as TensorBoard scalars, event files in the run directory. Written
+    once the snapshots are evaluated (never during training): one point per evaluation point (step
+    = samples processed, time = when training reached that point) for accuracy, loss, lr and the
+    throughput since the point before; staleness (a distribution over the whole run: the workers
+    count it, not per point) once, at the last step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    b = record.board
+    start = (float(b.t0[0]) if float(b.t0[0]) > 0 else time.time()) - record.elapsed_before
+    writer = SummaryWriter(log_dir=str(record.out))
+    try:
+        prev_samples, prev_time = 0, 0.0
+        for row in metrics:
+            step, t = row["samples"], row["wall_time_s"]
+            for tag, key in TENSORBOARD_POINTS.items():
+                if row.get(key) is not None:
+                    writer.add_scalar(tag, row[key], step, walltime=start + t)
+            if t > prev_time:
+                writer.add_scalar("throughput/samples_per_s", (step - prev_samples) / (t - prev_time), step,
+                                  walltime=start + t)
+            prev_samples, prev_time = step, t
+        last = metrics[-1]["samples"] if metrics else summary["samples"]
+        for key in ("mean", "p99", "max"):
+            writer.add_scalar(f"staleness/{key}", summary["staleness"][key], last)
+    finally:
+        writer.close()
+
+
 def _git_revision() -> str | None:
     """The commit of the checkout asyncsgd runs from (an editable install), or None."""
     import subprocess

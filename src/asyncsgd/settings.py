@@ -148,6 +148,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
         else:
             n = algo.processes(cfg)
         need(straggler.worker < max(n, 1), "straggler", cfg.straggler, f"worker=W with W < the {n} worker(s) of this run")
+    if cfg.tensorboard:
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package, which is not installed; accepted: "
+                              "--tensorboard after `pip install tensorboard` (or `pip install -e \".[tensorboard]\"`)")
     if cfg.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -394,6 +394,8 @@ class Launcher:
         t = time.perf_counter()
         save_checkpoint(self.out, final_state, None, math.ceil(self.total / self.cfg.batch_size), self.total,
                         wall, self.cfg.to_dict())
+        if self.cfg.tensorboard:
+            records.write_tensorboard(record, summary, metrics)
         writing_s = time.perf_counter() - t
         # Where the command's seconds went: building the task, starting the workers (spawn, imports,
         # the process group) until training began, training, evaluating the snapshots, writing.

@@ -135,6 +135,8 @@ def run_sim(cfg, task=None) -> dict:
         summary["theory"] = theory
     final = _state_dict(task, fm, sim.snapshots[-1]["params"])
     save_checkpoint(out, final, None, plan.num_batches, total, end, cfg.to_dict())
+    if cfg.tensorboard:
+        records.write_tensorboard(record, summary, metrics)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
