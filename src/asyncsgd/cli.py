@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments"):
             message += f"; accepted: the flags listed by `{self.prog} --help`"
         elif message.startswith("argument command: invalid choice"):
-            message += f"; see `asyncsgd --help`"
+            message += "; see `asyncsgd --help`"
         raise ConfigError(message)
 
 
