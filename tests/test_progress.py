@@ -1,5 +1,6 @@
 """The progress display never looks hung: a line at once, lines while training (with rate and
-ETA), a final line, and a line before the evaluation; at 80 columns the bar keeps its text."""
+ETA), a final line, and a line before the evaluation; at 80 columns the bar keeps its text; on a
+terminal (a pty) a real run shows the start-up line, the training bar and the evaluation bar."""
 
 from __future__ import annotations
 
@@ -97,3 +98,51 @@ def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one
     assert first is not None and "[asyncsgd] starting: loading PyTorch" in text
     screen = text.split("\x1b[K")[-1].strip().splitlines()  # what is left after the erase
     assert len(screen) == 1 and screen[0].startswith("asyncsgd: error: --lr -1"), screen
+
+
+def test_a_terminal_of_80_columns_shows_start_up_training_and_evaluation(tmp_path):
+    """A real run on a pty 80 columns wide: the start-up line first (before PyTorch loads), then
+    "starting 1 worker", the training bar and the evaluation bar, each line within 80 columns."""
+    import fcntl
+    import re
+    import select
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal of 24 rows x 80 columns
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        os.execve(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--algo", "sequential", "--epochs", "1",
+                                   "--num-samples", "2000", "--eval-points", "4", "--threads-per-worker", "1",
+                                   "--out", str(tmp_path / "r")], env)
+    out, deadline = b"", time.time() + 180
+    while time.time() < deadline:
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    # what the terminal showed, update by update: tqdm rewrites a line after \r
+    shown = [s.strip() for s in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)) if s.strip()]
+    assert shown[0] == "[asyncsgd] starting: loading PyTorch", shown[:3]
+
+    def first(pattern):
+        return next(i for i, s in enumerate(shown) if re.search(pattern, s))
+
+    starting = first(r"^\[asyncsgd\] sequential: starting 1 worker$")
+    training = first(r"^sequential .*\d+%\|.{10}\| .*/s")
+    evaluating = first(r"^evaluating +\d+%\|.{12}\| \d+/\d+")
+    assert starting < training < evaluating, shown
+    assert any(re.search(r"^sequential .*100%\|", s) for s in shown), shown
+    display = shown[:first(r"^algorithm +sequential$")]  # what follows is the printed summary
+    assert evaluating < len(display) and max(len(s) for s in display) <= 80, [s for s in display if len(s) > 80]
