@@ -9,7 +9,8 @@ an earlier one made):
   - `asyncsgd ARGS` runs in this process (asyncsgd.cli.main, what the `asyncsgd` script calls),
     shortened (SHORTEN below): train for 1 epoch on 1,000 generated samples with 2 evaluation
     points, at most 2 worker processes (the CI machine has 2 cores); bench one algorithm
-    (sequential), one repeat. Everything else is as printed.
+    (sequential, or the suite's first variant), one repeat, one scenario. Everything else is as
+    printed.
   - `torchrun ...` runs on loopback: one torchrun per `--nnodes`, node ranks 0..N-1, each in its own
     directory (its own "machine"), `--master-addr` 127.0.0.1 and a free `--master-port`.
   - `python SCRIPT ARGS` runs the repository's script, with the shortening flags of SCRIPTS.
@@ -46,6 +47,8 @@ import pytest
 import torch
 
 from asyncsgd import cli
+from asyncsgd.bench import SUITES
+from asyncsgd.errors import AsyncSGDError
 from asyncsgd.config import load_toml
 from test_torchrun import finish_nodes, free_port
 
@@ -59,8 +62,7 @@ MAX_SKIPPED = 9
 TRAIN = ["--epochs", "1", "--eval-points", "2"]
 NUM_SAMPLES = ["--num-samples", "1000"]  # generated tasks only
 MAX_WORKERS = {"workers": 2, "groups": 2, "workers_per_group": 1}  # at most 2 processes
-BENCH = ["--epochs", "1", "--repeats", "1", "--eval-points", "2", "--algos", "sequential",
-         "--set", "num_samples=1000", "--peak-seconds", "0.1"]
+BENCH = ["--epochs", "1", "--repeats", "1", "--eval-points", "2", "--peak-seconds", "0.1"]
 SCRIPTS = {"bench/sim_sweep.py": ["--workers", "4", "--algos", "dasgd", "--epochs", "1", "--eval-points", "2"]}
 
 
@@ -165,7 +167,10 @@ def commands(text: str) -> list[list[str]]:
 
 
 def shorten_train(args: list[str]) -> list[str]:
-    ns = vars(cli.build_parser().parse_args(["train", *args]))
+    try:  # read as the CLI reads it
+        ns = vars(cli.build_parser().parse_args(["train", *args]))
+    except AsyncSGDError as e:
+        pytest.fail(f"`asyncsgd train {shlex.join(args)}` is not accepted: {e}")
     if ns.get("resume"):
         return args  # a resumed run keeps its saved settings
     given = {**(load_toml(ns["config"]) if ns.get("config") else {}), **ns}
@@ -179,6 +184,18 @@ def shorten_train(args: list[str]) -> list[str]:
     return args + extra
 
 
+def bench_shortened(args: list[str]) -> list[str]:
+    """BENCH, one algorithm (sequential, or the suite's first variant), the last scenario (the one
+    with delays, where there are two) and a generated task's size."""
+    suite = SUITES.get(option(args, "--suite") or "quick", {})
+    extra = ["--algos", next(iter(suite.get("variants") or {}), "sequential")]
+    if suite.get("scenarios") and option(args, "--scenarios") is None:
+        extra += ["--scenarios", list(suite["scenarios"])[-1]]
+    if suite.get("task") in GENERATED_TASKS:
+        extra += ["--set", "num_samples=1000"]
+    return BENCH + extra
+
+
 def run_asyncsgd(args: list[str], cwd: Path) -> None:
     """`asyncsgd ARGS` in this process: the entry point of the `asyncsgd` script, from cwd."""
     out, err = io.StringIO(), io.StringIO()
@@ -188,7 +205,7 @@ def run_asyncsgd(args: list[str], cwd: Path) -> None:
         if args[:1] == ["train"]:
             args = ["train", *shorten_train(args[1:])]
         elif args[:1] == ["bench"]:
-            args = args + BENCH
+            args = args + bench_shortened(args)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main(args)
     finally:  # what a run sets for its own process
