@@ -61,6 +61,30 @@ def _exit_reason(rank: int, code: int) -> str:
     return f"worker {rank} exited with code {code}"
 
 
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm, where torch's shared tensors live (None where there is none)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_shared_memory(cfg: RunConfig, replicas: int, numel: int) -> None:
+    """The board's snapshot buffer (--eval-points copies of the model, per replica) is refused before
+    it is allocated when /dev/shm cannot hold it: the kernel killed a launcher that asked for 15 GB
+    and left the file behind."""
+    free = shared_memory_free()
+    copies = cfg.eval_points + 3  # the snapshots, the final state and the checkpoint slot
+    need = replicas * copies * numel * 4
+    if free is not None and need > free:
+        most = max(0, free // (replicas * numel * 4) - 3)
+        raise ConfigError(f"--eval-points {cfg.eval_points} is not accepted here: the snapshots need "
+                          f"{need / 2**30:.2f} GiB of shared memory ({replicas} replica(s) x {copies} copies of "
+                          f"{numel:,} values) and /dev/shm has {free / 2**30:.2f} GiB free; accepted: at most "
+                          f"{most} here, or a smaller model")
+
+
 class Launcher:
     """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
 
@@ -110,6 +134,7 @@ class Launcher:
         self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
         replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        check_shared_memory(cfg, replicas, self.flat.numel)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
                            layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None))
