@@ -131,3 +131,19 @@ def test_no_worker_outlives_a_killed_launcher(name, tmp_path):
         except OSError:
             pass
     assert [f for f in os.listdir(tmp) if "asyncsgd" in f] == []
+
+
+def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):
+    """The board's re-queue: what a lost worker claimed and did not book comes back, in plan
+    order, before any unclaimed batch; what it booked does not."""
+    from asyncsgd.board import Board, ClaimLock
+    b = Board(2, 1, 1, 1, 1, lock=ClaimLock(tmp_path), inflight_slots=4)
+    assert [b.claim(1, 10) for _ in range(3)] == [0, 1, 2]
+    b.booked(1, 1)
+    assert b.peers_busy(0) and not b.peers_busy(1)
+    assert b.requeue_lost(1) == 2
+    b.lost[1] = 1
+    assert not b.peers_busy(0)
+    assert [b.claim(0, 10) for _ in range(3)] == [0, 2, 3]
+    assert int(b.requeue_ends[1]) == 2
+    assert [b.claim(0, 4) for _ in range(2)] == [4, 4]  # past the plan the counter stays put

@@ -61,6 +61,12 @@ def _exit_reason(rank: int, code: int) -> str:
     return f"worker {rank} exited with code {code}"
 
 
+def _batches_held(cfg: RunConfig) -> int:
+    """The most batches one worker holds claimed at once (its board row of re-queueable batches):
+    one per lpap thread, or per pdasgd forward thread, queued forward and backward thread."""
+    return 2 + cfg.workers_per_group + cfg.forward_threads + cfg.backward_threads + (cfg.queue_size or cfg.forward_threads)
+
+
 def shared_memory_free() -> int | None:
     """Bytes free in /dev/shm, where torch's shared tensors live (None where there is none)."""
     try:
@@ -137,7 +143,8 @@ class Launcher:
         check_shared_memory(cfg, replicas, self.flat.numel)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
-                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None))
+                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None),
+                           inflight_slots=_batches_held(cfg))
         start_batch = samples_before = 0
         elapsed = 0.0
         momentum = None
@@ -294,8 +301,10 @@ class Launcher:
             return
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
-            self.board.lost[rank] = 1  # survivors' exchanges stop sending to it and stop waiting for it
-            print(f"asyncsgd: {why}; continuing with the survivors", file=sys.stderr, flush=True)
+            requeued = self.board.requeue_lost(rank)  # before lost[rank]: a survivor waiting at the end of
+            self.board.lost[rank] = 1  # the plan stops waiting on it; exchanges stop sending to it
+            print(f"asyncsgd: {why}; continuing with the survivors"
+                  + (f" (its {requeued} unfinished batch(es) re-queued)" if requeued else ""), file=sys.stderr, flush=True)
             return
         if self.failure is None:
             self.failure = ("error", why + ("" if self.algo.tolerates_failures else
