@@ -147,3 +147,47 @@ def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):
     assert [b.claim(0, 10) for _ in range(3)] == [0, 2, 3]
     assert int(b.requeue_ends[1]) == 2
     assert [b.claim(0, 4) for _ in range(2)] == [4, 4]  # past the plan the counter stays put
+
+
+STARTUP_KILLS = {
+    "dasgd": ["--algo", "dasgd", "--workers", "3"],
+    "lpap": ["--algo", "lpap", "--groups", "3", "--workers-per-group", "1"],
+    "pdasgd replicas": ["--algo", "pdasgd", "--sharing", "average", "--workers", "3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STARTUP_KILLS))
+def test_a_worker_killed_during_start_up_fails_the_run_fast(name, tmp_path):
+    """A worker SIGKILLed while the processes start (workers.json says starting: they are still
+    importing torch) leaves the others joining a process group that needs it: the run fails at
+    once with one clear line, instead of waiting out the group's timeout (it waited 120 s)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", *STARTUP_KILLS[name], "--epochs", "1",
+                             "--progress", "none", "--threads-per-worker", "1", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        info = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                info = json.loads((out / "workers.json").read_text())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        assert info is not None and info["state"] == "starting", info
+        os.kill(info["workers"][1]["pid"], signal.SIGKILL)
+        killed = time.time()
+        _, err = proc.communicate(timeout=90)
+        took = time.time() - killed
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "worker 1 was killed by SIGKILL (exit code -9) during start-up" in lines[0] and "cannot start without it" in lines[0]
+    assert took < 30, took  # the survivors are stopped at once (the group's timeout is 120 s)
+    assert [w["pid"] for w in info["workers"] if _alive(w["pid"])] == []
+    assert json.loads((out / "workers.json").read_text())["state"] == "failed"

@@ -299,6 +299,13 @@ class Launcher:
         if rank in self.lost:  # seen twice (its exit code and its error report): once is enough
             print(f"asyncsgd: {why}", file=sys.stderr, flush=True)
             return
+        if self.algo.distributed and self.board.t0[0] == 0:
+            # Before training began the survivors are joining the process group (or waiting at the
+            # start line), which needs every worker: they would wait out its timeout. Fail now.
+            if self.failure is None:
+                self.failure = ("error", f"{why} during start-up, before training began; --algo "
+                                f"{self.cfg.algorithm} cannot start without it (its process group needs every worker)")
+            return
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
             requeued = self.board.requeue_lost(rank)  # before lost[rank]: a survivor waiting at the end of
@@ -340,7 +347,9 @@ class Launcher:
     def _stop_all(self, procs) -> None:
         if any(p.is_alive() for p in procs):
             self.board.stop[0] = 1
-        deadline = time.time() + STOP_GRACE_S
+        # Before training began there is nothing to save, and a worker blocked in joining the
+        # process group never sees board.stop: no grace period then.
+        deadline = time.time() + (STOP_GRACE_S if self.board.t0[0] > 0 else 1.0)
         for p in procs:
             p.join(timeout=max(0.1, deadline - time.time()))
         for p in procs:
