@@ -191,3 +191,37 @@ def test_a_worker_killed_during_start_up_fails_the_run_fast(name, tmp_path):
     assert took < 30, took  # the survivors are stopped at once (the group's timeout is 120 s)
     assert [w["pid"] for w in info["workers"] if _alive(w["pid"])] == []
     assert json.loads((out / "workers.json").read_text())["state"] == "failed"
+
+
+def test_a_diverged_dasgd_run_exits_3_at_once(tmp_path):
+    """lr 1000 diverges within a few updates: exit 3 soon after training began (the workers' exchanges
+    used to wait 30 s on receivers blocked on each other, and the run took 32 s), without the
+    abort of a process group torn down under a blocked receive ('terminate called')."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--algo", "dasgd", "--workers", "2", "--lr", "1000",
+                             "--warmup-epochs", "0", "--epochs", "2", "--progress", "none", "--threads-per-worker", "1",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "workers.json").read_text())["state"] != "starting":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        began = time.time()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - began
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert proc.returncode == 3, err
+    assert "terminate called" not in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("asyncsgd: error: training diverged"), err
+    assert took < 20, (took, err)
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert json.loads((out / "workers.json").read_text())["state"] == "diverged"
