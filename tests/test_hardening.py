@@ -130,7 +130,17 @@ def test_no_worker_outlives_a_killed_launcher(name, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the test's own cleanup, whatever happened above
         except OSError:
             pass
-    assert [f for f in os.listdir(tmp) if "asyncsgd" in f] == []
+    assert os.listdir(tmp) == []
+    # torch's shared memory of the run (named /dev/shm/torch_<pid>_...): none of its processes' is left
+    pids = {str(proc.pid), *map(str, workers)}
+    assert [f for f in _shm_files() if set(f.split("_")) & pids] == []
+
+
+def _shm_files() -> list[str]:
+    try:
+        return os.listdir("/dev/shm")
+    except OSError:
+        return []
 
 
 def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):

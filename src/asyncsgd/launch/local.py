@@ -76,13 +76,13 @@ def shared_memory_free() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def check_shared_memory(cfg: RunConfig, replicas: int, numel: int) -> None:
-    """The board's snapshot buffer (--eval-points copies of the model, per replica) is refused before
-    it is allocated when /dev/shm cannot hold it: the kernel killed a launcher that asked for 15 GB
-    and left the file behind."""
+def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model: bool = False) -> None:
+    """The board's snapshot buffer (--eval-points copies of the model, per replica) and a shared model
+    are refused before they are allocated when /dev/shm cannot hold them: the kernel killed a
+    launcher that asked for 15 GB and left the file behind."""
     free = shared_memory_free()
     copies = cfg.eval_points + 3  # the snapshots, the final state and the checkpoint slot
-    need = replicas * copies * numel * 4
+    need = (replicas * copies + shared_model) * numel * 4
     if free is not None and need > free:
         most = max(0, free // (replicas * numel * 4) - 3)
         raise ConfigError(f"--eval-points {cfg.eval_points} is not accepted here: the snapshots need "
@@ -133,14 +133,15 @@ class Launcher:
             except (RuntimeError, KeyError) as e:
                 raise ConfigError(f"--resume {cfg.resume!r}: the checkpoint does not fit the model "
                                   f"({str(e).splitlines()[0][:120]}); accepted: a checkpoint of the same task and model") from None
+        replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
+        # before anything goes to shared memory: a launcher killed there for lack of memory leaves it in /dev/shm
+        check_shared_memory(cfg, replicas, self.flat.numel, shared_model=self.algo.shared_model and self.device == "cpu")
         if self.device == "cuda" and self.algo.shared_model:
             self.model.to("cuda")
         if self.algo.shared_model:
             self.model.share_memory()
         self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
-        replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        check_shared_memory(cfg, replicas, self.flat.numel)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
                            layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None),
