@@ -151,6 +151,9 @@ def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):
     assert [b.claim(1, 10) for _ in range(3)] == [0, 1, 2]
     b.booked(1, 1)
     assert b.peers_busy(0) and not b.peers_busy(1)
+    b.status[1] = 3
+    assert not b.peers_busy(0)  # a worker that finished leaves nothing behind
+    b.status[1] = 2
     assert b.requeue_lost(1) == 2
     b.lost[1] = 1
     assert not b.peers_busy(0)

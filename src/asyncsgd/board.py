@@ -240,11 +240,11 @@ class Board:
                 st["free"].append(slot)
 
     def peers_busy(self, rank: int) -> bool:
-        """Whether a worker other than `rank`, not known lost, still holds claimed batches that it
-        may yet leave behind (if it dies)."""
+        """Whether a worker other than `rank`, not known lost and not done, still holds claimed
+        batches that it may yet leave behind (if it dies)."""
         held = (self.inflight >= 0).any(1)
         held[rank] = False
-        return bool((held & (self.lost == 0)).any())
+        return bool((held & (self.lost == 0) & (self.status != 3)).any())
 
     def requeue_lost(self, rank: int) -> int:
         """The launcher: move lost worker `rank`'s unbooked batches to the re-queue (in plan order);
