@@ -154,6 +154,8 @@ def test_killed_dasgd_worker_survivors_finish(tmp_path):
     assert s["lost_workers"] == [2]
     # the bar; the survivors go on claiming the plan's batches
     assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
-    # the dead worker's unclaimed batches went to the survivors: the plan is covered
-    assert s["samples"] >= 0.97 * 20 * 8000
+    # the dead worker's unclaimed batches went to the survivors, and the one it was training on was
+    # re-queued to them: every planned sample is processed (one batch more only if it died between
+    # counting its last batch and marking it booked)
+    assert 20 * 8000 <= s["samples"] <= 20 * 8000 + 32 and s["requeued_batches"] <= 1, s["requeued_batches"]
     assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]

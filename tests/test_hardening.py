@@ -130,4 +130,111 @@ def test_no_worker_outlives_a_killed_launcher(name, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the test's own cleanup, whatever happened above
         except OSError:
             pass
-    assert [f for f in os.listdir(tmp) if "asyncsgd" in f] == []
+    assert os.listdir(tmp) == []
+    # torch's shared memory of the run (named /dev/shm/torch_<pid>_...): none of its processes' is left
+    pids = {str(proc.pid), *map(str, workers)}
+    assert [f for f in _shm_files() if set(f.split("_")) & pids] == []
+
+
+def _shm_files() -> list[str]:
+    try:
+        return os.listdir("/dev/shm")
+    except OSError:
+        return []
+
+
+def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):
+    """The board's re-queue: what a lost worker claimed and did not book comes back, in plan
+    order, before any unclaimed batch; what it booked does not."""
+    from asyncsgd.board import Board, ClaimLock
+    b = Board(2, 1, 1, 1, 1, lock=ClaimLock(tmp_path), inflight_slots=4)
+    assert [b.claim(1, 10) for _ in range(3)] == [0, 1, 2]
+    b.booked(1, 1)
+    assert b.peers_busy(0) and not b.peers_busy(1)
+    b.status[1] = 3
+    assert not b.peers_busy(0)  # a worker that finished leaves nothing behind
+    b.status[1] = 2
+    assert b.requeue_lost(1) == 2
+    b.lost[1] = 1
+    assert not b.peers_busy(0)
+    assert [b.claim(0, 10) for _ in range(3)] == [0, 2, 3]
+    assert int(b.requeue_ends[1]) == 2
+    assert [b.claim(0, 4) for _ in range(2)] == [4, 4]  # past the plan the counter stays put
+
+
+STARTUP_KILLS = {
+    "dasgd": ["--algo", "dasgd", "--workers", "3"],
+    "lpap": ["--algo", "lpap", "--groups", "3", "--workers-per-group", "1"],
+    "pdasgd replicas": ["--algo", "pdasgd", "--sharing", "average", "--workers", "3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STARTUP_KILLS))
+def test_a_worker_killed_during_start_up_fails_the_run_fast(name, tmp_path):
+    """A worker SIGKILLed while the processes start (workers.json says starting: they are still
+    importing torch) leaves the others joining a process group that needs it: the run fails at
+    once with one clear line, instead of waiting out the group's timeout (it waited 120 s)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", *STARTUP_KILLS[name], "--epochs", "1",
+                             "--progress", "none", "--threads-per-worker", "1", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        info = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                info = json.loads((out / "workers.json").read_text())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        assert info is not None and info["state"] == "starting", info
+        os.kill(info["workers"][1]["pid"], signal.SIGKILL)
+        killed = time.time()
+        _, err = proc.communicate(timeout=90)
+        took = time.time() - killed
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "worker 1 was killed by SIGKILL (exit code -9) during start-up" in lines[0] and "cannot start without it" in lines[0]
+    assert took < 30, took  # the survivors are stopped at once (the group's timeout is 120 s)
+    assert [w["pid"] for w in info["workers"] if _alive(w["pid"])] == []
+    assert json.loads((out / "workers.json").read_text())["state"] == "failed"
+
+
+def test_a_diverged_dasgd_run_exits_3_at_once(tmp_path):
+    """lr 1000 diverges within a few updates: exit 3 soon after training began (the workers' exchanges
+    used to wait 30 s on receivers blocked on each other, and the run took 32 s), without the
+    abort of a process group torn down under a blocked receive ('terminate called')."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "train", "--algo", "dasgd", "--workers", "2", "--lr", "1000",
+                             "--warmup-epochs", "0", "--epochs", "2", "--progress", "none", "--threads-per-worker", "1",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "workers.json").read_text())["state"] != "starting":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        began = time.time()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - began
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert proc.returncode == 3, err
+    assert "terminate called" not in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("asyncsgd: error: training diverged"), err
+    assert took < 20, (took, err)
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert json.loads((out / "workers.json").read_text())["state"] == "diverged"

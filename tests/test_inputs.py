@@ -3,7 +3,9 @@ one line on stderr naming the value, and exit code 2; the run record's config.to
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 
 import pytest
 import torch
@@ -38,7 +40,119 @@ BAD_FLAGS = {
     "unknown staleness policy": (["--staleness", "sometimes"], ["--staleness", "'sometimes'", "adaptive"]),
     "unknown sim times": (["--runtime", "sim", "--sim-times", "guess"], ["--sim-times", "'guess'", "flops, measured"]),
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
+    # whole numbers and their ranges
+    "too many real workers": (["--workers", "257"], ["--workers 257", "1 to 256"]),
+    "negative workers": (["--workers", "-1"], ["--workers -1", ">= 1"]),
+    "fractional workers": (["--workers", "1.5"], ["'1.5'", "a whole number"]),
+    "workers beyond 64 bits": (["--workers", "99999999999999999999999"], ["99999999999999999999999", "a whole number"]),
+    "zero batch": (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+    "huge batch": (["--batch-size", "2097152"], ["--batch-size 2097152", "at most"]),
+    "negative seed": (["--seed", "-1"], ["--seed -1", ">= 0"]),
+    "seed beyond 64 bits": (["--seed", "9223372036854775808"], ["9223372036854775808", "a whole number"]),
+    "zero eval points": (["--eval-points", "0"], ["--eval-points 0", ">= 1"]),
+    "zero torch threads": (["--threads-per-worker", "0"], ["--threads-per-worker 0", ">= 1"]),
+    "huge torch threads": (["--threads-per-worker", "2000"], ["--threads-per-worker 2000", "at most 1024"]),
+    "zero samples": (["--num-samples", "0"], ["--num-samples 0", ">= 1"]),
+    "negative samples": (["--task", "logreg", "--num-samples", "-5"], ["--num-samples -5", ">= 1"]),
+    # numbers: zero, negative, NaN, infinite, huge
+    "zero epochs": (["--epochs", "0"], ["--epochs 0.0", "> 0"]),
+    "negative epochs": (["--epochs", "-1"], ["--epochs -1.0", "> 0"]),
+    "NaN epochs": (["--epochs", "nan"], ["--epochs nan", "a number"]),
+    "infinite epochs": (["--epochs", "inf"], ["--epochs inf", "a number"]),
+    "zero lr": (["--lr", "0"], ["--lr 0.0", "> 0"]),
+    "NaN lr": (["--lr", "nan"], ["--lr nan", "a number"]),
+    "lr that overflows to inf": (["--lr", "1e400"], ["--lr inf", "a number"]),
+    "negative momentum": (["--momentum", "-0.1"], ["--momentum -0.1", "[0, 1)"]),
+    "momentum that rounds to one": (["--momentum", "0.9999999999999999999"], ["--momentum 1.0", "[0, 1)"]),
+    "negative weight decay": (["--weight-decay", "-1"], ["--weight-decay -1.0", ">= 0"]),
+    "infinite weight decay": (["--weight-decay", "inf"], ["--weight-decay inf", "a number"]),
+    "negative warm-up": (["--warmup-epochs", "-1"], ["--warmup-epochs -1.0", ">= 0"]),
+    "huge warm-up": (["--warmup-epochs", "1e300"], ["--warmup-epochs 1e+300", "at most 100000"]),
+    "zero lr gamma": (["--lr-gamma", "0"], ["--lr-gamma 0.0", "(0, 1]"]),
+    "lr gamma above one": (["--lr-gamma", "2"], ["--lr-gamma 2.0", "(0, 1]"]),
+    "infinite lr gamma": (["--lr-gamma", "inf"], ["--lr-gamma inf", "a number"]),
+    "lr step outside the run": (["--schedule", "step", "--lr-steps", "1.5"], ["--lr-steps (1.5,)", "(0, 1)"]),
+    "lr step that is no number": (["--schedule", "step", "--lr-steps", "0.5,x"], ["'0.5,x'", "fractions like"]),
+    "empty lr steps": (["--schedule", "step", "--lr-steps", ""], ["--lr-steps ''", "fractions like"]),
+    "zero target": (["--target-accuracy", "0"], ["--target-accuracy 0.0", "(0, 1]"]),
+    "NaN target": (["--target-accuracy", "nan"], ["--target-accuracy nan", "a number"]),
+    "zero checkpoint interval": (["--checkpoint-every", "0"], ["--checkpoint-every 0.0", "> 0"]),
+    "NaN checkpoint interval": (["--checkpoint-every", "nan"], ["--checkpoint-every nan", "a number"]),
+    "zero stall timeout": (["--stall-timeout", "0"], ["--stall-timeout 0.0", "seconds > 0"]),
+    "negative stall timeout": (["--stall-timeout", "-5"], ["--stall-timeout -5.0", "seconds > 0"]),
+    # choices
+    "unknown schedule": (["--schedule", "linear"], ["'linear'", "cosine, constant, step"]),
+    "unknown lr scaling": (["--algo", "sync", "--lr-scaling", "sqrt"], ["'sqrt'", "linear, none"]),
+    "unknown device": (["--device", "tpu"], ["'tpu'", "cpu, cuda, auto"]),
+    "unknown progress display": (["--progress", "fancy"], ["'fancy'", "auto, bar, lines, none"]),
+    "unknown runtime": (["--runtime", "cloud"], ["'cloud'", "real, sim"]),
+    "unknown model": (["--model", "resnet999"], ["'resnet999'", "does not fit mnist1d", "cnn1d"]),
+    "model of another input shape": (["--model", "cnn2d"], ["'cnn2d'", "does not fit mnist1d"]),
+    "empty model": (["--model", ""], ["--model ''", "non-empty"]),
+    "empty out": (["--out", ""], ["--out ''", "non-empty"]),
+    "empty data dir": (["--data-dir", ""], ["--data-dir ''", "non-empty"]),
+    "empty config path": (["--config", ""], ["--config ''", "a readable TOML file"]),
+    "config that is a directory": (["--config", "/"], ["--config '/'", "Is a directory"]),
+    "npz task without a path": (["--task", "npz:"], ["'npz:'", "npz:PATH"]),
+    "npz task that is a directory": (["--task", "npz:/"], ["npz: file /", "not found"]),
+    # pdasgd, lpap, dasgd options
+    "zero forward threads": (["--algo", "pdasgd", "--forward-threads", "0"], ["--forward-threads 0", ">= 1"]),
+    "zero backward threads": (["--algo", "pdasgd", "--backward-threads", "0"], ["--backward-threads 0", ">= 1"]),
+    "zero queue": (["--algo", "pdasgd", "--queue-size", "0"], ["--queue-size 0", ">= 1"]),
+    "numeric fb ratio": (["--algo", "pdasgd", "--fb-ratio", "2"], ["--fb-ratio '2'", "auto"]),
+    "unknown update mode": (["--algo", "pdasgd", "--updates", "whole"], ["'whole'", "layer, block"]),
+    "unknown backward weights": (["--algo", "pdasgd", "--backward-weights", "old"], ["'old'", "forward, current"]),
+    "unknown sharing": (["--algo", "pdasgd", "--sharing", "disk"], ["'disk'", "memory, average, auto"]),
+    "zero groups": (["--algo", "lpap", "--groups", "0"], ["--groups 0", ">= 1"]),
+    "zero workers per group": (["--algo", "lpap", "--workers-per-group", "0"], ["--workers-per-group 0", ">= 1"]),
+    "zero averaging interval": (["--algo", "lpap", "--average-every", "0"], ["--average-every 0", ">= 1"]),
+    "zero send interval": (["--algo", "dasgd", "--send-every", "0"], ["--send-every 0", ">= 1"]),
+    "unknown topology": (["--algo", "dasgd", "--topology", "star"], ["'star'", "all, ring, random:M"]),
+    "random topology of no peers": (["--algo", "dasgd", "--topology", "random:0"], ["'random:0'", "M >= 1"]),
+    "random topology of no number": (["--algo", "dasgd", "--topology", "random:x"], ["'random:x'", "M >= 1"]),
+    "drop limit of no number": (["--algo", "dasgd", "--staleness", "drop:x"], ["'drop:x'", "drop:MAX"]),
+    "negative drop limit": (["--algo", "dasgd", "--staleness", "drop:-1"], ["'drop:-1'", "drop:MAX"]),
+    # settings that would be silently ignored or overridden
+    "workers of the one-process reference": (["--algo", "sequential", "--workers", "3"],
+                                             ["--workers 3 is not used by --algo sequential", "leave --workers unset"]),
+    "workers of lpap, whose processes are its groups": (["--algo", "lpap", "--workers", "3"],
+                                                        ["--workers 3 is not used by --algo lpap", "--groups"]),
+    "workers overridden by sim workers": (["--runtime", "sim", "--algo", "hogwild", "--sim-workers", "4", "--workers", "3"],
+                                          ["--workers 3 is not used with --sim-workers 4"]),
+    "option of another algorithm (pdasgd's)": (["--algo", "hogwild", "--forward-threads", "2"],
+                                               ["--forward-threads is not used by --algo hogwild", "--algo pdasgd"]),
+    "option of another algorithm (lpap's)": (["--algo", "hogwild", "--groups", "2"],
+                                             ["--groups is not used by --algo hogwild", "--algo lpap"]),
+    # delays and stragglers
+    "negative latency": (["--delay", "latency=-1ms"], ["'-1ms'", "unit us, ms or s"]),
+    "latency in hours": (["--delay", "latency=1h"], ["'1h'", "unit us, ms or s"]),
+    "huge latency": (["--delay", "latency=99999999999s"], ["'99999999999s'", "at most 60s"]),
+    "unknown jitter": (["--delay", "latency=1ms,jitter=gauss"], ["jitter=gauss", "jitter=exp|none"]),
+    "latency given twice": (["--delay", "latency=1ms,latency=2ms"], ["latency=1ms,latency=2ms", "latency twice"]),
+    "bandwidth of 1 bps": (["--delay", "latency=1ms,bandwidth=1bps"], ["'1bps'", "at least 1kbps"]),
+    "bandwidth of no number": (["--delay", "latency=1ms,bandwidth=fast"], ["'fast'", "bps, kbps, Mbps"]),
+    "empty delay": (["--delay", ""], ["--delay ''", "latency=DURATION"]),
+    "negative straggler": (["--straggler", "worker=-1,slowdown=2"], ["worker=-1,slowdown=2", "W a worker index >= 0"]),
+    "straggler faster than the rest": (["--straggler", "worker=0,slowdown=0.5"], ["slowdown=0.5", "S from 1 to 1000"]),
+    "straggler slowdown of 2000": (["--straggler", "worker=0,slowdown=2000"], ["slowdown=2000", "S from 1 to 1000"]),
+    "straggler without a slowdown": (["--straggler", "worker=0"], ["--straggler 'worker=0'", "worker=W,slowdown=S"]),
+    "straggler of no number": (["--straggler", "worker=a,slowdown=2"], ["worker=a", "worker=W,slowdown=S"]),
+    "straggler of an unknown key": (["--straggler", "worker=0,slowdown=2,speed=3"], ["speed=3", "worker=W,slowdown=S"]),
+    "straggler slowdown NaN": (["--straggler", "worker=0,slowdown=nan"], ["slowdown=nan", "S from 1 to 1000"]),
+    # the simulated cluster
+    "zero sim workers": (["--runtime", "sim", "--sim-workers", "0"], ["--sim-workers 0", "1 to 65536"]),
+    "huge sim workers": (["--runtime", "sim", "--sim-workers", "100000"], ["--sim-workers 100000", "1 to 65536"]),
+    "zero sim forward time": (["--runtime", "sim", "--sim-forward-s", "0"], ["--sim-forward-s 0.0", "seconds > 0"]),
+    "infinite sim forward time": (["--runtime", "sim", "--sim-forward-s", "inf"], ["--sim-forward-s inf", "a number"]),
+    "pareto without a mean": (["--runtime", "sim", "--sim-compute", "pareto:1"], ["'pareto:1'", "ALPHA > 1"]),
+    "unknown compute law": (["--runtime", "sim", "--sim-compute", "gamma:2"], ["'gamma:2'", "fixed, lognormal:SIGMA"]),
+    "infinite device rate": (["--runtime", "sim", "--sim-device-flops", "inf"], ["--sim-device-flops inf", "a number"]),
 }
+
+
+def _fast(args) -> list[str]:
+    """FAST, less the flags a case gives itself."""
+    return [a for i, a in enumerate(FAST) if (FAST[i - 1] if i % 2 else a) not in args]
 
 
 def main(capsys, *args) -> tuple[int, list[str]]:
@@ -57,7 +171,8 @@ def one_line(code, err, *needles):
 @pytest.mark.parametrize("name", sorted(BAD_FLAGS))
 def test_bad_flag_exits_2_with_one_line(name, tmp_path, capsys):
     args, needles = BAD_FLAGS[name]
-    one_line(*main(capsys, *args, "--out", tmp_path / "run", *FAST), *needles)
+    out = [] if "--out" in args else ["--out", tmp_path / "run"]
+    one_line(*main(capsys, *args, *out, *_fast(args)), *needles)
 
 
 BAD_TOML = {
@@ -73,14 +188,44 @@ BAD_TOML = {
     "epochs = inf": ["--epochs", "inf"],
     "lr = nan": ["--lr", "nan"],
     "seed = 1.5": ["--seed", "1.5", "a whole number"],
+    'workers = "4"': ["--workers '4'", "a whole number"],
+    "workers = 4.0": ["--workers 4.0", "a whole number"],
+    "workers = 99999999999999999999": ["--workers 99999999999999999999", "a whole number"],
+    'epochs = "10"': ["--epochs '10'", "a number"],
+    "lr = true": ["--lr True", "a number"],
+    "lr = -inf": ["--lr -inf", "a number"],
+    "batch_size = 1e3": ["--batch-size 1000.0", "a whole number"],
+    "seed = -1": ["--seed -1", ">= 0"],
+    'lr_steps = ["a"]': ["--lr-steps ('a',)", "a list of numbers"],
+    "lr_steps = [0.5, [0.7]]": ["--lr-steps (0.5, [0.7])", "a list of numbers"],
+    "lr_steps = [0.5, inf]": ["--lr-steps (0.5, inf)", "a list of numbers"],
+    'delay = "latency=20"': ["'20'", "unit us, ms or s"],
+    "progress = 1": ["--progress 1", "text"],
+    'device = "gpu"': ["--device 'gpu'", "cpu, cuda, auto"],
+    "resume = 5": ["--resume 5", "text"],
+    'out = ""': ["--out ''", "non-empty"],
+    'algo = "nope"': ["--algo 'nope'", "sequential"],
+    "nesterov = 1": ["--nesterov 1", "true or false"],
+    'overwrite = "yes"': ["--overwrite 'yes'", "true or false"],
+    "epochs = 1979-05-27": ["--epochs datetime.date(1979, 5, 27)", "a number"],
+    "momentum = nan": ["--momentum nan", "a number"],
+    'staleness = {kind = "drop"}': ["--staleness {'kind': 'drop'}", "text"],
+    "eval_points = 100000": ["--eval-points 100000", "at most 1000"],
+    "stall_timeout = 1e300": ["--stall-timeout 1e+300", "at most"],
+    "[section]\nlr = 1": ["unknown setting 'section'", "accepted:"],
+    "config = 'other.toml'": ["unknown setting 'config'", "accepted:"],
+    "lr = 1\nlr = 2": ["run.toml", "not valid TOML"],
+    'algo = "dasgd"\nalgorithm = "lpap"': ["'algorithm' is given twice", "'algo'", "each setting once"],
+    "batch-size = 64\nbatch_size = 32": ["'batch_size' is given twice", "'batch-size'", "each setting once"],
 }
 
 
 @pytest.mark.parametrize("line", sorted(BAD_TOML))
 def test_toml_values_are_type_checked(line, tmp_path, capsys):
     cfg = tmp_path / "run.toml"
-    cfg.write_text(line + "\n")
-    one_line(*main(capsys, "--config", cfg, "--out", tmp_path / "run", *FAST), *BAD_TOML[line])
+    cfg.write_text(line.replace("\\n", "\n") + "\n")
+    out = [] if line.startswith("out") else ["--out", tmp_path / "run"]
+    one_line(*main(capsys, "--config", cfg, *out, *FAST), *BAD_TOML[line])
 
 
 def test_a_non_utf8_toml_file_exits_2(tmp_path, capsys):
@@ -213,3 +358,172 @@ def test_an_existing_record_is_not_overwritten_unless_asked(tmp_path, capsys):
 
 def test_overwrite_without_out_exits_2(capsys):
     one_line(*main(capsys, "--overwrite", *FAST), "--overwrite is not accepted without --out")
+
+
+# npz files: each bad file is refused while the task loads, before any worker starts, naming the
+# file and the array.
+import numpy as np  # noqa: E402
+
+_X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+_Y = np.arange(50) % 3
+
+BAD_NPZ = {
+    "float labels": (dict(x=_X, y=_Y.astype(np.float32)), ["array 'y'", "dtype float32", "integer class labels"]),
+    "labels of two dimensions": (dict(x=_X, y=_Y.reshape(50, 1)), ["array 'y'", "shape [50, 1]"]),
+    "x of five dimensions": (dict(x=np.zeros((50, 1, 1, 1, 1), np.float32), y=_Y), ["array 'x'", "shape [50, 1, 1, 1, 1]"]),
+    "x of one dimension": (dict(x=np.zeros(50, np.float32), y=_Y), ["array 'x'", "shape [50]"]),
+    "fewer labels than rows": (dict(x=_X, y=_Y[:40]), ["'x' has 50 rows but 'y' has 40"]),
+    "negative label": (dict(x=_X, y=_Y - 1), ["negative label -1"]),
+    "label of a million": (dict(x=_X, y=np.where(_Y == 0, 10**6, _Y)), ["label 1000000", "at most 100000"]),
+    "label beyond int64": (dict(x=_X, y=np.full(50, 2**63 + 5, dtype=np.uint64)), ["label 9223372036854775813"]),
+    "one class only": (dict(x=_X, y=np.zeros(50, np.int64)), ["one class only (label 0)", "at least 2 classes"]),
+    "no rows": (dict(x=_X[:0], y=_Y[:0]), ["array 'x'", "is empty"]),
+    "no labels": (dict(x=_X), ["no array 'y'", "found: x"]),
+    "test inputs without test labels": (dict(x=_X, y=_Y, x_test=_X), ["has 'x_test' but no 'y_test'"]),
+    "test rows of another shape": (dict(x=_X, y=_Y, x_test=_X[:, :3], y_test=_Y), ["'x_test' rows have shape [3]"]),
+    "test label not in training": (dict(x=_X, y=_Y, x_test=_X, y_test=_Y + 5), ["'y_test' has label 7"]),
+    "infinite input": (dict(x=np.where(_X > 2, np.inf, _X), y=_Y), ["array 'x'", "NaN or inf"]),
+    "input beyond float32": (dict(x=np.full((50, 4), 1e300), y=_Y), ["array 'x'", "NaN or inf values (as float32"]),
+    "complex input": (dict(x=_X.astype(np.complex64), y=_Y), ["dtype complex64", "float or integer"]),
+    "boolean input": (dict(x=_X > 0, y=_Y), ["array 'x'", "dtype bool"]),
+    "boolean labels": (dict(x=_X, y=_Y > 0), ["array 'y'", "dtype bool"]),
+    "text input": (dict(x=np.array(["a"] * 50), y=_Y), ["dtype <U1"]),
+    "one row": (dict(x=_X[:1], y=_Y[:1]), ["one class only"]),  # one row is one class
+    "object input": (dict(x=np.array([object()] * 50, dtype=object), y=_Y), ["cannot read array 'x'", "allow_pickle"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_NPZ))
+def test_bad_npz_files_exit_2_naming_the_array(name, tmp_path, capsys):
+    arrays, needles = BAD_NPZ[name]
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    one_line(*main(capsys, "--task", f"npz:{path}", "--out", tmp_path / "run", *FAST), str(path), *needles)
+
+
+@pytest.mark.parametrize("name, write, needles", [
+    ("a single .npy array", lambda p: np.save(p, _X), ["is a single .npy array"]),
+    ("no archive at all", lambda p: p.write_text("hello"), ["cannot read"]),
+])
+def test_files_that_are_not_npz_archives_exit_2(name, write, needles, tmp_path, capsys):
+    path = tmp_path / "data.npz"
+    write(path)
+    if path.with_suffix(".npz.npy").exists():
+        path.with_suffix(".npz.npy").rename(path)
+    one_line(*main(capsys, "--task", f"npz:{path}", "--out", tmp_path / "run", *FAST), str(path), *needles)
+
+
+def test_num_samples_beyond_an_npz_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=_X, y=_Y)
+    one_line(*main(capsys, "--task", f"npz:{path}", "--num-samples", "100", "--out", tmp_path / "run", *FAST),
+             "--num-samples 100", "which has 40 training samples", "1..40")
+
+
+# --resume of a damaged or foreign checkpoint: refused before the run starts, naming the entry.
+def _checkpoint(**changes):
+    from asyncsgd.config import RunConfig
+    good = {"format": 1, "model": {}, "momentum": None, "next_batch": 0, "samples_done": 0, "elapsed_s": 0.0,
+            "config": RunConfig(algorithm="sequential", epochs=0.1).to_dict()}
+    return {k: v for k, v in {**good, **changes}.items() if v is not _GONE}
+
+
+_GONE = object()
+BAD_CHECKPOINTS = {
+    "no config entry": (_checkpoint(config=_GONE), ["checkpoint.pt is unreadable", "no valid 'config' entry"]),
+    "a config that is text": (_checkpoint(config="hello"), ["no valid 'config' entry"]),
+    "no next batch": (_checkpoint(next_batch=_GONE), ["no valid 'next_batch' entry"]),
+    "a negative next batch": (_checkpoint(next_batch=-5), ["no valid 'next_batch' entry"]),
+    "no model": (_checkpoint(model=_GONE), ["no valid 'model' entry"]),
+    "momentum that is a list": (_checkpoint(momentum=[1.0]), ["no valid 'momentum' entry"]),
+    "another format": (_checkpoint(format=2), ["not an asyncsgd checkpoint"]),
+    "a list": ([1, 2], ["not an asyncsgd checkpoint"]),
+    "a model of another shape": (_checkpoint(), ["the checkpoint does not fit the model"]),
+    "a saved config of an unknown algorithm": (_checkpoint(config={"algorithm": "nope"}), ["--algo 'nope'"]),
+    "a saved lr that is text": (_checkpoint(config={"algorithm": "sequential", "lr": "fast"}), ["--lr 'fast'"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CHECKPOINTS))
+def test_resume_of_a_bad_checkpoint_exits_2(name, tmp_path, capsys):
+    ckpt, needles = BAD_CHECKPOINTS[name]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    one_line(*main(capsys, "--resume", tmp_path, "--progress", "none"), *needles)
+
+
+@pytest.mark.parametrize("flags", [["--out", "elsewhere"], ["--overwrite"], ["--runtime", "sim"], ["--seed", "3"],
+                                   ["--workers", "4"]])
+def test_resume_refuses_every_other_setting(flags, tmp_path, capsys):
+    torch.save(_checkpoint(), tmp_path / "checkpoint.pt")
+    one_line(*main(capsys, "--resume", tmp_path, *flags, "--progress", "none"),
+             f"{flags[0]} is not accepted with --resume", "accepted with --resume: --progress")
+
+
+def test_resume_of_a_file_or_nothing_exits_2(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for target in (a_file, tmp_path / "missing", ""):
+        one_line(*main(capsys, "--resume", target, "--progress", "none"), f"--resume {str(target)!r}",
+                 "no checkpoint.pt there")
+
+
+# The Python API: the same checks, as ConfigError with the message the CLI prints.
+_DS = torch.utils.data.TensorDataset(torch.zeros(10, 4), torch.zeros(10, dtype=torch.long))
+_LINEAR = functools.partial(torch.nn.Linear, 4, 2)
+
+BAD_API = {
+    "workers as text": (dict(workers="4"), ["--workers '4'", "a whole number"]),
+    "infinite epochs": (dict(epochs=math.inf), ["--epochs inf", "a number"]),
+    "NaN lr": (dict(lr=math.nan), ["--lr nan", "a number"]),
+    "an unknown setting": (dict(learning_rate=0.1), ["unknown setting(s) learning_rate", "accepted:"]),
+    "lr steps as text": (dict(lr_steps="0.5"), ["--lr-steps '0.5'", "a list of numbers"]),
+    "out as a number": (dict(out=5), ["--out 5", "text"]),
+    "resume as a number": (dict(resume=5), ["--resume 5", "text"]),
+    "a boolean seed": (dict(seed=True), ["--seed True", "a whole number"]),
+    "algorithm as a number": (dict(algorithm=5), ["--algo 5", "text"]),
+    "an unknown algorithm": (dict(algorithm="nope"), ["--algo 'nope'", "hogwild"]),
+    "huge eval points": (dict(eval_points=10**6), ["--eval-points 1000000", "at most 1000"]),
+    "workers sequential would ignore": (dict(algorithm="sequential", workers=4), ["--workers 4 is not used"]),
+    "a bare-number delay": (dict(delay="latency=5"), ["'5'", "unit us, ms or s"]),
+    "an option of another algorithm": (dict(algorithm="sync", topology="ring"), ["--topology is not used by --algo sync"]),
+    "an unknown task": (dict(task="imagenet"), ["'imagenet'", "mnist1d"]),
+    "a loss we do not know": (dict(model_fn=_LINEAR, train_set=_DS, test_set=_DS, loss="l1"), ["loss 'l1'", "mse"]),
+    "a model name instead of a factory": (dict(model_fn="mlp", train_set=_DS, test_set=_DS), ["model_fn str"]),
+    "no test set": (dict(model_fn=_LINEAR, train_set=_DS), ["needs train_set and test_set"]),
+    "a train set without a model": (dict(train_set=_DS), ["a train_set needs a model_fn"]),
+    "num_classes as text": (dict(model_fn=_LINEAR, train_set=_DS, test_set=_DS, num_classes="2"), ["num_classes '2'"]),
+    "a train set that is text": (dict(model_fn=_LINEAR, train_set="abc", test_set=_DS), ["train_set str", "(x, y) pairs"]),
+    "a test set of bare tensors": (dict(model_fn=_LINEAR, train_set=_DS, test_set=torch.zeros(10, 4)),
+                                   ["test_set Tensor", "(x, y) pairs"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_API))
+def test_the_api_raises_config_error_naming_the_value(name):
+    kwargs, needles = BAD_API[name]
+    with pytest.raises(ConfigError) as e:
+        asyncsgd.train(**kwargs, progress="none")
+    assert "\n" not in str(e.value)
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_the_api_and_the_cli_say_the_same(tmp_path, capsys):
+    """One validation layer: the CLI's line is 'asyncsgd: error: ' + the API's ConfigError."""
+    for flags, kwargs in ((["--lr", "nan"], dict(lr=math.nan)), (["--algo", "sequential", "--workers", "3"],
+                                                                 dict(algorithm="sequential", workers=3)),
+                          (["--delay", "latency=20"], dict(delay="latency=20"))):
+        code, err = main(capsys, *flags, *FAST)
+        with pytest.raises(ConfigError) as e:
+            asyncsgd.train(**kwargs, progress="none", threads_per_worker=1)
+        assert code == 2 and err == [f"asyncsgd: error: {e.value}"]
+
+
+def test_snapshots_that_do_not_fit_shared_memory_exit_2(tmp_path, capsys, monkeypatch):
+    """The snapshot buffer is sized from --eval-points and the model, and refused before it is
+    allocated when /dev/shm cannot hold it (here: /dev/shm made to look 10 MB small)."""
+    monkeypatch.setattr("asyncsgd.launch.local.shared_memory_free", lambda: 10 << 20)
+    one_line(*main(capsys, "--algo", "dasgd", "--eval-points", "1000", "--out", tmp_path / "run", *FAST),
+             "--eval-points 1000", "GiB of shared memory", "2 replica(s) x 1003 copies of 9,610 values",
+             "accepted: at most 133 here")
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -51,6 +51,7 @@ def test_killed_lpap_group_survivors_finish(tmp_path):
     assert "worker 1 was killed by SIGKILL" in err
     s, _ = read_run(out)
     assert s["lost_workers"] == [1]
-    assert s["samples"] >= 10 * 8000 - 3 * 32  # the survivors claimed the rest of the plan
+    # the survivors claimed the rest of the plan and redid the batch the dead group was training on
+    assert 10 * 8000 <= s["samples"] <= 10 * 8000 + 32 and s["requeued_batches"] <= 1, s["requeued_batches"]
     assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
     assert s["consensus_distance"] < 1e-4  # survivors' final average

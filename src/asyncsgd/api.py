@@ -45,8 +45,29 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
         raise ConfigError("train(): model_fn needs train_set and test_set; accepted: map-style datasets of (x, y)")
     if loss not in ("cross_entropy", "mse"):
         raise ConfigError(f"train(): loss {loss!r} is not accepted; accepted: cross_entropy, mse")
+    if num_classes is not None and not (isinstance(num_classes, int) and not isinstance(num_classes, bool)
+                                        and num_classes >= 2):
+        raise ConfigError(f"train(): num_classes {num_classes!r} is not accepted; accepted: a whole number >= 2 "
+                          "(or leave it unset)")
+    for name, ds in (("train_set", train_set), ("test_set", test_set)):
+        _check_dataset(name, ds)
     name = getattr(model_fn, "__name__", None) or getattr(getattr(model_fn, "func", None), "__name__", "custom")
     user_task = Task(name=task or "custom", model_name=name, train_set=train_set, test_set=test_set,
                      model_fn=model_fn, loss=loss, num_classes=num_classes,
                      info={"train_samples": len(train_set), "test_samples": len(test_set)})
     return run(cfg.replace(task=user_task.name), task=user_task)
+
+
+def _check_dataset(name: str, ds) -> None:
+    """A map-style dataset of (x, y) pairs, checked on its first item, so that a wrong argument
+    fails here with one line instead of in every worker."""
+    ok = not isinstance(ds, (str, bytes)) and hasattr(ds, "__len__") and hasattr(ds, "__getitem__")
+    if ok and len(ds) > 0:
+        try:
+            first = ds[0]
+            ok = isinstance(first, (tuple, list)) and len(first) == 2
+        except Exception:
+            ok = False
+    if not ok:
+        raise ConfigError(f"train(): {name} {type(ds).__name__} is not accepted; accepted: a map-style dataset "
+                          "whose items are (x, y) pairs, e.g. a TensorDataset(x, y)")

@@ -5,7 +5,8 @@ Concurrency protocol (read this before touching a field):
   Board to them; spawned processes map the same memory (torch shared memory).
 - Each worker writes ONLY its own row (samples[w], hist[w], ...). No row has two writers, so
   no locks are needed; readers may see a value one step old, which is fine for monitoring.
-- Exceptions: `next_batch` (claimed under `claim_lock`), `stop`, `diverged_step` and `t0`
+- Exceptions: `next_batch`, `requeue` and `requeue_ends` (under `claim_lock`; the launcher
+  appends a lost worker's batches to `requeue`), `stop`, `diverged_step` and `t0`
   (set once), and the checkpoint slot, written by the lead worker under a sequence number
   (odd while writing) so the launcher never saves a half-copied checkpoint.
 - The snapshot buffer row r belongs to replica r (row 0 for a single shared model).
@@ -118,7 +119,7 @@ def _unlink(path: str) -> None:
 
 class Board:
     def __init__(self, workers: int, replicas: int, snapshots: int, state_numel: int, param_numel: int,
-                 layers: int = 1, lock=None):
+                 layers: int = 1, lock=None, inflight_slots: int = 1):
         z = lambda *shape, dtype=torch.int64: torch.zeros(*shape, dtype=dtype).share_memory_()
         self.workers = workers
         self.samples = z(workers)  # samples this worker processed in this run
@@ -156,6 +157,13 @@ class Board:
         self.stop = z(1, dtype=torch.int8)
         self.diverged_step = z(1).fill_(-1)
         self.next_batch = z(1)
+        # Batches claimed and not yet booked: inflight[w] holds worker w's (-1: a free slot; written
+        # by w under claim_lock when it claims, when it books one). When w is lost the launcher
+        # moves them to requeue[head:tail] (requeue_ends = [head, tail]), which claims take first:
+        # the survivors process them, so every planned batch is trained once (re-queued batches: tail).
+        self.inflight = z(workers, inflight_slots).fill_(-1)
+        self.requeue = z(workers * inflight_slots)  # room for every slot of every worker
+        self.requeue_ends = z(2)
         self.claim_lock = lock
         self.snap = torch.zeros(replicas, snapshots, state_numel).share_memory_()
         self.snap_time = z(replicas, snapshots, dtype=torch.float64)
@@ -184,16 +192,74 @@ class Board:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_views", None)
+        state.pop("_slots", None)
         return state
 
     # -- claims ---------------------------------------------------------------------------
-    def claim(self) -> int:
-        """The next batch index of the shared plan (dynamic work sharing between processes)."""
-        nb = self.view("next_batch")
+    def _slot_state(self):
+        """This process's free slots of its inflight row and the slot of each claimed batch (made
+        once per process: the threads of one worker share them, under _slots' lock or claim_lock)."""
+        st = self.__dict__.get("_slots")
+        if st is None:
+            st = self.__dict__["_slots"] = {"free": None, "of": {}, "lock": threading.Lock()}
+        return st
+
+    def claim(self, rank: int = 0, limit: int | None = None) -> int:
+        """The next batch index of the shared plan (dynamic work sharing between processes): a lost
+        worker's re-queued batch first, else the next unclaimed one. A batch below `limit` (the
+        plan's size) stays in worker `rank`'s inflight row until it is booked (booked())."""
+        nb, rq, ends = self.view("next_batch"), self.view("requeue"), self.view("requeue_ends")
+        st = self._slot_state()
         with self.claim_lock:
-            k = nb[0]
-            nb[0] = k + 1
+            if ends[0] < ends[1]:
+                k = rq[ends[0]]
+                ends[0] += 1
+            else:
+                k = nb[0]
+                if limit is None or k < limit:  # past the plan it stays put (waiting survivors claim again)
+                    nb[0] = k + 1
+            if limit is not None and k < limit:
+                with st["lock"]:
+                    if st["free"] is None:
+                        st["free"] = list(range(self.inflight.shape[1] - 1, -1, -1))
+                    if st["free"]:  # sized for every batch a worker holds at once (Launcher)
+                        slot = st["free"].pop()
+                        st["of"][k] = slot
+                        self.view("inflight")[rank * self.inflight.shape[1] + slot] = k
         return k
+
+    def booked(self, rank: int, k: int) -> None:
+        """Worker `rank` has booked batch k (its samples are counted): no longer re-queued if it dies."""
+        st = self.__dict__.get("_slots")
+        if st is None:
+            return
+        with st["lock"]:
+            slot = st["of"].pop(k, None)
+            if slot is not None:
+                self.view("inflight")[rank * self.inflight.shape[1] + slot] = -1
+                st["free"].append(slot)
+
+    def peers_busy(self, rank: int) -> bool:
+        """Whether a worker other than `rank`, not known lost and not done, still holds claimed
+        batches that it may yet leave behind (if it dies)."""
+        held = (self.inflight >= 0).any(1)
+        held[rank] = False
+        return bool((held & (self.lost == 0) & (self.status != 3)).any())
+
+    def requeue_lost(self, rank: int) -> int:
+        """The launcher: move lost worker `rank`'s unbooked batches to the re-queue (in plan order);
+        returns how many. Appended before the row is cleared, so a survivor that sees the row
+        empty finds them in the queue."""
+        with self.claim_lock:
+            row = self.inflight[rank]
+            held = sorted(int(k) for k in row.tolist() if k >= 0)
+            tail = int(self.requeue_ends[1])
+            for k in held:
+                self.requeue[tail] = k
+                tail += 1
+            self.requeue_ends[1] = tail
+            row.fill_(-1)
+        return len(held)
 
     # -- reading --------------------------------------------------------------------------
     def staleness_stats(self) -> dict:

@@ -37,6 +37,16 @@ def save_checkpoint(out_dir: Path, state_dict: dict, momentum: torch.Tensor | No
     atomic_save(state_dict, Path(out_dir) / MODEL)
 
 
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+_ENTRIES = {"model": lambda v: isinstance(v, dict), "config": lambda v: isinstance(v, dict),
+            "momentum": lambda v: v is None or isinstance(v, torch.Tensor), "next_batch": _count,
+            "samples_done": _count,
+            "elapsed_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}
+
+
 def load_checkpoint(run_dir: str) -> dict:
     """The checkpoint of a run directory; ConfigError (exit 2) if missing or unreadable."""
     path = Path(run_dir) / CHECKPOINT
@@ -47,6 +57,9 @@ def load_checkpoint(run_dir: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
             raise ValueError("not an asyncsgd checkpoint")
+        for key, ok in _ENTRIES.items():  # a resumed run reads every one of them
+            if not ok(ckpt.get(key)):
+                raise ValueError(f"no valid {key!r} entry")
     except Exception as e:  # torch raises many types for corrupt files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"--resume {run_dir!r}: {CHECKPOINT} is unreadable ({msg[:160]}); "

@@ -175,7 +175,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from .algorithms.registry import default_algorithm
     from .settings import check_options, check_resume
 
-    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    values = load_toml(args.config) if getattr(args, "config", None) is not None else {}
     for name in FIELD_NAMES:
         if hasattr(args, name):
             values[name] = getattr(args, name)
@@ -207,7 +207,7 @@ def cmd_algorithms(args) -> int:
 
 def cmd_train(args) -> int:
     progress = getattr(args, "progress", None)
-    if progress is None and getattr(args, "config", None):
+    if progress is None and getattr(args, "config", None) is not None:
         progress = load_toml(args.config).get("progress")
     if progress != "none" and sys.stderr.isatty():  # within a second, before PyTorch and the task load;
         # on a terminal only, and erased before an error, so bad input stays one line

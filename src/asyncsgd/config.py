@@ -199,11 +199,19 @@ def parse_delay(spec: str | None) -> Delay | None:
         raise ConfigError(f"--delay {spec!r} is not accepted; accepted: latency=DURATION[,jitter=exp|none]"
                           "[,bandwidth=RATE] e.g. latency=20ms,jitter=exp")
     out = {"latency_s": 0.0, "jitter": None, "bandwidth_bps": None}
+    seen = set()
     for part in spec.split(","):
         key, _, val = part.partition("=")
         key = key.strip()
+        if key in seen:  # latency=1ms,latency=2ms: the last would silently win
+            raise ConfigError(f"--delay {spec!r} is not accepted: it gives {key} twice; accepted: each of "
+                              "latency, jitter, bandwidth at most once, e.g. latency=20ms,jitter=exp")
+        seen.add(key)
         if key == "latency":
             out["latency_s"] = parse_duration(val, "delay")
+            if out["latency_s"] > MAX_LATENCY_S:  # a run would wait that long for every message
+                raise ConfigError(f"--delay latency {val!r} is not accepted; accepted: at most {MAX_LATENCY_S:g}s "
+                                  "per message, e.g. 20ms")
         elif key == "jitter" and val in ("exp", "none"):
             out["jitter"] = None if val == "none" else val
         elif key == "bandwidth":
@@ -212,6 +220,10 @@ def parse_delay(spec: str | None) -> Delay | None:
             raise ConfigError(f"--delay {spec!r} is not accepted; accepted: "
                               "latency=DURATION[,jitter=exp|none][,bandwidth=RATE] e.g. latency=20ms,jitter=exp")
     return Delay(**out)
+
+
+MAX_LATENCY_S = 60.0  # --delay latency: more would make a run wait minutes per message
+MIN_BANDWIDTH_BPS = 1e3  # --delay bandwidth
 
 
 def parse_duration(text: str, name: str) -> float:
@@ -229,7 +241,10 @@ def parse_rate(text: str) -> float:
         raise ConfigError(f"--delay bandwidth {text!r} is not accepted; accepted: a number > 0 with bps, kbps, Mbps "
                           "or Gbps, e.g. 1Gbps")
     scale = {"bps": 1, "kbps": 1e3, "Mbps": 1e6, "Gbps": 1e9, None: 1}[m.group(2)]
-    return float(m.group(1)) * scale
+    rate = float(m.group(1)) * scale
+    if rate < MIN_BANDWIDTH_BPS:  # 1 bps: one message of a 10k-parameter model would take 3.5 days
+        raise ConfigError(f"--delay bandwidth {text!r} is not accepted; accepted: at least 1kbps, e.g. 1Gbps")
+    return rate
 
 
 def parse_straggler(spec: str | None) -> Straggler | None:
@@ -286,6 +301,8 @@ def load_toml(path: str) -> dict:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
+    if not path:  # Path('') is the current directory
+        raise ConfigError("--config '' is not accepted; accepted: a readable TOML file")
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -298,14 +315,17 @@ def load_toml(path: str) -> dict:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"--config {path!r} is not valid TOML ({str(e).splitlines()[0]}); "
                           "accepted: a TOML file of settings such as lr = 0.05") from None
-    out = {}
+    out, spelled = {}, {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name == "algo":
             name = "algorithm"
         if name not in FIELD_NAMES:
             raise ConfigError(f"--config {path!r}: unknown setting {key!r}; accepted: {', '.join(FIELD_NAMES)}")
-        out[name] = value
+        if name in out:  # algo and algorithm, or batch-size and batch_size: one would silently win
+            raise ConfigError(f"--config {path!r}: setting {key!r} is given twice (as {spelled[name]!r} and {key!r}); "
+                              "accepted: each setting once")
+        out[name], spelled[name] = value, key
     return check_types(out)
 
 

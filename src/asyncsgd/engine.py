@@ -220,6 +220,8 @@ class WorkerContext:
             self.record_staleness(staleness)
         v.updates[r] += updates
         v.samples[r] += samples
+        if batch is not None:  # counted: a death from here on does not re-queue it
+            b.booked(r, batch)
         if model is not None:
             self.maybe_snapshot(model, optimizer, next_batch)
         self.begin_step()

@@ -278,6 +278,7 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
         "per_worker": [{"worker": w, "samples": int(b.samples[w]), "updates": int(b.updates[w]),
                         "idle_s": round(float(b.idle_s[w]), 4)} for w in range(b.workers)],
         "lost_workers": sorted(record.lost),
+        "requeued_batches": int(b.requeue_ends[1]),  # a lost worker's unfinished batches, redone by the survivors
         "optimal_loss": task.optimal_loss,
         "setup_s": round(record.setup_s, 3), "eval_s": round(eval_s, 3),
         "resumed_from_samples": record.samples_before if record.resumed else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .errors import ConfigError
-from .config import RunConfig
+from .config import RunConfig, check_types
 from .launch.local import Launcher
 from .launch.torchrun import TorchrunLauncher, torchrun_env
 from .settings import resolve
@@ -34,8 +34,7 @@ def run(cfg: RunConfig, task=None) -> dict:
             raise ConfigError(f"--resume {cfg.resume!r} is not accepted: that run has finished (it has a summary.json); "
                               "accepted: the directory of an interrupted run")
         ckpt = load_checkpoint(cfg.resume)
-        saved = {k: v for k, v in ckpt["config"].items() if k in RunConfig.__dataclass_fields__}
-        saved["lr_steps"] = tuple(saved.get("lr_steps", ()))
+        saved = check_types({k: v for k, v in ckpt["config"].items() if k in RunConfig.__dataclass_fields__})
         cfg = RunConfig(**{**saved, "resume": cfg.resume, "out": cfg.resume, "progress": cfg.progress,
                            "threads_per_worker": cfg.threads_per_worker or saved.get("threads_per_worker")})
     env = torchrun_env()

@@ -25,14 +25,15 @@ SIM_TIMES = ("flops", "measured")
 # Upper limits of the sizes a run allocates (threads, shared memory, samples, time), with why.
 LIMITS = {"forward_threads": 64, "backward_threads": 64, "queue_size": 1024, "groups": 256, "workers_per_group": 64,
           "eval_points": 1000, "epochs": 100_000, "batch_size": 1 << 20, "num_samples": 10_000_000,
-          "stall_timeout": 7 * 86400.0, "checkpoint_every": 100_000, "threads_per_worker": 1024}
+          "stall_timeout": 7 * 86400.0, "checkpoint_every": 100_000, "threads_per_worker": 1024,
+          "warmup_epochs": 100_000}
 LIMITS_WHY = {"forward_threads": "threads per worker", "backward_threads": "threads per worker",
               "queue_size": "pending forwards hold their activations", "groups": "processes",
               "workers_per_group": "threads per group",
               "eval_points": "each is a copy of the model in shared memory, per replica",
               "epochs": "passes over the training set", "batch_size": "samples per step",
               "num_samples": "generated samples held in memory", "stall_timeout": "seconds, a week",
-              "checkpoint_every": "epochs", "threads_per_worker": "torch threads"}
+              "checkpoint_every": "epochs", "threads_per_worker": "torch threads", "warmup_epochs": "epochs"}
 
 
 def default_text(name: str) -> str:
@@ -60,9 +61,32 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
             given.get("sim_times") == "measured" or {"sim_forward_s", "sim_backward_s"} <= set(given)):
         raise ConfigError("--sim-device-flops is not used when the compute times are measured or both given; "
                           "accepted with: --sim-times flops and at most one of --sim-forward-s, --sim-backward-s")
+    if isinstance(given, dict) and given.get("workers") is not None and algorithm in ALGORITHMS:
+        _check_workers_used(algorithm, given, runtime)
     if algorithm == "pdasgd" and isinstance(given, dict):
         from .algorithms.pdasgd.spec import check_given
         check_given(given, runtime)
+
+
+def ignores_workers(algorithm: str) -> bool:
+    """True for an algorithm whose process count does not follow --workers (sequential: one; lpap: --groups)."""
+    processes = ALGORITHMS[algorithm].processes
+    return processes(RunConfig(workers=1)) == processes(RunConfig(workers=2))
+
+
+def _check_workers_used(algorithm: str, given: dict, runtime: str | None) -> None:
+    """--workers that would be silently overridden: by the algorithm's own process count, or by
+    --sim-workers on the simulated cluster. A value equal to what runs is harmless, and accepted."""
+    w = given["workers"]
+    if runtime == "sim" and given.get("sim_workers") is not None and given["sim_workers"] != w:
+        raise ConfigError(f"--workers {w} is not used with --sim-workers {given['sim_workers']} (the simulated "
+                          "cluster runs --sim-workers workers); accepted: one of them, or both equal")
+    if ignores_workers(algorithm):
+        n = ALGORITHMS[algorithm].processes(RunConfig(**{k: v for k, v in given.items() if k in RunConfig.__dataclass_fields__}))
+        if w != n:
+            raise ConfigError(f"--workers {w} is not used by --algo {algorithm}, which runs {n} process(es) "
+                              + ("(one per --groups) " if algorithm == "lpap" else "")
+                              + "whatever --workers says; accepted: leave --workers unset")
 
 
 # What may be given with --resume (how this process shows progress and uses the cores); every
@@ -131,6 +155,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     need(cfg.sim_times in SIM_TIMES, "sim_times", cfg.sim_times, ", ".join(SIM_TIMES))
     need(_number(cfg.sim_device_flops) and cfg.sim_device_flops > 0, "sim_device_flops", cfg.sim_device_flops,
          "FLOP/s > 0, e.g. 1e10")
+    for name in ("out", "resume", "data_dir", "model"):  # '' would silently mean the default
+        need(getattr(cfg, name) != "", name, "", "a non-empty value (or leave it unset)")
     if cfg.overwrite and not cfg.out:  # the default run directory is always new: nothing to replace
         raise ConfigError("--overwrite is not accepted without --out; accepted with: --out DIR")
     need(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, ", ".join(SCHEDULES))
@@ -172,6 +198,8 @@ def replayable(cfg: RunConfig) -> dict:
         users = users_of(name)
         if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim"):
             continue
+        if name == "workers" and (ignores_workers(cfg.algorithm) or (cfg.runtime == "sim" and cfg.sim_workers)):
+            continue  # not what decides the process count here (check_options refuses a different one)
         if name == "average_every" and cfg.algorithm == "pdasgd" and cfg.sharing != "average":
             continue  # used only with replicas
         out[name] = value

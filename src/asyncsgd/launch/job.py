@@ -45,7 +45,8 @@ def gather_board(board: Board, ranks: list[int] | None = None) -> None:
     t0 = float(board.t0[0])
     board.finish.copy_(torch.where(board.finish > 0, (board.finish - t0).clamp(min=1e-9), board.finish))
     for name, t in board.tensors().items():
-        if name in ("t0", "lost"):  # t0: rank 0's own; lost: set from the agreement by the caller
+        if name in ("t0", "lost", "inflight", "requeue"):  # t0: rank 0's own; lost: set from the agreement by
+            # the caller; inflight, requeue: the local claims' (torchrun ranks take strided batches)
             continue
         op = dist.ReduceOp.MAX if name in _MAX_FIELDS else dist.ReduceOp.SUM
         buf = t.to(torch.float64 if t.is_floating_point() else torch.int64).contiguous()

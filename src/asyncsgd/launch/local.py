@@ -61,6 +61,36 @@ def _exit_reason(rank: int, code: int) -> str:
     return f"worker {rank} exited with code {code}"
 
 
+def _batches_held(cfg: RunConfig) -> int:
+    """The most batches one worker holds claimed at once (its board row of re-queueable batches):
+    one per lpap thread, or per pdasgd forward thread, queued forward and backward thread."""
+    return 2 + cfg.workers_per_group + cfg.forward_threads + cfg.backward_threads + (cfg.queue_size or cfg.forward_threads)
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm, where torch's shared tensors live (None where there is none)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model: bool = False) -> None:
+    """The board's snapshot buffer (--eval-points copies of the model, per replica) and a shared model
+    are refused before they are allocated when /dev/shm cannot hold them: the kernel killed a
+    launcher that asked for 15 GB and left the file behind."""
+    free = shared_memory_free()
+    copies = cfg.eval_points + 3  # the snapshots, the final state and the checkpoint slot
+    need = (replicas * copies + shared_model) * numel * 4
+    if free is not None and need > free:
+        most = max(0, free // (replicas * numel * 4) - 3)
+        raise ConfigError(f"--eval-points {cfg.eval_points} is not accepted here: the snapshots need "
+                          f"{need / 2**30:.2f} GiB of shared memory ({replicas} replica(s) x {copies} copies of "
+                          f"{numel:,} values) and /dev/shm has {free / 2**30:.2f} GiB free; accepted: at most "
+                          f"{most} here, or a smaller model")
+
+
 class Launcher:
     """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
 
@@ -103,16 +133,19 @@ class Launcher:
             except (RuntimeError, KeyError) as e:
                 raise ConfigError(f"--resume {cfg.resume!r}: the checkpoint does not fit the model "
                                   f"({str(e).splitlines()[0][:120]}); accepted: a checkpoint of the same task and model") from None
+        replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
+        # before anything goes to shared memory: a launcher killed there for lack of memory leaves it in /dev/shm
+        check_shared_memory(cfg, replicas, self.flat.numel, shared_model=self.algo.shared_model and self.device == "cpu")
         if self.device == "cuda" and self.algo.shared_model:
             self.model.to("cuda")
         if self.algo.shared_model:
             self.model.share_memory()
         self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
-        replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         ctx = mp.get_context("spawn")
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
-                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None))
+                           layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None),
+                           inflight_slots=_batches_held(cfg))
         start_batch = samples_before = 0
         elapsed = 0.0
         momentum = None
@@ -267,10 +300,19 @@ class Launcher:
         if rank in self.lost:  # seen twice (its exit code and its error report): once is enough
             print(f"asyncsgd: {why}", file=sys.stderr, flush=True)
             return
+        if self.algo.distributed and self.board.t0[0] == 0:
+            # Before training began the survivors are joining the process group (or waiting at the
+            # start line), which needs every worker: they would wait out its timeout. Fail now.
+            if self.failure is None:
+                self.failure = ("error", f"{why} during start-up, before training began; --algo "
+                                f"{self.cfg.algorithm} cannot start without it (its process group needs every worker)")
+            return
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
-            self.board.lost[rank] = 1  # survivors' exchanges stop sending to it and stop waiting for it
-            print(f"asyncsgd: {why}; continuing with the survivors", file=sys.stderr, flush=True)
+            requeued = self.board.requeue_lost(rank)  # before lost[rank]: a survivor waiting at the end of
+            self.board.lost[rank] = 1  # the plan stops waiting on it; exchanges stop sending to it
+            print(f"asyncsgd: {why}; continuing with the survivors"
+                  + (f" (its {requeued} unfinished batch(es) re-queued)" if requeued else ""), file=sys.stderr, flush=True)
             return
         if self.failure is None:
             self.failure = ("error", why + ("" if self.algo.tolerates_failures else
@@ -306,7 +348,9 @@ class Launcher:
     def _stop_all(self, procs) -> None:
         if any(p.is_alive() for p in procs):
             self.board.stop[0] = 1
-        deadline = time.time() + STOP_GRACE_S
+        # Before training began there is nothing to save, and a worker blocked in joining the
+        # process group never sees board.stop: no grace period then.
+        deadline = time.time() + (STOP_GRACE_S if self.board.t0[0] > 0 else 1.0)
         for p in procs:
             p.join(timeout=max(0.1, deadline - time.time()))
         for p in procs:

@@ -71,8 +71,22 @@ class LocalLaunch:
         def take() -> int | None:
             if stop[0] or not ctx.launcher_alive():
                 return None
-            k = board.claim()
-            return k if k < plan.num_batches else None
+            k = board.claim(ctx.rank, plan.num_batches)
+            if k < plan.num_batches:
+                return k
+            while not stop[0] and ctx.launcher_alive():
+                # Peers first, then the claim: the launcher re-queues a lost peer's batches before it
+                # clears its row, so "no peer busy" seen here means nothing more will be re-queued.
+                busy = board.peers_busy(ctx.rank)
+                k = board.claim(ctx.rank, plan.num_batches)
+                if k < plan.num_batches:
+                    return k
+                if not busy:
+                    return None
+                # The plan is claimed, but a peer still holds batches: if it dies they come back
+                # here (the launcher sees the death within POLL_S); if it books them, we are done.
+                time.sleep(0.01)
+            return None
         return take
 
     def resume_point(self, ctx, k: int) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -43,7 +44,8 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     board, launch = spec.board, spec.launch
     group = False
     job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
-    if spec.errors is not None and not isinstance(spec.errors, queue.Queue):  # a process the launcher started
+    spawned = spec.errors is not None and not isinstance(spec.errors, queue.Queue)  # a process the launcher started
+    if spawned:
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
         watch_launcher()
@@ -79,12 +81,29 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     finally:
         if job is not None:
             job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
+        if group and spawned and board.stop[0]:
+            _leave_now(spec)
         if group:
             import torch.distributed as dist
             try:
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+def _leave_now(spec: WorkerSpec) -> None:
+    """A worker of a run told to stop (a divergence, a failure, Ctrl-C) ends its process here, once
+    its report has reached the launcher: its exchange threads may still be blocked in a gloo
+    receive from a peer that is stopping too, and tearing the process group down under them
+    aborts the process ("terminate called without an active exception" on stderr). Everything
+    the run keeps lives in the launcher; the launcher owns this process and sees exit code 0."""
+    try:
+        spec.errors.close()
+        spec.errors.join_thread()  # the queue's feeder thread has handed our report over
+    except Exception:
+        pass
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _report(spec: WorkerSpec, rank: int, kind: str, message: str, tb: str = "") -> None:

@@ -23,6 +23,7 @@ from .models import build_model, check_model
 # ndim of x -> accepted models, the first being the default
 NPZ_MODELS = {2: ("mlp", "linear"), 3: ("cnn1d", "mlp", "linear"),
               4: ("cnn2d", "resnet18", "resnet20", "mlp", "linear")}
+MAX_CLASSES = 100_000  # a label of 10^6 asked for a 22 GB model and its snapshots
 _LAYOUTS = "[n, features], [n, channels, length] or [n, channels, height, width]"
 
 
@@ -80,6 +81,9 @@ def _validate(path: Path, a: dict) -> dict:
             raise DataError(f"npz: {path}: {xk!r} has {len(x)} rows but {yk!r} has {len(y)}; they must match")
         if y.min() < 0:
             raise DataError(f"npz: array {yk!r} in {path} has negative label {int(y.min())}; accepted: labels 0..k-1")
+        if y.max() >= MAX_CLASSES:  # the model's output layer has max label + 1 units
+            raise DataError(f"npz: array {yk!r} in {path} has label {int(y.max())}; accepted: labels 0..k-1 with "
+                            f"k at most {MAX_CLASSES} (the model has one output per class up to the largest label)")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported just below
             x32 = np.asarray(x, dtype=np.float32)
         bad = ~np.isfinite(x32.reshape(len(x32), -1)).all(axis=1)
@@ -87,6 +91,9 @@ def _validate(path: Path, a: dict) -> dict:
             raise DataError(f"npz: array {xk!r} in {path} has NaN or inf values (as float32; first in row "
                             f"{int(np.argmax(bad))}); clean or drop those rows")
         out[xk], out[yk] = x32, y.astype(np.int64)
+    if len(np.unique(out["y"])) < 2:  # nothing to learn: every prediction of that class is right
+        raise DataError(f"npz: array 'y' in {path} has one class only (label {int(out['y'][0])}); accepted: "
+                        "labels of at least 2 classes")
     if out["x_test"] is not None:
         if out["x_test"].shape[1:] != out["x"].shape[1:]:
             raise DataError(f"npz: {path}: 'x_test' rows have shape {list(out['x_test'].shape[1:])} but 'x' rows "

@@ -26,5 +26,5 @@ def run(ctx) -> None:
         grads = torch.autograd.grad(loss, params)
         staleness = int(updates.sum()) - version_read
         opt.step(grads, ctx.lr())
-        ctx.record(len(y), loss, staleness=staleness, model=model, optimizer=opt)
+        ctx.record(len(y), loss, staleness=staleness, model=model, optimizer=opt, batch=k)
     ctx.finish(model)

@@ -16,5 +16,5 @@ def run(ctx) -> None:
         loss = ctx.loss(model(x), y)
         grads = torch.autograd.grad(loss, params)
         opt.step(grads, ctx.lr(ctx.plan.samples_before(k)))
-        ctx.record(len(y), loss, staleness=0, model=model, optimizer=opt, next_batch=k + 1)
+        ctx.record(len(y), loss, staleness=0, model=model, optimizer=opt, next_batch=k + 1, batch=k)
     ctx.finish(model)
