@@ -14,8 +14,10 @@ all-reduce (every DDP rank must), with a batch weighted 0.
 --delay is paid in a communication hook (register_comm_hook) per bucket: the hook sleeps the
 latency (+ the bucket's bytes / bandwidth), then starts the bucket's all-reduce, so a model in B
 buckets pays B latencies a step, as DDP over a real network pays one per bucket. The hooks count
-the all-reduces and the seconds slept (summary.json "ddp"). A straggler sleeps in its first
-bucket's hook (ctx.compute_done), so the others wait for it in that all-reduce, as in sync.
+the all-reduces and the seconds slept (summary.json "ddp"; per_worker idle_s holds the seconds
+slept: the wait inside DDP's all-reduce overlaps backward and is not separated from it). A
+straggler sleeps in its first bucket's hook (ctx.compute_done), so the others wait for it in
+that all-reduce, as in sync.
 """
 
 from __future__ import annotations
