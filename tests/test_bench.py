@@ -8,6 +8,7 @@ medians and the run order can be checked exactly.
 import argparse
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -284,6 +285,15 @@ def test_cluster_suite_dry_run_prints_the_runs_in_order(tmp_path, capsys, monkey
         "--delay latency=20ms --straggler worker=1,slowdown=4")
     assert "--algo lpap" in commands["# latency / lpap / repeat 0"] and \
         "--groups 4 --workers-per-group 1 --delay latency=20ms" in commands["# latency / lpap / repeat 0"]
+    # every printed command is one `asyncsgd train` accepts, and it runs the bench's settings
+    from asyncsgd import cli
+    from asyncsgd.settings import resolve
+    parser = cli.build_parser()
+    planned = bench.run_order(_cluster_plan(tmp_path, "--repeats", "2"))
+    for (r, scenario, label, cfg), (head, command) in zip(planned, commands.items()):
+        assert head == f"# {scenario} / {label} / repeat {r}"
+        given = cli.config_from_args(parser.parse_args(shlex.split(command)[1:]))
+        assert resolve(given) == resolve(cfg), command
 
 
 def test_cluster_report_labels_hogwild_as_the_single_device_reference(tmp_path, monkeypatch):

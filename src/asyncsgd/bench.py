@@ -305,9 +305,15 @@ def train_command(cfg) -> str:
         if value is True:
             args.append(flag(f.name))
         else:
-            text = ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
-            args += [flag(f.name), text]
+            args += [flag(f.name), ",".join(map(_text, value)) if isinstance(value, tuple) else _text(value)]
     return shlex.join(args)
+
+
+def _text(value) -> str:
+    """A setting as the CLI reads it back exactly: 20.0 -> 20, 0.05 -> 0.05."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def machine_info(device: str) -> dict:
