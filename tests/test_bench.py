@@ -8,6 +8,7 @@ medians and the run order can be checked exactly.
 import argparse
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,89 @@ def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, m
     # --algos picks variants by algorithm (or label)
     p = bench.plan(parser.parse_args(["--suite", "speed", "--out", str(tmp_path / "c"), "--algos", "pdasgd,hogwild"]))
     assert p["algos"] == [label for label in layouts if label.startswith("pdasgd")] + ["hogwild"]
+
+
+HOGWILD_REF = "hogwild (single-device reference)"
+
+
+def _cluster_plan(tmp_path, *argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return bench.plan(parser.parse_args(["--suite", "cluster", "--out", str(tmp_path / "c"), *argv]))
+
+
+def test_cluster_suite_plans_n_devices_that_share_nothing(tmp_path):
+    """The cluster suite: the algorithms that run across devices, each as 4 processes without a
+    shared model (lpap one group per device), in three scenarios; hogwild (one shared model) only as
+    the single-device reference; layup where it is registered; the same samples for everyone."""
+    from asyncsgd.algorithms.registry import ALGORITHMS
+
+    p = _cluster_plan(tmp_path)
+    labels = ["sync", "ddp", "lpap", "pdasgd sharing=average", "dasgd"] + ["layup"] * ("layup" in ALGORITHMS)
+    assert p["algos"] == labels + [HOGWILD_REF] and p["repeats"] == 3
+    scenarios = {"no-delay": (None, None), "latency": ("latency=20ms", None),
+                 "straggler-latency": ("latency=20ms", "worker=1,slowdown=4")}
+    assert list(p["suite"]["scenarios"]) == list(scenarios)
+    for (scenario, label), cfg in p["configs"].items():
+        algo = ALGORITHMS[cfg.algorithm].for_config(cfg)
+        assert (cfg.delay, cfg.straggler) == scenarios[scenario], (scenario, label)
+        assert algo.processes(cfg) == 4 and cfg.device == "cpu" and cfg.threads_per_worker is None  # cores / 4 each
+        assert cfg.epochs == 20.0 and cfg.task == "mnist1d" and cfg.target_accuracy == 0.9  # the same samples
+        assert algo.shared_model is (label == HOGWILD_REF), label  # only the reference shares memory
+    assert p["adjustments"] == {}  # every algorithm has a worker 1 to slow down
+    lpap, pd = p["configs"][("latency", "lpap")], p["configs"][("latency", "pdasgd sharing=average")]
+    assert (lpap.groups, lpap.workers_per_group) == (4, 1) and pd.sharing == "average"
+    assert p["suite"]["notes"][HOGWILD_REF].startswith("single-device reference")
+    # N devices: lpap's groups follow --set workers=N
+    p8 = _cluster_plan(tmp_path, "--set", "workers=8", "--scenarios", "no-delay")
+    assert {ALGORITHMS[c.algorithm].processes(c) for c in p8["configs"].values()} == {8}
+
+
+def test_cluster_suite_dry_run_prints_the_runs_in_order(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("asyncsgd.runner.run", lambda cfg: pytest.fail("a dry run trains nothing"))
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "c"
+    assert bench.main(parser.parse_args(["--suite", "cluster", "--out", str(out), "--dry-run", "--repeats", "2"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    labels = _cluster_plan(tmp_path)["algos"]
+    heads = [f"# {sc} / {label} / repeat {r}" for r in range(2) for sc in ("no-delay", "latency", "straggler-latency")
+             for label in labels]
+    assert lines[0::2] == heads and not out.exists()
+    commands = dict(zip(lines[0::2], lines[1::2]))
+    assert commands[f"# straggler-latency / {HOGWILD_REF} / repeat 1"] == (
+        f"asyncsgd train --algo hogwild --workers 4 --epochs 20 --seed 1 --target-accuracy 0.9 --out "
+        f"{out}/runs/straggler-latency/hogwild--single-device-reference--r1 --device cpu --progress none "
+        "--delay latency=20ms --straggler worker=1,slowdown=4")
+    assert "--algo lpap" in commands["# latency / lpap / repeat 0"] and \
+        "--groups 4 --workers-per-group 1 --delay latency=20ms" in commands["# latency / lpap / repeat 0"]
+    # every printed command is one `asyncsgd train` accepts, and it runs the bench's settings
+    from asyncsgd import cli
+    from asyncsgd.settings import resolve
+    parser = cli.build_parser()
+    planned = bench.run_order(_cluster_plan(tmp_path, "--repeats", "2"))
+    for (r, scenario, label, cfg), (head, command) in zip(planned, commands.items()):
+        assert head == f"# {scenario} / {label} / repeat {r}"
+        given = cli.config_from_args(parser.parse_args(shlex.split(command)[1:]))
+        assert resolve(given) == resolve(cfg), command
+
+
+def test_cluster_report_labels_hogwild_as_the_single_device_reference(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("asyncsgd.runner.run", _fake_run(calls))
+    args = _args(tmp_path, suite="cluster", repeats=1, scenarios="latency")
+    args.algos = "sync,hogwild"
+    assert bench.main(args) == 0
+    assert [(a, s) for a, s, _, _ in calls] == [("sync", 0), ("hogwild", 0)]
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    sc = res["scenarios"]["latency"]
+    assert list(sc["algorithms"]) == ["sync", HOGWILD_REF]
+    assert sc["notes"] == {HOGWILD_REF: bench.SUITES["cluster"]["notes"][HOGWILD_REF]}
+    # ratios against hogwild still find it under its label: sync (3.0 s) / hogwild (1.5 s)
+    assert sc["algorithms"]["sync"]["time_to_target_ratio_vs_hogwild"] == pytest.approx(1.5 / 3.0)
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert f"- {HOGWILD_REF}: single-device reference, not a cluster algorithm" in report
+    assert f"| {HOGWILD_REF} |" in report
 
 
 def test_every_suite_is_a_small_declarative_dict():

@@ -13,7 +13,11 @@ A suite is a small declarative dict below; its "settings" apply to every algorit
 algorithm does not use, e.g. lpap's groups, are ignored by the others). A suite with "variants"
 runs those labelled configurations (label -> {"algorithm": name, settings...}) instead of one run
 per algorithm, e.g. one algorithm in several layouts; --algos then picks variants by label or by
-algorithm. Method and commands: docs/benchmarks.md.
+algorithm. A variant's value WORKERS stands for the suite's worker count (lpap's groups follow
+`--set workers=N`); a variant marked "if_registered" runs only where its algorithm is registered
+(the cluster suite's layup); "notes" (label -> text) are printed next to that label's results.
+`--dry-run` prints every run as its `asyncsgd train` command and runs nothing.
+Method and commands: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from pathlib import Path
 
 from .errors import AsyncSGDError, ConfigError, DataError, DivergedError
+
+WORKERS = "$workers"  # a variant's value that is the suite's worker count (after --set workers=N)
 
 # task / model / workers / epochs / target / repeats: shared by every scenario of the suite;
 # settings: RunConfig fields for every run; scenarios: name -> extra settings of that scenario.
@@ -85,6 +91,28 @@ SUITES: dict[str, dict] = {
         },
         "scenarios": {"speed": {}},
     },
+    "cluster": {
+        "about": "mnist1d, N devices (processes, default 4) that share no memory, cores/N torch threads each: "
+                 "the algorithms that run across devices, without and with 20 ms per message and a 4x straggler; "
+                 "hogwild only as the single-device reference",
+        "task": "mnist1d", "model": None, "workers": 4, "epochs": 20.0, "target_accuracy": 0.90, "repeats": 3,
+        # threads_per_worker unset: every process gets cores / processes torch threads (engine.set_threads)
+        "settings": {"device": "cpu"},
+        "variants": {
+            "sync": {"algorithm": "sync"},
+            "ddp": {"algorithm": "ddp"},
+            # one group per device (Hogwild! inside a group: one worker thread on its cores/N threads)
+            "lpap": {"algorithm": "lpap", "groups": WORKERS, "workers_per_group": 1},
+            "pdasgd sharing=average": {"algorithm": "pdasgd", "sharing": "average"},
+            "dasgd": {"algorithm": "dasgd"},
+            "layup": {"algorithm": "layup", "if_registered": True},
+            "hogwild (single-device reference)": {"algorithm": "hogwild"},
+        },
+        "notes": {"hogwild (single-device reference)": "single-device reference, not a cluster algorithm: its N "
+                  "processes update one model in this machine's shared memory, so --delay never touches it"},
+        "scenarios": {"no-delay": {}, "latency": {"delay": "latency=20ms"},
+                      "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
+    },
 }
 
 # Settings the bench owns: a --set of these would break the comparison or the run layout.
@@ -111,6 +139,8 @@ def add_arguments(parser) -> None:
                         help="parameter snapshots evaluated per run (default: the suite's, else 40)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other run setting for every run, e.g. --set batch_size=64 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every run (in the order it would run) as its asyncsgd train command, run nothing")
     parser.add_argument("--peak-seconds", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: a shorter peak measurement
 
 
@@ -141,6 +171,10 @@ def plan(args) -> dict:
         _fail("--suite", args.suite, ", ".join(SUITES))
     suite = {"name": args.suite, **json.loads(json.dumps(SUITES[args.suite]))}  # a deep copy
     variants = suite.get("variants")
+    if variants:  # a variant of an algorithm not registered (yet) is left out, where the suite allows it
+        suite["variants"] = variants = {label: {k: v for k, v in vs.items() if k != "if_registered"}
+                                        for label, vs in variants.items()
+                                        if vs["algorithm"] in ALGORITHMS or not vs.get("if_registered")}
     if variants:  # labelled configurations: --algos picks them by label or by algorithm
         algos = list(variants)
         if args.algos is not None:
@@ -220,7 +254,8 @@ def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
     from .config import RunConfig
     from .settings import resolve
 
-    variant = dict(suite.get("variants", {}).get(label) or {"algorithm": label})
+    variant = {k: suite["workers"] if v == WORKERS else v
+               for k, v in (suite.get("variants", {}).get(label) or {"algorithm": label}).items()}
     algo = variant.pop("algorithm")
     values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
               "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
@@ -240,6 +275,45 @@ def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
     except TypeError as e:  # an unknown setting in a suite definition
         raise ConfigError(f"scenario {scenario!r}: {e}; accepted: RunConfig fields") from None
     return cfg, note
+
+
+def run_order(p: dict) -> list:
+    """[(repeat, scenario, label, RunConfig)] in the order the bench runs them: interleaved, repeat by
+    repeat, scenario by scenario, label by label; repeat r has seed --seed + r and its own directory."""
+    order = []
+    for r in range(p["repeats"]):
+        for scenario in p["suite"]["scenarios"]:
+            for label in p["algos"]:
+                cfg = p["configs"][(scenario, label)]
+                run_dir = p["out"] / "runs" / scenario / f"{_slug(label)}-r{r}"
+                order.append((r, scenario, label, cfg.replace(seed=cfg.seed + r, out=str(run_dir))))
+    return order
+
+
+def train_command(cfg) -> str:
+    """The `asyncsgd train` command line of one run: --algo, then every setting that is not
+    RunConfig's default."""
+    import dataclasses
+
+    from .config import RunConfig, flag
+
+    args = ["asyncsgd", "train"]
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if value == f.default and f.name != "algorithm":  # the CLI's default algorithm is not RunConfig's
+            continue
+        if value is True:
+            args.append(flag(f.name))
+        else:
+            args += [flag(f.name), ",".join(map(_text, value)) if isinstance(value, tuple) else _text(value)]
+    return shlex.join(args)
+
+
+def _text(value) -> str:
+    """A setting as the CLI reads it back exactly: 20.0 -> 20, 0.05 -> 0.05."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def machine_info(device: str) -> dict:
@@ -286,6 +360,11 @@ def bench(suite: str = "quick", **options) -> dict:
 
 
 def main(args) -> int:
+    if args.dry_run:
+        p = plan(args)
+        for r, scenario, label, cfg in run_order(p):
+            print(f"# {scenario} / {label} / repeat {r}\n{train_command(cfg)}")
+        return 0
     results, runs = execute(args)
     suite = results["suite"]
     for name, sc in results["scenarios"].items():
@@ -316,7 +395,7 @@ def execute(args) -> tuple[dict, list]:
     from .tasks import get_task
 
     p = plan(args)
-    suite, out, repeats = p["suite"], p["out"], p["repeats"]
+    suite, out = p["suite"], p["out"]
     first_cfg = next(iter(p["configs"].values()))
     device = resolve_device(first_cfg)
     t_bench = time.perf_counter()
@@ -329,6 +408,9 @@ def execute(args) -> tuple[dict, list]:
                                    "flops_per_sample": mfu.flops_per_sample(task, cfg.batch_size)}
         if p["adjustments"].get(scenario):
             scenario_info[scenario]["adjustments"] = p["adjustments"][scenario]
+        notes = {label: text for label, text in suite.get("notes", {}).items() if label in p["algos"]}
+        if notes:
+            scenario_info[scenario]["notes"] = notes
     flops = {s: i["flops_per_sample"] for s, i in scenario_info.items()}
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info(device)
@@ -345,7 +427,7 @@ def execute(args) -> tuple[dict, list]:
     machine["peak_flops"] = peak
     argv = sys.argv[1:]
     suite["command"] = "asyncsgd " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["bench"] else None
-    order = [(r, scenario, algo) for r in range(repeats) for scenario in suite["scenarios"] for algo in p["algos"]]
+    order = run_order(p)
     runs: list[Run] = []
 
     def write(complete: bool, plots: bool):
@@ -363,10 +445,8 @@ def execute(args) -> tuple[dict, list]:
         return results
 
     try:
-        for i, (r, scenario, algo) in enumerate(order):
-            cfg = p["configs"][(scenario, algo)]
-            run_dir = out / "runs" / scenario / f"{_slug(algo)}-r{r}"
-            cfg = cfg.replace(seed=cfg.seed + r, out=str(run_dir))
+        for i, (r, scenario, algo, cfg) in enumerate(order):
+            run_dir = Path(cfg.out)
             _say(f"[{i + 1}/{len(order)}] {scenario} / {algo} repeat {r} (seed {cfg.seed}) -> {run_dir}")
             started = time.strftime("%Y-%m-%dT%H:%M:%S")
             t = time.perf_counter()

@@ -141,6 +141,10 @@ class Board:
         self.messages_sent = z(workers)
         self.dropped = z(workers)
         self.idle_s = z(workers, dtype=torch.float64)
+        # ddp: all-reduces this worker's comm hook started (one per gradient bucket) and the seconds
+        # of --delay it slept before them (algorithms/ddp/worker.py)
+        self.collectives = z(workers)
+        self.delay_paid_s = z(workers, dtype=torch.float64)
         # exchange (dasgd, lpap): lost[w] = 1 once the launcher saw worker w die (survivors stop
         # sending to it); exchange[w, c] = counter c of ExchangeCounter (rounds, data messages
         # sent, control messages sent, coalesced, latency sum us, messages received, latency max

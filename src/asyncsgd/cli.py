@@ -65,7 +65,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length in epochs ({D('warmup_epochs')})")
     p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")
     p.add_argument("--lr-gamma", type=FLOAT, default=S, help=f"for --schedule step: lr factor at each step ({D('lr_gamma')})")
-    p.add_argument("--lr-scaling", default=S, help=f"sync: linear (lr x N for the N x B effective batch) or none ({D('lr_scaling')})")
+    p.add_argument("--lr-scaling", default=S, help=f"sync, ddp: linear (lr x N for the N x B effective batch) or none ({D('lr_scaling')})")
     p.add_argument("--seed", type=INT, default=S, help=f"seed of everything random ({D('seed')})")
     p.add_argument("--target-accuracy", type=FLOAT, default=S, help="report the first wall-clock time test accuracy reached this")
     p.add_argument("--out", default=S, help="run directory (default runs/<timestamp>-<algo>)")
@@ -99,6 +99,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers-per-group", type=INT, default=S, help=f"Hogwild! workers per group ({D('workers_per_group')})")
     g.add_argument("--average-every", type=INT, default=S, help=f"local steps (pdasgd --sharing average: backward passes) between averagings ({D('average_every')})")
     g.add_argument("--partitioned", action="store_true", default=S, help="LPP variant: workers update their own layer slices")
+    g = p.add_argument_group("ddp")
+    g.add_argument("--bucket-cap-mb", type=FLOAT, default=S, help="DistributedDataParallel's gradient bucket size "
+                   "in MiB; --delay is paid once per bucket (default: DDP's, 25)")
     g = p.add_argument_group("dasgd")
     g.add_argument("--send-every", type=INT, default=S, help=f"local steps summed into one message ({D('send_every')})")
     g.add_argument("--topology", default=S, help=f"all, ring or random:M ({D('topology')})")

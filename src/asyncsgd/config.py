@@ -62,7 +62,7 @@ class RunConfig:
     warmup_epochs: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     lr_steps: tuple[float, ...] = (0.5, 0.75)  # fractions of the run, for schedule=step
     lr_gamma: float = 0.1
-    lr_scaling: str = "linear"  # sync: lr x N for its N x B effective batch (Goyal et al. 2017); "none" keeps lr
+    lr_scaling: str = "linear"  # sync, ddp: lr x N for its N x B effective batch (Goyal et al. 2017); "none" keeps lr
     seed: int = 0
     target_accuracy: float | None = None
     out: str | None = None
@@ -92,6 +92,8 @@ class RunConfig:
     workers_per_group: int = 2
     average_every: int = 10
     partitioned: bool = False
+    # ddp: DistributedDataParallel's bucket size limit in MiB; None: DDP's default (25, first bucket 1)
+    bucket_cap_mb: float | None = None
     # dasgd
     send_every: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's; 1 is the per-step exchange
     topology: str = "all"

@@ -6,13 +6,14 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Algorithm
 from .dasgd.spec import DASGD
+from .ddp.spec import DDP
 from .hogwild.spec import HOGWILD
 from .lpap.spec import LPAP
 from .pdasgd.spec import PDASGD
 from .sequential.spec import SEQUENTIAL
 from .sync.spec import SYNC
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (SEQUENTIAL, SYNC, HOGWILD, PDASGD, DASGD, LPAP)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (SEQUENTIAL, SYNC, DDP, HOGWILD, PDASGD, DASGD, LPAP)}
 DEFAULT_ALGORITHM = "pdasgd"
 
 

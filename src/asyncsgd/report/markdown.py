@@ -107,6 +107,8 @@ def _table(name: str, sc: dict, target) -> list[str]:
         lines.append("Settings that differ between the algorithms here: " + "; ".join(
             f"{k} (" + ", ".join(f"{label} {short(v)}" for label, v in vals.items()) + ")"
             for k, vals in sc["differing_settings"].items()) + ".")
+    for algo, text in sc.get("notes", {}).items():  # what a suite says about a label (e.g. a reference)
+        lines.append(f"- {algo}: {text}")
     if sc.get("adjustments"):
         for algo, why in sc["adjustments"].items():
             lines.append(f"- {algo}: {why}")

@@ -125,7 +125,7 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
             algos[label] = entry
         for label, e in algos.items():
             for ref in REFERENCES:
-                r = algos.get(ref)
+                r = reference(algos, ref)
                 e[f"time_to_target_ratio_vs_{ref}"] = ratio(r["time_to_target_s"]["median"],
                                                             e["time_to_target_s"]["median"]) if r else None
                 e[f"throughput_ratio_vs_{ref}"] = ratio(e["samples_per_s"]["median"],
@@ -148,6 +148,15 @@ def build_results(runs: list[Run], *, target: float | None, peak: dict | None, f
          **r.extra} for i, r in enumerate(runs)]
     out["run_dirs"] = [_rel(r.dir, base_dir) for r in runs]
     return out
+
+
+def reference(algos: dict, ref: str) -> dict | None:
+    """The entry ratios are taken against: the label `ref`, else the one label that is `ref` with a
+    note in parentheses ("hogwild (single-device reference)" in the cluster suite)."""
+    if ref in algos:
+        return algos[ref]
+    noted = [e for label, e in algos.items() if label.split(" (")[0] == ref]
+    return noted[0] if len(noted) == 1 else None
 
 
 def _differences(runs: list[Run]) -> dict:

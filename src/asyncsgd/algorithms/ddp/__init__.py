@@ -1,0 +1,1 @@
+"""ddp: spec.py, worker.py (real schedule), sim.py (simulated twin)."""
