@@ -205,10 +205,10 @@ class Exchange:
                 q = self._queues[d]
                 due = max(now + message_delay(self.delay, nbytes, self.rng), self._last_due[d])
                 self._last_due[d] = due
-                if coalesce and kind == GRAD and q and q[-1].kind == GRAD and q[-1].due <= now and \
-                        q[-1].offset == offset and q[-1].payload.numel() == payload.numel():
-                    # congestion (the tail is due but still queued, same slice): sum into it, adaptive --send-every
-                    tail = q[-1]
+                tail = self._backlogged(q, offset, payload.numel(), now) if coalesce and kind == GRAD else None
+                if tail is not None:
+                    # congestion (the queue is due but still queued): sum into its newest message of
+                    # the same slice, adaptive --send-every
                     if not tail.owned:
                         tail.payload, tail.owned = tail.payload.clone(), True
                     tail.payload += payload
@@ -226,6 +226,18 @@ class Exchange:
             if kind in (FINAL, DONE):
                 self._last_posted = True
             self._cv.notify_all()
+
+    @staticmethod
+    def _backlogged(q, offset: int, numel: int, now: float) -> Message | None:
+        """(Caller holds self._cv.) The newest GRAD queued for one destination that covers the same
+        slice, if the queue's tail is already due (so is every message before it: a queue is in
+        due order): a backlog, into which a new update of that slice is summed. None otherwise."""
+        if not q or q[-1].due > now:
+            return None
+        for m in reversed(q):
+            if m.kind == GRAD and m.offset == offset and m.payload.numel() == numel:
+                return m
+        return None
 
     def send_last(self, kind: int = DONE, payload: torch.Tensor | None = None) -> None:
         """Post this process's last message (DONE or FINAL) to every live peer (protocol step 1)."""
