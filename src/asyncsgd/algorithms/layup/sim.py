@@ -6,7 +6,7 @@ from collections import deque
 
 import numpy as np
 
-from ...exchange.policy import StalenessPolicy, Topology
+from ...exchange.policy import StalenessPolicy, Topology, gossip_staleness
 from ...exchange.wire import header_bytes
 from ..dasgd.sim import shutdown
 from ..pdasgd.rules import concurrency, queue_size
@@ -64,7 +64,8 @@ def run(sim) -> None:
     last_step = [0.0] * N
     groups = [[None] * L for _ in range(N)]  # per worker and layer: [update sum, clock at first, updates]
     rounds = np.zeros((N, L), np.int64)
-    sent = np.zeros((N, L), np.int64)
+    sent = np.zeros((N, L), np.int64)  # messages
+    sent_to = np.zeros((N, L, N), np.int64)  # sent_to[w][l][p]: updates of layer l worker w sent to p
     recv = {"sum": 0, "n": 0}
 
     def fstart(w: int) -> None:
@@ -154,6 +155,7 @@ def run(sim) -> None:
         groups[w][j] = None
         targets = topologies[w].targets(int(rounds[w, j]), lambda p: True)
         rounds[w, j] += 1
+        sent_to[w, j, targets] += steps
         for i in targets:
             loop.at(sim.net.send(loop.now, w, i, layer_bytes[j]), arrive, i, w, j, delta, clock, steps)
         sent[w, j] += len(targets)
@@ -161,7 +163,7 @@ def run(sim) -> None:
         stats.messages_sent[w] += len(targets)
 
     def arrive(i: int, sender: int, j: int, delta, clock, steps: int) -> None:
-        s = int(np.maximum(V[i, j] - clock, 0).sum())
+        s = gossip_staleness(V[i, j], clock, i, sent_to[i, j, sender])
         record(i, j, s)
         recv["sum"] += s
         recv["n"] += 1
