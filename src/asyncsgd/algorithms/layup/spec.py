@@ -34,6 +34,6 @@ LAYUP = Algorithm(
     "is sent to peers (--topology, gossip) as soon as it is made, and peers' are applied on arrival",
     worker=worker.run, sim=sim.run, shared_model=False, distributed=True, tolerates_failures=True,
     snapshot_all_replicas=True,
-    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:2"},
+    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:1"},
     options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
     summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)
