@@ -13,6 +13,7 @@ def summary_extra(record, out: dict) -> None:
     from ...exchange.summary import exchange_summary
     from ..pdasgd.spec import layer_summary
     layer_summary(record, out)
+    del out["fb_ratio"]  # a pdasgd option layup does not take
     named = [(n, p) for n, p in record.model.named_parameters() if p.requires_grad]
     exchange_summary(record, out, sum(p.numel() for _, p in named))
     b, x = record.board, out["exchange"]
