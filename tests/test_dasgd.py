@@ -99,7 +99,7 @@ def test_messages_per_round_and_bytes(tmp_path, topology, fanout):
     assert s["messages_sent"] == x["data_messages"] + x["control_messages"]
     assert s["bytes_sent"] == x["data_messages"] * (x["header_bytes"] + x["payload_bytes"]) + \
         x["control_messages"] * x["header_bytes"]
-    assert x["header_bytes"] == (6 + 4) * 8 and x["payload_bytes"] == 9610 * 4
+    assert x["header_bytes"] == (7 + 4) * 8 and x["payload_bytes"] == 9610 * 4
     assert x["received"] == s["messages_sent"]  # every message sent was received
 
 

@@ -72,7 +72,8 @@ def test_valid_short_message_in_a_full_receive_buffer():
 
 
 def test_header_bytes():
-    assert wire.header_bytes(4) == (6 + 4) * 8 and HEADER_FIELDS == 6
+    # sender, seq, kind, length, steps, posted_us, offset; then the clock
+    assert wire.header_bytes(4) == (7 + 4) * 8 and HEADER_FIELDS == 7
 
 
 def corrupt(field=None, value=None, clock=None, payload=None, kind=GRAD):
@@ -98,6 +99,9 @@ MALFORMED = {
     "grad length too long": (corrupt(wire.LENGTH, 10**12), "length"),
     "grad length 0": (corrupt(wire.LENGTH, 0), "length"),
     "done with a payload length": (corrupt(wire.LENGTH, NUMEL, kind=DONE), "length"),
+    "grad at a nonzero offset": (corrupt(wire.OFFSET, 1), "offset"),
+    "negative offset": (corrupt(wire.OFFSET, -1), "offset"),
+    "done at an offset": (corrupt(wire.OFFSET, 2, kind=DONE), "offset"),
     "negative steps": (corrupt(wire.STEPS, -3), "negative"),
     "negative seq": (corrupt(wire.SEQ, -1), "negative"),
     "negative posted_us": (corrupt(wire.POSTED_US, -5), "negative"),
@@ -114,6 +118,43 @@ def test_decode_refuses_malformed(case):
     got = decode(buf)
     assert isinstance(got, Malformed), (case, got)
     assert needle in got.reason, (case, got.reason)
+
+
+LAYERS = frozenset({(0, 2), (2, 3)})  # a 5-element vector of two layers (layup's slices)
+
+
+def slice_msg(offset, length):
+    return Message(1, GRAD, 3, 2, torch.tensor((4, 5, 0)), torch.arange(1, length + 1, dtype=torch.float32),
+                   posted_us=1, offset=offset)
+
+
+@pytest.mark.parametrize("offset, length", sorted(LAYERS))
+def test_a_layer_slice_round_trips_when_the_receiver_knows_the_layers(offset, length):
+    buf = wire.encode(slice_msg(offset, length), N)
+    assert buf.numel() == wire.header_bytes(N) + length * 4
+    rb = wire.recv_buffer(N, NUMEL)  # the receiver's buffer has the whole vector's size
+    rb[:buf.numel()] = buf
+    got = wire.decode(rb, N, 0, NUMEL, src=1, slices=LAYERS)
+    assert isinstance(got, Message), got
+    assert (got.offset, got.payload.tolist()) == (offset, list(range(1, length + 1)))
+    # without the layer boundaries only the whole vector is a valid payload
+    assert "must be 5 at 0" in wire.decode(rb, N, 0, NUMEL, src=1).reason
+
+
+@pytest.mark.parametrize("offset, length, needle", [
+    (1, 2, "not one layer's slice"),  # inside the vector, but across a layer boundary
+    (0, 5, "not one layer's slice"),  # the whole vector is not a layer here
+    (2, 2, "not one layer's slice"),  # part of a layer
+    (3, 3, "within the 5 elements"),  # past the end
+    (-1, 2, "within the 5 elements"),
+])
+def test_a_slice_that_is_not_one_layer_is_malformed(offset, length, needle):
+    buf = wire.encode(slice_msg(max(offset, 0), length), N)
+    header_of(buf)[wire.OFFSET] = offset
+    rb = wire.recv_buffer(N, NUMEL + 1)  # room for the longest case, so only the header decides
+    rb[:buf.numel()] = buf
+    got = wire.decode(rb, N, 0, NUMEL, src=1, slices=LAYERS)
+    assert isinstance(got, Malformed) and needle in got.reason, got
 
 
 def test_truncated_messages_are_caught_by_the_filled_receive_buffer():

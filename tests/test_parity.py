@@ -53,3 +53,12 @@ def test_header_bytes_are_the_real_exchanges(tmp_path, name, settings, peers):
     ex = s["exchange"]
     assert ex["header_bytes"] == wire.header_bytes(peers)  # what the real Exchange sends (Exchange.header_bytes)
     assert s["bytes_sent"] >= ex["data_messages"] * (ex["header_bytes"] + ex["payload_bytes"])
+
+
+def test_layup_header_and_bytes_are_the_real_exchanges(tmp_path):
+    """layup's twin: the real header (wire.header_bytes) on every message, one layer's payload each."""
+    s = sim(tmp_path, "layup", algorithm="layup", workers=3)
+    ex = s["exchange"]
+    assert ex["header_bytes"] == wire.header_bytes(3)
+    assert s["bytes_sent"] == sum(layer["data_messages"] * (ex["header_bytes"] + layer["payload_bytes"])
+                                  for layer in ex["by_layer"]) + ex["control_messages"] * ex["header_bytes"]

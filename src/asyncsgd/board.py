@@ -154,6 +154,12 @@ class Board:
         # malformed[w]: messages worker w's exchange received and dropped as malformed
         # (exchange/wire.py); written only by w's receiver threads (under the exchange's lock)
         self.malformed = z(workers)
+        # layup, per layer: layer_rounds[w, l] update groups worker w posted for layer l (its backward
+        # threads, under that layer's lock); layer_sent / layer_coalesced[w, l] its messages of that
+        # layer sent / summed into a queued one (its exchange, exchange/transport.py)
+        self.layer_rounds = z(workers, layers)
+        self.layer_sent = z(workers, layers)
+        self.layer_coalesced = z(workers, layers)
         self.grad_norm_max = z(workers, dtype=torch.float64)
         self.finish = z(workers, dtype=torch.float64)  # wall time (time.time) a worker finished
         self.status = z(workers, dtype=torch.int8)  # 0 starting, 1 ready, 2 running, 3 done, 4 failed

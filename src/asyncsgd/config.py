@@ -39,7 +39,7 @@ RUNTIMES = ("real", "sim")
 # Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
 # left None is resolved by settings.resolve() to the algorithm's value, else to this one.
 SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1,
-                   "warmup_epochs": 0.5}
+                   "warmup_epochs": 0.5, "topology": "all"}
 
 
 @dataclass
@@ -96,7 +96,7 @@ class RunConfig:
     bucket_cap_mb: float | None = None
     # dasgd
     send_every: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's; 1 is the per-step exchange
-    topology: str = "all"
+    topology: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     staleness: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     # delays and stragglers (every multi-worker algorithm)
     delay: str | None = None
@@ -117,7 +117,7 @@ class RunConfig:
         per config; every layer reads these instead of parsing the strings again."""
         return Parsed(delay=parse_delay(self.delay), straggler=parse_straggler(self.straggler),
                       staleness=parse_staleness(self.staleness or SHARED_DEFAULTS["staleness"]),
-                      topology=parse_topology(self.topology), sim_compute=parse_sim_compute(self.sim_compute))
+                      topology=parse_topology(self.topology or SHARED_DEFAULTS["topology"]), sim_compute=parse_sim_compute(self.sim_compute))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -8,12 +8,13 @@ from .base import Algorithm
 from .dasgd.spec import DASGD
 from .ddp.spec import DDP
 from .hogwild.spec import HOGWILD
+from .layup.spec import LAYUP
 from .lpap.spec import LPAP
 from .pdasgd.spec import PDASGD
 from .sequential.spec import SEQUENTIAL
 from .sync.spec import SYNC
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (SEQUENTIAL, SYNC, DDP, HOGWILD, PDASGD, DASGD, LPAP)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (SEQUENTIAL, SYNC, DDP, HOGWILD, PDASGD, DASGD, LPAP, LAYUP)}
 DEFAULT_ALGORITHM = "pdasgd"
 
 

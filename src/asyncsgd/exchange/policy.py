@@ -25,6 +25,18 @@ def staleness(receiver_clock, sender_clock) -> int:
     return sum(max(0, a - b) for a, b in zip(receiver_clock, sender_clock))
 
 
+def gossip_staleness(receiver_clock, sender_clock, receiver: int, sent_to_sender: int) -> int:
+    """staleness() of an update from a peer that gossips (layup: each update goes to some peers
+    only). Of the receiver's own updates it counts those it had sent to that sender which the
+    sender had not applied (sent_to_sender - sender_clock[receiver]): the ones it never sent
+    there the sender can never apply, so they measure how the replicas differ, not how late this
+    update is, and counting them would make every message staler than the last without bound.
+    The other origins count as in staleness() (exact with --topology all, where sent_to_sender
+    is every own update and this is staleness() itself). Clocks: sequences of ints (numpy rows)."""
+    ahead = np.maximum(np.asarray(receiver_clock) - np.asarray(sender_clock), 0)
+    return int(ahead.sum() - ahead[receiver]) + max(0, int(sent_to_sender) - int(sender_clock[receiver]))
+
+
 class StalenessPolicy:
     """--staleness: what a receiver does with a gradient of staleness s.
 

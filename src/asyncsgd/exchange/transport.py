@@ -1,6 +1,7 @@
 """Messages between worker processes over torch.distributed point-to-point (gloo).
 
-Used by dasgd (updates to peers) and lpap (parameters to average). Computation never waits on
+Used by dasgd (updates to peers), layup (one layer's update per message, to peers) and lpap
+(parameters to average). Computation never waits on
 the network: the training thread posts a message (isend or a queue append) and peers' messages
 are handled by background threads (a sender thread and one receiver thread per peer).
 
@@ -41,8 +42,9 @@ Threads (owned by the Exchange; close() joins them with timeouts):
   in order (counting bytes and messages, noticing gone peers) and keeps at most MAX_INFLIGHT
   unreceived messages per destination. Backlog: a new gradient for a destination whose queue
   tail is already due but not yet posted (the network or the receiver is slower than the
-  producer) is summed into that tail (counted as coalesced): adaptive --send-every, bounded
-  memory, and the receivers never fall further behind than MAX_INFLIGHT messages.
+  producer) is summed into that tail (counted as coalesced) when it covers the same slice of the
+  parameter vector (layup: the same layer): adaptive --send-every, bounded memory, and the
+  receivers never fall further behind than MAX_INFLIGHT messages.
 - receiver threads, one per peer: blocking receive from that peer into a fresh buffer (filled
   first, wire.recv_buffer), validated by wire.decode; a valid message goes to the owner's handler
   (dasgd applies a peer's update at once) or to the inbox. A malformed one (wire.py lists the
@@ -102,9 +104,14 @@ class Exchange:
     """Point-to-point messages with a sender and a receiver thread. Used from one owner thread
     (plus post() from any thread): start(), post(), get()/drain(), send_last(), wait_peers(), close()."""
 
-    def __init__(self, ctx, numel: int, dtype=torch.float32, name: str = "exchange", handler=None):
+    def __init__(self, ctx, numel: int, dtype=torch.float32, name: str = "exchange", handler=None,
+                 slices: list | None = None):
         """handler(msg) -> bool, optional: called by the receiver thread on every arrival; True
-        means handled (e.g. dasgd applies a peer's update at once), False: put it in the inbox."""
+        means handled (e.g. dasgd applies a peer's update at once), False: put it in the inbox.
+        slices, optional: the (offset, length) slices of the numel-element vector a payload may
+        cover, one per layer (layup); arrivals covering anything else are malformed, and the
+        messages sent and coalesced are also counted per slice (board.layer_sent, layer_coalesced).
+        Without it every payload is the whole vector."""
         self.ctx, self.rank, self.n = ctx, ctx.rank, ctx.world_size
         self.handler = handler
         self.error: BaseException | None = None  # a handler's exception, re-raised by close()
@@ -117,6 +124,8 @@ class Exchange:
         self.header_bytes = wire.header_bytes(self.n)
         self.itemsize = wire.itemsize(dtype)
         self.payload_bytes = numel * self.itemsize  # the largest payload (GRAD / PARAMS / FINAL)
+        self.slices = None if slices is None else frozenset(slices)
+        self._slice_index = {offset: i for i, (offset, _) in enumerate(slices or ())}
         self.max_inflight = MAX_INFLIGHT
         self.peers = [p for p in range(self.n) if p != self.rank]
         self.inbox: collections.deque[Message] = collections.deque()
@@ -178,10 +187,11 @@ class Exchange:
         return [p for p in self.peers if self.alive(p)]
 
     def post(self, dests, kind: int, payload: torch.Tensor | None = None, seq: int = 0, steps: int = 1,
-             clock: torch.Tensor | None = None, coalesce: bool = False) -> None:
+             clock: torch.Tensor | None = None, coalesce: bool = False, offset: int = 0) -> None:
         """Send one message to each of dests without blocking on the network: posted at once
         (isend) when it is due (no --delay) and nothing is queued before it, else queued for the
-        sender thread. The payload must not be modified afterwards."""
+        sender thread. The payload must not be modified afterwards. offset: where the payload
+        sits in the parameter vector (one of the slices given to __init__; 0 for the whole)."""
         if payload is not None:
             payload = payload.detach().to("cpu", self.dtype).reshape(-1)
         nbytes = self.header_bytes + (payload.numel() * self.itemsize if payload is not None else 0)
@@ -195,17 +205,20 @@ class Exchange:
                 q = self._queues[d]
                 due = max(now + message_delay(self.delay, nbytes, self.rng), self._last_due[d])
                 self._last_due[d] = due
-                if coalesce and kind == GRAD and q and q[-1].kind == GRAD and q[-1].due <= now:
-                    # congestion (the tail is due but still queued): sum into it, adaptive --send-every
-                    tail = q[-1]
+                tail = self._backlogged(q, offset, payload.numel(), now) if coalesce and kind == GRAD else None
+                if tail is not None:
+                    # congestion (the queue is due but still queued): sum into its newest message of
+                    # the same slice, adaptive --send-every
                     if not tail.owned:
                         tail.payload, tail.owned = tail.payload.clone(), True
                     tail.payload += payload
                     tail.steps += steps
                     tail.due = max(tail.due, due)
                     self.board.exchange[self.rank, X.COALESCED] += 1
+                    if self.slices is not None:
+                        self.board.layer_coalesced[self.rank, self._slice_index[offset]] += 1
                     continue
-                m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us)
+                m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us, offset=offset)
                 if due <= now and not q and self._inflight_to[d] < self.max_inflight:
                     self._isend_locked(d, m)
                 else:
@@ -213,6 +226,18 @@ class Exchange:
             if kind in (FINAL, DONE):
                 self._last_posted = True
             self._cv.notify_all()
+
+    @staticmethod
+    def _backlogged(q, offset: int, numel: int, now: float) -> Message | None:
+        """(Caller holds self._cv.) The newest GRAD queued for one destination that covers the same
+        slice, if the queue's tail is already due (so is every message before it: a queue is in
+        due order): a backlog, into which a new update of that slice is summed. None otherwise."""
+        if not q or q[-1].due > now:
+            return None
+        for m in reversed(q):
+            if m.kind == GRAD and m.offset == offset and m.payload.numel() == numel:
+                return m
+        return None
 
     def send_last(self, kind: int = DONE, payload: torch.Tensor | None = None) -> None:
         """Post this process's last message (DONE or FINAL) to every live peer (protocol step 1)."""
@@ -340,6 +365,8 @@ class Exchange:
             if ok:
                 self.ctx.count_message(buf.numel(), 1)
                 self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
+                if m.payload is not None and self.slices is not None:
+                    self.board.layer_sent[self.rank, self._slice_index[m.offset]] += 1
 
     def _recv_loop(self, peer: int) -> None:
         """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
@@ -356,7 +383,7 @@ class Exchange:
                     raise  # gloo's group timeout: the whole context is gone
                 self._mark_gone(peer, e)
                 return
-            msg = wire.decode(buf, self.n, self.rank, self.numel, self.dtype, src=peer)
+            msg = wire.decode(buf, self.n, self.rank, self.numel, self.dtype, src=peer, slices=self.slices)
             if isinstance(msg, wire.Malformed):
                 # one recv is one whole message (gloo frames it), so dropping it keeps us in step
                 # with the sender: the next recv is its next message (wire.py, "Framing")

@@ -3,22 +3,29 @@ how it is encoded, and how an arrival is decoded and validated. No threads, no t
 transport.py moves these buffers; this module says what is in them.
 
 Layout (no pickles): every message is ONE gloo send (transport.TAG) of one contiguous byte tensor:
-  header   int64 x (HEADER_FIELDS + N): [sender, seq, kind, length, steps, posted_us,
+  header   int64 x (HEADER_FIELDS + N): [sender, seq, kind, length, steps, posted_us, offset,
            clock_0 .. clock_{N-1}]
            sender     the sending worker's rank (0 .. N-1)
            seq        the sender's round number (dasgd: its message count; lpap: the averaging round)
            kind       GRAD 1, PARAMS 2, FINAL 3, DONE 4 (KIND_NAMES)
-           length     payload elements: the run's payload size for GRAD / PARAMS / FINAL, 0 for DONE
+           length     payload elements: the run's payload size for GRAD / PARAMS / FINAL (or, with
+                      slices, one slice's size), 0 for DONE
            steps      local updates summed into the payload (dasgd's --send-every, coalescing)
            posted_us  the sender's wall clock (microseconds) when it posted the message: latency
-           clock      the sender's vector clock (policy.py)
+           offset     where the payload sits in the flat parameter vector (element index): 0 for
+                      a whole-vector payload (dasgd, lpap) and for DONE; layup sends one layer's
+                      slice [offset, offset + length) per message
+           clock      the sender's vector clock (policy.py; layup: the clock of the slice's layer)
   payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
 header_bytes(N) = (HEADER_FIELDS + N) * 8. The header and the payload are views of the buffer.
 
 Validation (decode): a message is used only if
   - sender is in 0 .. N-1, is not the receiver itself, and is the peer it was received from;
   - kind is one of GRAD, PARAMS, FINAL, DONE;
-  - length is exactly what the kind allows: the payload size for GRAD / PARAMS / FINAL, 0 for DONE;
+  - length and offset are what the kind allows: for GRAD / PARAMS / FINAL offset >= 0 and
+    offset + length <= the run's payload size, and the slice [offset, offset + length) is the
+    whole vector (offset 0, length = payload size) or, when the receiver was given its slices
+    (layup: the layer boundaries), exactly one of them; for DONE length 0 and offset 0;
   - seq, steps, posted_us and every clock entry are >= 0;
   - the payload is finite (no NaN, no inf).
 Anything else is malformed: decode returns Malformed(reason) instead of a Message. The transport
@@ -52,8 +59,8 @@ import torch
 GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
 KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
 PAYLOAD_KINDS = frozenset((GRAD, PARAMS, FINAL))  # carry the full payload; DONE is a header only
-HEADER_FIELDS = 6  # sender, seq, kind, length, steps, posted_us; then the clock (N entries)
-SENDER, SEQ, KIND, LENGTH, STEPS, POSTED_US = range(HEADER_FIELDS)  # positions in the header
+HEADER_FIELDS = 7  # sender, seq, kind, length, steps, posted_us, offset; then the clock (N entries)
+SENDER, SEQ, KIND, LENGTH, STEPS, POSTED_US, OFFSET = range(HEADER_FIELDS)  # positions in the header
 UNSET = -1  # what recv_buffer() puts in the header: never a valid value of any field
 
 
@@ -68,6 +75,7 @@ class Message:
     due: float = 0.0
     posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
     owned: bool = False  # payload belongs to this queue entry only (may be summed into)
+    offset: int = 0  # the payload's first element in the flat parameter vector (layup: a layer's slice)
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def encode(m: Message, n_workers: int, dtype=torch.float32) -> torch.Tensor:
     length = m.payload.numel() if m.payload is not None else 0
     buf = torch.empty(hb + length * itemsize(dtype), dtype=torch.uint8)
     header = buf[:hb].view(torch.int64)
-    header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us],
+    header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us, m.offset],
                                           dtype=torch.int64)
     header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
     if length:
@@ -111,16 +119,17 @@ def recv_buffer(n_workers: int, numel: int, dtype=torch.float32) -> torch.Tensor
 
 
 def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch.float32,
-           src: int | None = None) -> Message | Malformed:
+           src: int | None = None, slices: frozenset | None = None) -> Message | Malformed:
     """The Message in an arrived buffer (a view of it: header, clock and payload share its memory),
     or Malformed(reason) if it breaks a rule of the module docstring. rank: the receiver; numel:
-    the run's payload size; src: the peer it was received from (its sender field must match)."""
+    the run's payload size; src: the peer it was received from (its sender field must match);
+    slices: the (offset, length) pairs a payload may cover (None: only the whole vector)."""
     hb = header_bytes(n_workers)
     size = itemsize(dtype)
     if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.numel() < hb:
         return Malformed(f"not a message buffer ({buf.dtype}, {buf.numel()} bytes < header {hb})")
     header = buf[:hb].view(torch.int64)
-    sender, seq, kind, length, steps, posted_us = header[:HEADER_FIELDS].tolist()
+    sender, seq, kind, length, steps, posted_us, offset = header[:HEADER_FIELDS].tolist()
     clock = header[HEADER_FIELDS:]
     if not 0 <= sender < n_workers:
         return Malformed(f"sender {sender} out of range 0..{n_workers - 1}")
@@ -130,9 +139,16 @@ def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch
         return Malformed(f"sender {sender} but received from worker {src}")
     if kind not in KIND_NAMES:
         return Malformed(f"unknown kind {kind}")
-    allowed = numel if kind in PAYLOAD_KINDS else 0
-    if length != allowed:
-        return Malformed(f"{KIND_NAMES[kind]} with length {length} (must be {allowed})")
+    if kind not in PAYLOAD_KINDS:
+        if length != 0 or offset != 0:
+            return Malformed(f"{KIND_NAMES[kind]} with length {length}, offset {offset} (must be 0, 0)")
+    elif offset < 0 or length < 1 or offset + length > numel:
+        return Malformed(f"{KIND_NAMES[kind]} with length {length} at offset {offset} "
+                         f"(must lie within the {numel} elements)")
+    elif slices is None and (offset, length) != (0, numel):
+        return Malformed(f"{KIND_NAMES[kind]} with length {length} at offset {offset} (must be {numel} at 0)")
+    elif slices is not None and (offset, length) not in slices:
+        return Malformed(f"{KIND_NAMES[kind]} with length {length} at offset {offset} (not one layer's slice)")
     if seq < 0 or steps < 0 or posted_us < 0:
         return Malformed(f"negative seq / steps / posted_us ({seq}, {steps}, {posted_us})")
     if bool((clock < 0).any()):
@@ -144,4 +160,4 @@ def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch
         payload = buf[hb:hb + length * size].view(dtype)
         if payload.is_floating_point() and not bool(torch.isfinite(payload).all()):
             return Malformed("payload not finite (NaN or inf; or shorter than its length)")
-    return Message(sender, kind, seq, steps, clock, payload, posted_us=posted_us)
+    return Message(sender, kind, seq, steps, clock, payload, posted_us=posted_us, offset=offset)

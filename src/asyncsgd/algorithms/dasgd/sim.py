@@ -33,6 +33,29 @@ def _chunk_staleness(clock: np.ndarray, sender_clocks: np.ndarray, senders: np.n
     return base + corr
 
 
+def shutdown(sim, last_step: list, header: int) -> None:
+    """The end of a run of the exchange's protocol (dasgd, layup): DONE (header only) from every
+    worker to every peer, FIFO behind its updates; a worker finishes when the last DONE reaches
+    it (the wait is its idle time)."""
+    N, stats = sim.workers, sim.stats
+    finish_at = list(last_step)
+    if sim.net.delay:
+        for p in range(N):
+            for i in range(N):
+                if i != p:
+                    t = sim.net.send(last_step[p], p, i, header)
+                    if t > finish_at[i]:
+                        finish_at[i] = t
+    elif N > 1:  # no delay: a DONE lands when it is sent
+        top = sorted(last_step)[-2:]
+        finish_at = [max(t, top[-1] if t < top[-1] else top[0]) for t in last_step]
+    stats.bytes_sent += header * (N - 1)
+    stats.messages_sent += N - 1
+    for i in range(N):
+        stats.idle_s[i] += finish_at[i] - last_step[i]
+    sim.done_time(max(finish_at))
+
+
 # ---------------------------------------------------------------------------------------------
 def run(sim) -> None:
     """DASGD (worker.py's semantics): N replicas, no server, no averaging, no barrier.
@@ -173,25 +196,9 @@ def run(sim) -> None:
     for w in range(N):
         loop.at(0.0, start, w)
     loop.run(sim.on_event)
-    # Shutdown: DONE (header only) from every worker to every peer, FIFO behind its gradients;
-    # a worker finishes when the last DONE reaches it, applying the gradients still arriving.
-    finish_at = list(last_step)
-    if sim.net.delay:
-        for p in range(N):
-            for i in range(N):
-                if i != p:
-                    t = sim.net.send(last_step[p], p, i, header)
-                    if t > finish_at[i]:
-                        finish_at[i] = t
-    elif N > 1:  # no delay: a DONE lands when it is sent
-        top = sorted(last_step)[-2:]
-        finish_at = [max(t, top[-1] if t < top[-1] else top[0]) for t in last_step]
-    stats.bytes_sent += header * (N - 1)
-    stats.messages_sent += N - 1
-    for i in range(N):
+    for i in range(N):  # the gradients still arriving while it waits for the DONEs
         flush(i, math.inf)
-        stats.idle_s[i] += finish_at[i] - last_step[i]
-    sim.done_time(max(finish_at))
+    shutdown(sim, last_step, header)
     sim.extra["exchange"] = {
         "transport": "simulated point-to-point (core.Network), header + payload",
         "rounds": int(sum(rounds)), "data_messages": int(seq[0]), "control_messages": N * (N - 1),

@@ -42,9 +42,9 @@ def check_given(given: dict, runtime: str) -> None:
                               "share one model; accepted with: --algo pdasgd --sharing average (replicas), --algo lpap")
 
 
-def summary_extra(record, out: dict) -> None:
-    """Per-layer staleness, misalignment, queue depth and the thread counts, into summary.json;
-    with replicas (--sharing average) also the averaging and the exchange that carried it."""
+def layer_summary(record, out: dict) -> None:
+    """Per-layer staleness, misalignment, queue depth and the thread counts (pdasgd's engine,
+    threads.Decoupled: pdasgd and layup)."""
     b, cfg = record.board, record.cfg
     names = [n for n, p in record.model.named_parameters() if p.requires_grad]
     keep = [w for w in range(b.workers) if w not in record.lost]
@@ -63,6 +63,13 @@ def summary_extra(record, out: dict) -> None:
     out["fb_ratio"] = cfg.fb_ratio
     out["queue_size"] = queue_size(cfg, fb[0])
     out["queue_peak"] = int(b.queue_peak.max())
+
+
+def summary_extra(record, out: dict) -> None:
+    """layer_summary; the update mode and --sharing; with replicas (--sharing average) also the
+    averaging and the exchange that carried it."""
+    b, cfg = record.board, record.cfg
+    layer_summary(record, out)
     out["updates_mode"] = cfg.updates
     out["backward_weights"] = cfg.backward_weights
     out["sharing"] = cfg.sharing

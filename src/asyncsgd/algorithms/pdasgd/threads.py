@@ -143,6 +143,12 @@ class Decoupled:
     def version_of(self, i: int) -> int:
         return sum(self.columns[i])
 
+    def update(self, item: Pending, opt, writer: int, i: int, grad, lr: float) -> None:
+        """Apply one layer's update (backward thread `writer`, for the pass `item`) and count it
+        in the layer's version. layup's Gossiping engine also sends it to peers."""
+        opt.update(i, grad, lr)
+        self.bump(writer, i)
+
     # -- one forward, one backward ----------------------------------------------------------
     def replica(self) -> ViewedReplica:
         return ViewedReplica(self.model, self.params, self.version_of, self.snapshot)
@@ -178,8 +184,7 @@ class Decoupled:
             if factor is None:  # --staleness drop:MAX
                 self.dropped[self.rank] += 1
                 return
-            opt.update(i, g, lr * factor)
-            self.bump(writer, i)
+            self.update(item, opt, writer, i, g, lr * factor)
 
         def on_grad(i, g):
             grads[i] = g if grads[i] is None else grads[i] + g

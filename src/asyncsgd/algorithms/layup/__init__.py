@@ -1,0 +1,1 @@
+"""layup: spec.py, worker.py (real schedule), sim.py (simulated twin)."""

@@ -1,0 +1,40 @@
+"""layup's spec: a replica per process, pdasgd's forward and backward threads on each, every layer
+update sent to peers as it is made (layer-wise gossip) and peers' applied on arrival."""
+
+from __future__ import annotations
+
+from ..base import Algorithm
+from ..dasgd.spec import check as check_topology
+from . import sim, worker
+
+
+def summary_extra(record, out: dict) -> None:
+    """pdasgd's per-layer fields, the exchange's (dasgd's), and the messages of each layer."""
+    from ...exchange.summary import exchange_summary
+    from ..pdasgd.spec import layer_summary
+    layer_summary(record, out)
+    del out["fb_ratio"]  # a pdasgd option layup does not take
+    named = [(n, p) for n, p in record.model.named_parameters() if p.requires_grad]
+    exchange_summary(record, out, sum(p.numel() for _, p in named))
+    b, x = record.board, out["exchange"]
+    # a message carries one layer: its payload is that layer's size (the whole vector's is no message's)
+    del x["payload_bytes"]
+    x["by_layer"] = [{"layer": name, "payload_bytes": p.numel() * 4, "rounds": int(b.layer_rounds[:, i].sum()),
+                      "data_messages": int(b.layer_sent[:, i].sum()), "coalesced": int(b.layer_coalesced[:, i].sum())}
+                     for i, (name, p) in enumerate(named)]
+    for w in x["per_worker"]:
+        r = w["worker"]
+        w["by_layer"] = [{"rounds": int(b.layer_rounds[r, i]), "data_messages": int(b.layer_sent[r, i]),
+                          "coalesced": int(b.layer_coalesced[r, i])} for i in range(len(named))]
+    from ...theory import add_theory  # measured staleness vs the PD-ASGD bias bound
+    add_theory(record, out)
+
+
+LAYUP = Algorithm(
+    "layup", "LayUp: a replica per process running pdasgd's forward and backward threads; every layer update "
+    "is sent to peers (--topology, gossip) as soon as it is made, and peers' are applied on arrival",
+    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, tolerates_failures=True,
+    snapshot_all_replicas=True,
+    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:1"},
+    options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
+    summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)

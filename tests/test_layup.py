@@ -1,0 +1,125 @@
+"""layup: gossip message counts and bytes per layer, a killed worker, the simulated 1024-worker
+run, the options it takes, and (acceptance) accuracy against sequential."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import pytest
+
+from conftest import assert_one_line_error, read_run, run_cli
+from test_dasgd import run_and_kill
+
+from asyncsgd.exchange import wire
+
+FAST = ["--threads-per-worker", "1", "--progress", "none", "--eval-points", "4"]
+CNN1D_LAYERS = [640, 128, 12288, 128, 12288, 128, 12800, 40]  # payload bytes of each layer (float32)
+
+
+@pytest.mark.parametrize("topology, fanout, k", [("random:2", 2, 3)])  # one run (4 processes: ~20 s)
+def test_one_message_per_layer_group_to_each_peer_and_bytes(tmp_path, topology, fanout, k):
+    """random:M: every group of --send-every k updates of a layer goes to M peers (a message each,
+    or summed into a message of that layer still queued: coalesced); bytes_sent is exactly the
+    messages x (header + that layer's payload), DONE a header only."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "layup", "--workers", 4, "--epochs", 0.5, "--topology", topology,
+                "--send-every", k, *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    x = s["exchange"]
+    assert x["header_bytes"] == wire.header_bytes(4) == (7 + 4) * 8
+    assert [layer["payload_bytes"] for layer in x["by_layer"]] == CNN1D_LAYERS
+    assert sum(w["samples"] for w in s["per_worker"]) == 4000  # 125 full batches of 32
+    for w, pw in zip(s["per_worker"], x["per_worker"]):
+        passes = w["samples"] // 32  # each backward pass updates every layer once (scale: none dropped)
+        for layer in pw["by_layer"]:
+            assert layer["rounds"] == math.ceil(passes / k), (layer, passes)
+            assert layer["data_messages"] + layer["coalesced"] == layer["rounds"] * fanout
+        assert pw["control_messages"] == 3  # DONE to every peer
+    assert x["rounds"] == sum(layer["rounds"] for layer in x["by_layer"])
+    assert s["messages_sent"] == x["data_messages"] + x["control_messages"]
+    assert s["bytes_sent"] == sum(layer["data_messages"] * (x["header_bytes"] + layer["payload_bytes"])
+                                  for layer in x["by_layer"]) + x["control_messages"] * x["header_bytes"]
+    assert x["received"] == s["messages_sent"] and s["malformed_messages"] == 0
+    # per-layer staleness covers the own and the peers' layer updates; replica 0 and the average reported
+    assert [layer["count"] for layer in s["staleness_by_layer"]] == [
+        s["backward_passes"] + layer["data_messages"] for layer in x["by_layer"]]
+    assert s["final_avg_test_accuracy"] is not None and s["consensus_distance"] > 0
+
+
+def killed_run(tmp_path, epochs: int) -> dict:
+    """4 layup workers, worker 2 SIGKILLed a second into training: the survivors finish (exit 0),
+    the lost worker is named, and they claim its share of the plan."""
+    out = tmp_path / "run"
+    code, err = run_and_kill(out, 2, 1.0, "--algo", "layup", "--workers", 4, "--epochs", epochs, *FAST, timeout=600)
+    assert code == 0, err[-3000:]
+    assert "worker 2 was killed by SIGKILL" in err and "continuing with the survivors" in err
+    s, _ = read_run(out)
+    assert s["lost_workers"] == [2]
+    assert s["samples"] >= 0.97 * epochs * 8000
+    assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]
+    return s
+
+
+@pytest.mark.slow
+def test_killed_layup_worker_survivors_finish(tmp_path):
+    s = killed_run(tmp_path, 2)
+    # 2x chance: still learning (2 epochs are all warm-up; the issue's 0.88 bar is the acceptance test's)
+    assert s["final_test_accuracy"] > 0.2, s["final_test_accuracy"]
+
+
+def test_simulated_1024_workers_on_logreg_in_under_a_minute(tmp_path):
+    out = tmp_path / "sim"
+    t = time.monotonic()
+    r = run_cli("train", "--runtime", "sim", "--algo", "layup", "--sim-workers", 1024, "--task", "logreg",
+                "--num-samples", 2000, "--epochs", 30, "--lr", 0.5, "--progress", "none", "--out", out, timeout=120)
+    wall = time.monotonic() - t
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert wall < 60, wall
+    s, metrics = read_run(out)
+    assert s["workers"] == 1024 and s["samples"] == 30 * 2000
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"] - 0.02, (metrics[0], metrics[-1])  # it trained
+    x = s["exchange"]
+    assert x["header_bytes"] == wire.header_bytes(1024)
+    for layer in x["by_layer"]:  # default random:1, --send-every 1: a message per layer update
+        assert layer["data_messages"] == layer["rounds"] == s["backward_passes"]
+    assert s["bytes_sent"] == sum(layer["data_messages"] * (x["header_bytes"] + layer["payload_bytes"])
+                                  for layer in x["by_layer"]) + x["control_messages"] * x["header_bytes"]
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--updates", "block", "--updates is not used by --algo layup"),
+    ("--sharing", "average", "--sharing is not used by --algo layup"),
+    ("--topology", "random:4", "random:M with M at most the 3 peer(s)"),
+])
+def test_options_layup_refuses(flag, value, needle):
+    r = run_cli("train", "--algo", "layup", "--workers", 4, flag, value, "--progress", "none")
+    assert_one_line_error(r, 2, needle)
+
+
+# -- acceptance: minutes of training --------------------------------------------------------
+
+@pytest.mark.acceptance
+def test_layup_within_one_point_of_sequential_and_robust_to_a_straggler_and_latency(tmp_path):
+    """4 workers against sequential, the same epochs (median of 3 seeds, no delays); and >= 0.90 in
+    every seed with one 4x straggler and 20 ms per message."""
+    args = ["--epochs", 10, *FAST]
+    seq, lay, slow = [], [], []
+    for seed in (0, 1, 2):
+        for name, algo, extra, into in (("seq", "sequential", [], seq), ("layup", "layup", ["--workers", 4], lay),
+                                        ("slow", "layup", ["--workers", 4, "--straggler", "worker=1,slowdown=4",
+                                                           "--delay", "latency=20ms"], slow)):
+            out = tmp_path / f"{name}{seed}"
+            r = run_cli("train", "--algo", algo, *extra, *args, "--seed", seed, "--out", out, timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+            into.append(read_run(out)[0]["final_test_accuracy"])
+    assert statistics.median(lay) >= statistics.median(seq) - 0.01, (seq, lay)
+    assert min(slow) >= 0.90, slow
+
+
+@pytest.mark.acceptance
+def test_killed_layup_worker_survivors_reach_088(tmp_path):
+    s = killed_run(tmp_path, 20)
+    assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
