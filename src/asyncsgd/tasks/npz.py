@@ -91,6 +91,9 @@ def _validate(path: Path, a: dict) -> dict:
             raise DataError(f"npz: array {xk!r} in {path} has NaN or inf values (as float32; first in row "
                             f"{int(np.argmax(bad))}); clean or drop those rows")
         out[xk], out[yk] = x32, y.astype(np.int64)
+    if out["x_test"] is None and len(out["x"]) < 2:  # before the class count: one row is one class too
+        raise DataError(f"npz: {path} has {len(out['x'])} row, too few for the 80/20 train/test split; "
+                        f"add rows or save x_test and y_test too")
     if len(np.unique(out["y"])) < 2:  # nothing to learn: every prediction of that class is right
         raise DataError(f"npz: array 'y' in {path} has one class only (label {int(out['y'][0])}); accepted: "
                         "labels of at least 2 classes")
@@ -113,9 +116,6 @@ def npz_task(path, model: str | None = None, seed: int = 0, num_samples: int | N
     d = load_npz(path)
     x, y = d["x"], d["y"]
     if d["x_test"] is None:
-        if len(x) < 2:
-            raise DataError(f"npz: {path} has {len(x)} row, too few for the 80/20 train/test split; "
-                            f"add rows or save x_test and y_test too")
         order = np.random.default_rng(seed).permutation(len(x))
         n_test = max(1, round(0.2 * len(x)))
         tr, te = order[n_test:], order[:n_test]
