@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_one_line_error, read_run, run_cli
 
 from asyncsgd import bench
-from asyncsgd.errors import WorkerError
+from asyncsgd.errors import ConfigError, WorkerError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -202,7 +202,10 @@ def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, m
     calls, fake = [], _fake_run([])
 
     def run(cfg):
-        calls.append((cfg.algorithm, cfg.workers, cfg.forward_threads, cfg.backward_threads, cfg.threads_per_worker,
+        from asyncsgd.algorithms.registry import ALGORITHMS
+        from asyncsgd.settings import resolve
+        processes = ALGORITHMS[cfg.algorithm].processes(resolve(cfg))  # sequential: --workers unset
+        calls.append((cfg.algorithm, processes, cfg.forward_threads, cfg.backward_threads, cfg.threads_per_worker,
                       cfg.seed, cfg.task, cfg.model, cfg.target_accuracy, Path(cfg.out).name))
         return fake(cfg)
     monkeypatch.setattr("asyncsgd.runner.run", run)
@@ -370,3 +373,35 @@ def test_paper_suite_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     _one_line_error(run_cli("bench", "--suite", "paper"), "cuda")
+
+
+@pytest.mark.parametrize("suite", ["quick", "delays", "speed", "cluster"])
+def test_every_planned_run_is_a_train_command_that_train_accepts(tmp_path, suite):
+    """A suite's settings go to the algorithms that use them (lpap's --groups, dasgd's --send-every,
+    --workers where the process count follows it), so that each run's printed command is one
+    `asyncsgd train` accepts, with the very settings the bench runs: train refuses a setting the
+    algorithm does not use, and the bench must not run what train would refuse."""
+    from asyncsgd import cli
+    from asyncsgd.settings import resolve
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    sets = [] if suite == "speed" else ["--set", "send_every=4"]  # speed runs no dasgd nor layup
+    p = bench.plan(parser.parse_args(["--suite", suite, "--out", str(tmp_path / "b"), *sets]))
+    train = cli.build_parser()
+    for _, _, label, cfg in bench.run_order(p):
+        command = bench.train_command(cfg)
+        given = cli.config_from_args(train.parse_args(shlex.split(command)[1:]))  # ConfigError: refused
+        assert resolve(given) == resolve(cfg), command
+        assert ("--send-every 4" in command) == (cfg.algorithm in ("dasgd", "layup")), command
+
+
+def test_a_set_no_algorithm_of_the_bench_uses_is_refused(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--suite", "quick", "--algos", "sync,hogwild", "--out", str(tmp_path / "b"),
+                              "--set", "send_every=4"])
+    with pytest.raises(ConfigError) as e:
+        bench.plan(args)
+    assert str(e.value) == ("--set 'send_every=4' is not accepted; accepted: a setting one of this bench's "
+                            "algorithms uses (send_every is used by dasgd, layup; the bench runs sync, hogwild)")

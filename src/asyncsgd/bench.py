@@ -164,7 +164,7 @@ def _parse_value(text: str):
 
 def plan(args) -> dict:
     """Everything the bench will run, checked before the first run (bad input: ConfigError)."""
-    from .algorithms.registry import ALGORITHMS
+    from .algorithms.registry import ALGORITHMS, users_of
     from .config import FIELD_NAMES
 
     if args.suite not in SUITES:
@@ -242,6 +242,12 @@ def plan(args) -> dict:
             if note:
                 adjustments.setdefault(scenario, {})[algo] = note
             configs[(scenario, algo)] = cfg
+    for item in args.overrides:  # a --set that no run takes would be accepted and ignored
+        key = item.partition("=")[0].strip().replace("-", "_")
+        users = users_of(key)
+        if users and not any(configs[(sc, a)].algorithm in users for sc, a in configs):
+            _fail("--set", item, f"a setting one of this bench's algorithms uses ({key} is used by "
+                  f"{', '.join(users)}; the bench runs {', '.join(algos)})")
     suite.update(repeats=repeats, seed=args.seed, algorithms=algos)
     return {"suite": suite, "algos": algos, "repeats": repeats, "out": out, "configs": configs,
             "adjustments": adjustments}
@@ -254,12 +260,22 @@ def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
     from .config import RunConfig
     from .settings import resolve
 
+    from .algorithms.registry import users_of
+    from .settings import ignores_workers
+
     variant = {k: suite["workers"] if v == WORKERS else v
                for k, v in (suite.get("variants", {}).get(label) or {"algorithm": label}).items()}
     algo = variant.pop("algorithm")
-    values = {"task": suite["task"], "model": suite.get("model"), "workers": suite["workers"],
-              "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **suite["settings"],
-              **extra, **suite.get("per_algorithm", {}).get(algo, {}), **variant, "algorithm": algo, "seed": seed,
+    # The suite's and --set's settings go to the algorithms that use them, as `train` would take
+    # them: a setting another algorithm uses (lpap's --groups, dasgd's --send-every) and --workers
+    # where the process count does not follow it (sequential, lpap) stay at their defaults, so
+    # every run's printed command is one `asyncsgd train` accepts (plan() refuses a --set no
+    # algorithm of the bench uses)
+    shared = {k: v for k, v in {"workers": suite["workers"], **suite["settings"], **extra}.items()
+              if (not users_of(k) or algo in users_of(k)) and not (k == "workers" and ignores_workers(algo))}
+    values = {"task": suite["task"], "model": suite.get("model"),
+              "epochs": float(suite["epochs"]), "target_accuracy": suite["target_accuracy"], **shared,
+              **suite.get("per_algorithm", {}).get(algo, {}), **variant, "algorithm": algo, "seed": seed,
               "progress": "none"}
     note = None
     try:
