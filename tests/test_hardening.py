@@ -84,6 +84,8 @@ KILL_RUNS = {
     "lpap": ["--algo", "lpap"],
     "pdasgd shared memory": ["--algo", "pdasgd", "--workers", "2"],
     "pdasgd replicas": ["--algo", "pdasgd", "--workers", "2", "--sharing", "average"],
+    "ddp": ["--algo", "ddp"],
+    "layup": ["--algo", "layup"],
 }
 
 
@@ -166,6 +168,7 @@ STARTUP_KILLS = {
     "dasgd": ["--algo", "dasgd", "--workers", "3"],
     "lpap": ["--algo", "lpap", "--groups", "3", "--workers-per-group", "1"],
     "pdasgd replicas": ["--algo", "pdasgd", "--sharing", "average", "--workers", "3"],
+    "layup": ["--algo", "layup", "--workers", "3"],
 }
 
 

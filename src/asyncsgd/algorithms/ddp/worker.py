@@ -22,8 +22,11 @@ that all-reduce, as in sync.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import os
+import tempfile
 
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
@@ -51,6 +54,22 @@ def delayed_allreduce(ctx):
     return hook
 
 
+@contextlib.contextmanager
+def _inductor_cache_removed():
+    """DDP's constructor makes TorchInductor's cache folder (torchinductor_<user> in the temp
+    folder) although nothing is compiled, and it would outlive the run there: unless the user
+    chose a cache folder, point it at a temporary one for the constructor and remove it after."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="asyncsgd-ddp-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
+        try:
+            yield
+        finally:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def run(ctx) -> None:
     replica = ctx.replica()
     replica.train()
@@ -61,7 +80,8 @@ def run(ctx) -> None:
     kwargs = {"forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers": False}
     if ctx.cfg.bucket_cap_mb is not None:
         kwargs["bucket_cap_mb"] = ctx.cfg.bucket_cap_mb
-    model = DistributedDataParallel(replica, device_ids=[ctx.device.index] if cuda else None, **kwargs)
+    with _inductor_cache_removed():
+        model = DistributedDataParallel(replica, device_ids=[ctx.device.index] if cuda else None, **kwargs)
     model.register_comm_hook(None, delayed_allreduce(ctx))
     params = [p for p in replica.parameters() if p.requires_grad]
     opt = ctx.optimizer(params)
