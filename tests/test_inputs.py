@@ -388,7 +388,7 @@ BAD_NPZ = {
     "boolean input": (dict(x=_X > 0, y=_Y), ["array 'x'", "dtype bool"]),
     "boolean labels": (dict(x=_X, y=_Y > 0), ["array 'y'", "dtype bool"]),
     "text input": (dict(x=np.array(["a"] * 50), y=_Y), ["dtype <U1"]),
-    "one row": (dict(x=_X[:1], y=_Y[:1]), ["one class only"]),  # one row is one class
+    "one row": (dict(x=_X[:1], y=_Y[:1]), ["1 row, too few for the 80/20 train/test split"]),  # rows first
     "object input": (dict(x=np.array([object()] * 50, dtype=object), y=_Y), ["cannot read array 'x'", "allow_pickle"]),
 }
 

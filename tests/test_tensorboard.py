@@ -34,8 +34,9 @@ def test_tensorboard_events_hold_every_evaluation_point(runtime, tmp_path):
                      ("lr", "lr")):
         assert points(tag) == [(r["samples"], pytest.approx(r[key], rel=1e-6, abs=1e-7)) for r in metrics], tag
     # throughput between consecutive evaluation points (from the start for the first)
-    times = [0.0] + [r["wall_time_s"] for r in metrics]
-    assert len(points("throughput/samples_per_s")) == sum(b > a for a, b in zip(times, times[1:])) > 0
+    marks = [(0, 0.0)] + [(r["samples"], r["wall_time_s"]) for r in metrics]
+    assert len(points("throughput/samples_per_s")) == sum(
+        b[0] > a[0] and b[1] > a[1] for a, b in zip(marks, marks[1:])) > 0
     assert all(v > 0 for _, v in points("throughput/samples_per_s"))
     assert points("staleness/mean") == [(metrics[-1]["samples"], pytest.approx(summary["staleness"]["mean"]))]
     assert points("staleness/max") == [(metrics[-1]["samples"], summary["staleness"]["max"])]

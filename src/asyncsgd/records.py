@@ -120,7 +120,9 @@ def write_tensorboard(record: RunRecord, summary: dict, metrics: list[dict]) -> 
             for tag, key in TENSORBOARD_POINTS.items():
                 if row.get(key) is not None:
                     writer.add_scalar(tag, row[key], step, walltime=start + t)
-            if t > prev_time:
+            # the point at 0 samples (the initial weights) is a start, not a rate: its wall time is
+            # the start-up's, above 0 on a busy machine, and the rate there would read 0 samples/s
+            if t > prev_time and step > prev_samples:
                 writer.add_scalar("throughput/samples_per_s", (step - prev_samples) / (t - prev_time), step,
                                   walltime=start + t)
             prev_samples, prev_time = step, t
