@@ -73,16 +73,15 @@ def test_the_bar_keeps_its_text_at_80_columns(monkeypatch, capsys):
     assert isinstance(p, records.Progress) and tqdm is not None and torch is not None
 
 
-def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one_line(tmp_path):
-    """On a terminal (a pty) the CLI says it is starting before PyTorch loads; when the input is
-    bad that line is erased and the error is the one line left on the screen."""
-    import asyncsgd.cli  # noqa: F401 (the import cost is not the line's)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI on a terminal
-        os.execv(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--lr", "-1", "--out", str(tmp_path / "r")])
-    started, out = time.time(), b""
-    first = None
-    while True:
+def _read_pty(pid: int, fd: int, timeout: float, mark: bytes | None = None):
+    """Everything the child on the pty writes until it ends (killed after `timeout` s: a hang fails
+    the test, it does not hang the suite): (output, seconds until `mark` first appeared, status)."""
+    import select
+
+    started, out, first = time.time(), b"", None
+    while time.time() < started + timeout:
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(fd, 4096)
         except OSError:
@@ -90,9 +89,22 @@ def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one
         if not chunk:
             break
         out += chunk
-        if first is None and b"starting" in out:
+        if mark is not None and first is None and mark in out:
             first = time.time() - started
+    else:
+        os.kill(pid, 9)
     _, status = os.waitpid(pid, 0)
+    return out, first, status
+
+
+def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one_line(tmp_path):
+    """On a terminal (a pty) the CLI says it is starting before PyTorch loads; when the input is
+    bad that line is erased and the error is the one line left on the screen."""
+    import asyncsgd.cli  # noqa: F401 (the import cost is not the line's)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--lr", "-1", "--out", str(tmp_path / "r")])
+    out, first, status = _read_pty(pid, fd, timeout=120, mark=b"starting")
     assert os.waitstatus_to_exitcode(status) == 2
     text = out.decode()
     assert first is not None and "[asyncsgd] starting: loading PyTorch" in text
@@ -105,7 +117,6 @@ def test_a_terminal_of_80_columns_shows_start_up_training_and_evaluation(tmp_pat
     "starting 1 worker", the training bar and the evaluation bar, each line within 80 columns."""
     import fcntl
     import re
-    import select
     import struct
     import termios
 
@@ -116,20 +127,7 @@ def test_a_terminal_of_80_columns_shows_start_up_training_and_evaluation(tmp_pat
         os.execve(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--algo", "sequential", "--epochs", "1",
                                    "--num-samples", "2000", "--eval-points", "4", "--threads-per-worker", "1",
                                    "--out", str(tmp_path / "r")], env)
-    out, deadline = b"", time.time() + 180
-    while time.time() < deadline:
-        if not select.select([fd], [], [], 1.0)[0]:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    else:
-        os.kill(pid, 9)
-    _, status = os.waitpid(pid, 0)
+    out, _, status = _read_pty(pid, fd, timeout=180)
     text = out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     # what the terminal showed, update by update: tqdm rewrites a line after \r
