@@ -70,8 +70,10 @@ Shutdown protocol (torchft-style: every party can tell when it may stop, nobody 
  3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
     the sender thread leaves once its queues are empty (messages to gone peers are dropped),
     each receiver once its peer is finished; all are joined with timeouts. A thread still
-    blocked after that waits on a peer that is alive but silent (a frozen process): it is a
-    daemon thread, abandoned (logged), and dies with the process, which ends right after.
+    blocked after that waits on a peer that is alive but silent (a frozen process), or on one
+    that is gone whose socket gloo did not wake (seen under torchrun when rank 0 dies): it is a
+    daemon thread, abandoned, and dies with the process, which ends right after. Only the first
+    case is logged: the second is already reported as the peer's loss.
 Failures: a gone peer is dropped from every queue and topology; the survivors carry on. If the
 group itself breaks (its timeout) the exchange is "broken": posts are dropped, every peer
 counts as finished, and training continues locally to the end (logged once).
@@ -142,6 +144,7 @@ class Exchange:
         self.broken = False
         self.group = None
         self._sender, self._receivers = None, []
+        self._sender_waits_on: int | None = None  # the destination whose send the sender thread waits on
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,9 +173,13 @@ class Exchange:
         for t in [self._sender, *self._receivers]:
             if t is not None:
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
-        if self._sender is not None and self._sender.is_alive():
+        # A thread blocked on a peer that is gone is expected (gloo does not always wake a wait on
+        # a dead peer's socket) and not worth a line; one blocked on a live peer means that peer
+        # is frozen, which the user should hear about.
+        waits_on = self._sender_waits_on
+        if self._sender is not None and self._sender.is_alive() and (waits_on is None or self.alive(waits_on)):
             self.log("sender thread still blocked in a send at close; abandoned (it ends with the process)")
-        stuck = [p for p, t in zip(self.peers, self._receivers) if t.is_alive()]
+        stuck = [p for p, t in zip(self.peers, self._receivers) if t.is_alive() and self.alive(p)]
         if stuck:
             self.log(f"receiver threads for worker(s) {stuck} still blocked at close; abandoned "
                       "(daemon threads, they end with the process)")
@@ -353,12 +360,14 @@ class Exchange:
                         return
                     # wake for the next due message, a post, or every 50 ms to see lost flags
                     self._cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
+            self._sender_waits_on = d
             try:
                 work.wait()
                 ok = True
             except Exception as e:
                 ok = False
                 self._mark_gone(d, e)
+            self._sender_waits_on = None
             with self._cv:
                 self._inflight_to[d] -= 1
                 self._cv.notify_all()
