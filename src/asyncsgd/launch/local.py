@@ -1,7 +1,7 @@
 """The launcher: builds the run, starts and owns the worker processes, writes the run record.
 
 Ownership (the concurrency contract):
-- run() starts every worker process (torch.multiprocessing, spawn) and is the only one that
+- run() starts every worker process (torch.multiprocessing, forkserver: worker_processes) and is the only one that
   joins or kills them. Workers that end normally are joined; on an error, a divergence, a
   stall (no progress for --stall-timeout seconds) or Ctrl-C, run() sets board.stop, gives the
   workers STOP_GRACE_S to leave their loops, then terminates and finally kills them.
@@ -40,6 +40,10 @@ from .modes import LocalLaunch
 from .worker import worker_main
 
 STOP_GRACE_S = 10.0
+# What the forkserver imports once, so that each worker it forks starts with them imported: a
+# spawned worker imported torch itself (2.6 s of CPU on our 2-core machine, 5 s of start-up for
+# 4 workers; measured with summary.json's time split).
+WORKER_PRELOAD = ["torch", "asyncsgd.launch.worker"]
 STORE_FILE = ".asyncsgd-store"  # the local process group's FileStore, in the run directory
 POLL_S = 0.05
 
@@ -91,6 +95,24 @@ def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model:
                           f"{most} here, or a smaller model")
 
 
+def worker_processes():
+    """The multiprocessing context that starts worker processes. forkserver where the platform has
+    it: a server process, started here (so it imports while the launcher builds the run), imports
+    WORKER_PRELOAD once and forks each worker from itself. Nothing has run in it but imports (no
+    thread pool, no CUDA), which is what makes the fork safe; each worker still gets the launcher's
+    sys.path, working directory and main module (multiprocessing's preparation data, as with
+    spawn) and its environment (WorkerSpec.environ: the server's is that of its start). spawn
+    elsewhere. The server belongs to multiprocessing: it ends when this process ends, so a killed
+    launcher's workers still see their parent change (worker.watch_launcher)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    from multiprocessing import forkserver
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    forkserver.ensure_running()
+    return ctx
+
+
 class Launcher:
     """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
 
@@ -107,6 +129,8 @@ class Launcher:
         if cfg.resume:
             self.resumed = load_checkpoint(cfg.resume)
         self.n_proc = self.algo.processes(cfg)
+        starts_processes = isinstance(launch, LocalLaunch) and (self.n_proc > 1 or self.algo.distributed)
+        self.ctx = worker_processes() if starts_processes else mp.get_context("spawn")
         self.progress = records.Progress(cfg if self.writes_record else cfg.replace(progress="none"), 1, None, 0,
                                          workers=self.n_proc)
         self.progress.say(f"{cfg.algorithm}: preparing task {cfg.task}")
@@ -142,7 +166,7 @@ class Launcher:
             self.model.share_memory()
         self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        ctx = mp.get_context("spawn")
+        ctx = self.ctx
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
                            layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None),
                            inflight_slots=_batches_held(cfg))
@@ -159,8 +183,7 @@ class Launcher:
             total_samples=self.total, start_batch=start_batch, samples_before=samples_before,
             elapsed_before=elapsed, momentum_init=momentum, snapshot_every=self.snapshot_every,
             checkpoint_every=max(1, round(cfg.checkpoint_every * n_train)), world_size=self.n_proc,
-            device=self.device, launch=launch, errors=self.errors)
-        self.ctx = ctx
+            device=self.device, launch=launch, errors=self.errors, environ=dict(os.environ))
         self.lost: list[int] = []
         self.failure: tuple | None = None
         self._ckpt_seen = 0

@@ -46,6 +46,9 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
     spawned = spec.errors is not None and not isinstance(spec.errors, queue.Queue)  # a process the launcher started
     if spawned:
+        if spec.environ is not None:  # forked by the forkserver, whose environment is that of its start
+            os.environ.clear()
+            os.environ.update(spec.environ)
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
         watch_launcher()
