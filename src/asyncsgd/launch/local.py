@@ -1,7 +1,8 @@
 """The launcher: builds the run, starts and owns the worker processes, writes the run record.
 
 Ownership (the concurrency contract):
-- run() starts every worker process (torch.multiprocessing, forkserver: worker_processes) and is the only one that
+- run() starts every worker process (torch.multiprocessing; forked by the
+  run's WorkerServer where the platform has a forkserver, else spawned) and is the only one that
   joins or kills them. Workers that end normally are joined; on an error, a divergence, a
   stall (no progress for --stall-timeout seconds) or Ctrl-C, run() sets board.stop, gives the
   workers STOP_GRACE_S to leave their loops, then terminates and finally kills them.
@@ -95,22 +96,73 @@ def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model:
                           f"{most} here, or a smaller model")
 
 
-def worker_processes():
-    """The multiprocessing context that starts worker processes. forkserver where the platform has
-    it: a server process, started here (so it imports while the launcher builds the run), imports
-    WORKER_PRELOAD once and forks each worker from itself. Nothing has run in it but imports (no
+def worker_context():
+    """The multiprocessing context of the worker processes: forkserver where the platform has it
+    (WorkerServer below), spawn elsewhere."""
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+class WorkerServer:
+    """One run's forkserver: a process that imports WORKER_PRELOAD once and forks every worker of
+    the run from itself, so no worker imports torch again. Nothing has run in it but imports (no
     thread pool, no CUDA), which is what makes the fork safe; each worker still gets the launcher's
     sys.path, working directory and main module (multiprocessing's preparation data, as with
-    spawn) and its environment (WorkerSpec.environ: the server's is that of its start). spawn
-    elsewhere. The server belongs to multiprocessing: it ends when this process ends, so a killed
-    launcher's workers still see their parent change (worker.watch_launcher)."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    from multiprocessing import forkserver
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(WORKER_PRELOAD)
-    forkserver.ensure_running()
-    return ctx
+    spawn), and its environment from WorkerSpec.environ (the server's is that of its start).
+
+    Ownership: the Launcher starts it before the first worker and stops it after the last one has
+    ended (the server reports the workers' exit codes, so it must outlive them). Its socket lives
+    in the run directory (FOLDER), not in the temporary folder, so a killed launcher leaves
+    nothing outside the run's directory; the server then ends by itself (its pipe from the
+    launcher closes: worker.let_go_of_the_forkserver) and so its workers see their parent change.
+    multiprocessing keeps one server per process; WorkerServer starts and stops that one, so every
+    run of a long-lived process (the Python API) gets a fresh server, with its own socket."""
+
+    FOLDER = ".asyncsgd-forkserver"
+    STOP_WAIT_S = 5.0
+
+    def __init__(self, run_dir: Path):
+        self.folder = run_dir / self.FOLDER
+        self.pid = None
+
+    def start(self) -> None:
+        if worker_context().get_start_method() != "forkserver":
+            return
+        from multiprocessing import forkserver, process
+        self.folder.mkdir(exist_ok=True)
+        worker_context().set_forkserver_preload(WORKER_PRELOAD)
+        config = process.current_process()._config  # where multiprocessing makes its socket
+        before = config.get("tempdir")
+        config["tempdir"] = str(self.folder)
+        try:
+            forkserver.ensure_running()
+        finally:
+            if before is None:
+                config.pop("tempdir", None)
+            else:
+                config["tempdir"] = before
+        self.pid = forkserver._forkserver._forkserver_pid
+
+    def stop(self) -> None:
+        """After the last worker ended: close the server's pipe (it then exits) and reap it."""
+        if self.pid is None:
+            return
+        import shutil
+        import signal
+        from multiprocessing import forkserver
+        server = forkserver._forkserver
+        with server._lock:
+            if server._forkserver_pid == self.pid:
+                os.close(server._forkserver_alive_fd)
+                server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
+        deadline = time.monotonic() + self.STOP_WAIT_S
+        while not os.waitpid(self.pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:  # a worker we could not kill still holds its pipe
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.01)
+        self.pid = None
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Launcher:
@@ -129,8 +181,6 @@ class Launcher:
         if cfg.resume:
             self.resumed = load_checkpoint(cfg.resume)
         self.n_proc = self.algo.processes(cfg)
-        starts_processes = isinstance(launch, LocalLaunch) and (self.n_proc > 1 or self.algo.distributed)
-        self.ctx = worker_processes() if starts_processes else mp.get_context("spawn")
         self.progress = records.Progress(cfg if self.writes_record else cfg.replace(progress="none"), 1, None, 0,
                                          workers=self.n_proc)
         self.progress.say(f"{cfg.algorithm}: preparing task {cfg.task}")
@@ -166,7 +216,7 @@ class Launcher:
             self.model.share_memory()
         self.snapshot_every = max(1, math.ceil(self.total / cfg.eval_points))
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        ctx = self.ctx
+        ctx = worker_context()
         self.board = Board(self.n_proc, replicas, cfg.eval_points + 3, self.flat.numel, n_params,
                            layers=len([p for p in self.model.parameters() if p.requires_grad]), lock=ClaimLock(self.out if self.writes_record else None),
                            inflight_slots=_batches_held(cfg))
@@ -184,6 +234,7 @@ class Launcher:
             elapsed_before=elapsed, momentum_init=momentum, snapshot_every=self.snapshot_every,
             checkpoint_every=max(1, round(cfg.checkpoint_every * n_train)), world_size=self.n_proc,
             device=self.device, launch=launch, errors=self.errors, environ=dict(os.environ))
+        self.ctx = ctx
         self.lost: list[int] = []
         self.failure: tuple | None = None
         self._ckpt_seen = 0
@@ -262,15 +313,16 @@ class Launcher:
             path.unlink(missing_ok=True)
             store = dist.FileStore(str(path), self.n_proc + 1)  # the workers and this launcher
             self.spec.dist_init = f"file://{path.resolve()}"
-        procs = []
-        for rank in range(self.n_proc):
-            p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
-            p.start()
-            procs.append(p)
-        self.procs = procs
-        self._write_workers_json("starting")
+        procs = self.procs = []
+        server = WorkerServer(self.out)
         state = "failed"
         try:
+            server.start()
+            for rank in range(self.n_proc):
+                p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
+                p.start()
+                procs.append(p)
+            self._write_workers_json("starting")
             self._watch(procs, progress)
             state = "done"
         except KeyboardInterrupt:
@@ -280,7 +332,8 @@ class Launcher:
             state = "diverged"
             raise
         finally:
-            self._stop_all(procs)
+            self._stop_all(procs)  # also the ones started before a start failed
+            server.stop()  # after the workers: it reports their exit codes
             self._write_workers_json(state)  # a final state: every process above has ended
             if store is not None:
                 del store  # after the workers

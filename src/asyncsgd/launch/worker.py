@@ -38,6 +38,19 @@ def watch_launcher() -> threading.Thread:
     return t
 
 
+def let_go_of_the_forkserver() -> None:
+    """multiprocessing hands every process the forkserver forks the write end of the pipe by which
+    the server sees its launcher end (so that the child could start processes of its own; ours
+    start none). While a worker holds it, a killed launcher's server never ends, the workers'
+    parent never changes and watch_launcher never fires (measured: they trained on). Closed, the
+    server ends with the launcher and its workers follow within LAUNCHER_POLL_S."""
+    from multiprocessing import forkserver
+    server = forkserver._forkserver  # multiprocessing's own singleton; None-valued under spawn
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
 def worker_main(rank: int, spec: WorkerSpec) -> None:
     """Entry point of every worker (process or in-process): runs the algorithm's schedule."""
     algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
@@ -49,6 +62,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         if spec.environ is not None:  # forked by the forkserver, whose environment is that of its start
             os.environ.clear()
             os.environ.update(spec.environ)
+        let_go_of_the_forkserver()
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
         watch_launcher()
