@@ -375,7 +375,7 @@ def test_paper_suite_without_cuda():
     _one_line_error(run_cli("bench", "--suite", "paper"), "cuda")
 
 
-@pytest.mark.parametrize("suite", ["quick", "delays", "speed", "cluster"])
+@pytest.mark.parametrize("suite", ["quick", "delays", "speed", "cluster", "seeds"])
 def test_every_planned_run_is_a_train_command_that_train_accepts(tmp_path, suite):
     """A suite's settings go to the algorithms that use them (lpap's --groups, dasgd's --send-every,
     --workers where the process count follows it), so that each run's printed command is one

@@ -91,6 +91,25 @@ SUITES: dict[str, dict] = {
         },
         "scenarios": {"speed": {}},
     },
+    "seeds": {
+        "about": "mnist1d, 10 epochs, every algorithm at its defaults over many seeds (interleaved: seed by seed): "
+                 "min / median / max final accuracy and collapses, next to sequential's, and pdasgd's thread layouts",
+        "task": "mnist1d", "model": None, "workers": 4, "epochs": 10.0, "target_accuracy": 0.90, "repeats": 10,
+        "settings": {"device": "cpu"},
+        "per_algorithm": {"pdasgd": {"workers": 1}},  # its default: one process of threads
+        "variants": {
+            "sequential": {"algorithm": "sequential"},
+            "pdasgd (default)": {"algorithm": "pdasgd"},
+            "pdasgd 1F:1B": {"algorithm": "pdasgd", "forward_threads": 1, "backward_threads": 1},
+            "pdasgd 2F:2B": {"algorithm": "pdasgd", "forward_threads": 2, "backward_threads": 2},
+            "pdasgd 1F:4B": {"algorithm": "pdasgd", "forward_threads": 1, "backward_threads": 4},
+            "pdasgd 2x1F:1B": {"algorithm": "pdasgd", "workers": 2, "forward_threads": 1, "backward_threads": 1},
+            "hogwild": {"algorithm": "hogwild", "workers": WORKERS},
+            "dasgd": {"algorithm": "dasgd", "workers": WORKERS},
+            "lpap 2x2": {"algorithm": "lpap", "groups": 2, "workers_per_group": 2},
+        },
+        "scenarios": {"no-delay": {}},
+    },
     "cluster": {
         "about": "mnist1d, N devices (processes, default 4) that share no memory, cores/N torch threads each: "
                  "the algorithms that run across devices, without and with 20 ms per message and a 4x straggler; "

@@ -110,29 +110,32 @@ class WorkerServer:
     spawn), and its environment from WorkerSpec.environ (the server's is that of its start).
 
     Ownership: the Launcher starts it before the first worker and stops it after the last one has
-    ended (the server reports the workers' exit codes, so it must outlive them). Its socket lives
-    in the run directory (FOLDER), not in the temporary folder, so a killed launcher leaves
-    nothing outside the run's directory; the server then ends by itself (its pipe from the
-    launcher closes: worker.let_go_of_the_forkserver) and so its workers see their parent change.
-    multiprocessing keeps one server per process; WorkerServer starts and stops that one, so every
-    run of a long-lived process (the Python API) gets a fresh server, with its own socket."""
+    ended (the server reports the workers' exit codes, so it must outlive them). multiprocessing
+    keeps one server per process; WorkerServer starts and stops that one, so every run of a
+    long-lived process (the Python API) gets a fresh server. Its socket (a path: AF_UNIX) is only
+    needed to fork: once every worker is forked the socket and its folder are removed (the server
+    keeps its listening descriptor, the exit codes come back on per-worker pipes), so a launcher
+    killed later leaves nothing in the temporary folder. The server then ends by itself (its pipe
+    from the launcher closes; the workers let go of their copies: worker.let_go_of_the_forkserver),
+    and so its workers see their parent change (worker.watch_launcher)."""
 
-    FOLDER = ".asyncsgd-forkserver"
     STOP_WAIT_S = 5.0
 
-    def __init__(self, run_dir: Path):
-        self.folder = run_dir / self.FOLDER
+    def __init__(self):
+        self.folder = None
         self.pid = None
 
     def start(self) -> None:
         if worker_context().get_start_method() != "forkserver":
             return
+        import tempfile
         from multiprocessing import forkserver, process
-        self.folder.mkdir(exist_ok=True)
+        # its own short folder (an AF_UNIX path has at most 107 bytes: a run directory can be longer)
+        self.folder = tempfile.mkdtemp(prefix="asyncsgd-")
         worker_context().set_forkserver_preload(WORKER_PRELOAD)
         config = process.current_process()._config  # where multiprocessing makes its socket
         before = config.get("tempdir")
-        config["tempdir"] = str(self.folder)
+        config["tempdir"] = self.folder
         try:
             forkserver.ensure_running()
         finally:
@@ -142,11 +145,18 @@ class WorkerServer:
                 config["tempdir"] = before
         self.pid = forkserver._forkserver._forkserver_pid
 
+    def forked_all(self) -> None:
+        """Every worker is forked: remove the socket and its folder."""
+        if self.folder is not None:
+            import shutil
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
     def stop(self) -> None:
         """After the last worker ended: close the server's pipe (it then exits) and reap it."""
+        self.forked_all()
         if self.pid is None:
             return
-        import shutil
         import signal
         from multiprocessing import forkserver
         server = forkserver._forkserver
@@ -162,7 +172,6 @@ class WorkerServer:
                 break
             time.sleep(0.01)
         self.pid = None
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Launcher:
@@ -314,7 +323,7 @@ class Launcher:
             store = dist.FileStore(str(path), self.n_proc + 1)  # the workers and this launcher
             self.spec.dist_init = f"file://{path.resolve()}"
         procs = self.procs = []
-        server = WorkerServer(self.out)
+        server = WorkerServer()
         state = "failed"
         try:
             server.start()
@@ -322,6 +331,7 @@ class Launcher:
                 p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
                 p.start()
                 procs.append(p)
+            server.forked_all()
             self._write_workers_json("starting")
             self._watch(procs, progress)
             state = "done"
