@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 
 import numpy as np
 
@@ -10,6 +9,7 @@ from ...exchange.policy import StalenessPolicy, Topology, gossip_staleness
 from ...exchange.wire import header_bytes
 from ..dasgd.sim import shutdown
 from ..pdasgd.rules import concurrency, queue_size
+from ..pdasgd.sim import PassQueue
 
 
 def run(sim) -> None:
@@ -56,9 +56,6 @@ def run(sim) -> None:
         frac[j] = covered / fm.numel
     header = header_bytes(N)
     layer_bytes = [header + s * 4 for s in fm.sizes]
-    queues = [deque() for _ in range(N)]
-    blocked = [deque() for _ in range(N)]  # forward lanes waiting for queue space
-    idle_b = [deque() for _ in range(N)]  # (backward lane, since): lanes waiting for work
     forwards_left, busy = [F_] * N, [0] * N
     ended = [False] * N
     last_step = [0.0] * N
@@ -77,35 +74,13 @@ def run(sim) -> None:
         fm.load(state[w])
         g, loss, n = fm.gradient(k)
         stats.grad_norm(g)
-        loop.at(loop.now + sim.compute.forward(w), fend, w, (fm.layer_views(g), loss, n, V[w].copy()))
-
-    def fend(w: int, item) -> None:
-        if len(queues[w]) >= qsize:
-            blocked[w].append((item, loop.now))
-            return
-        enqueue(w, item)
-        fstart(w)
-
-    def enqueue(w: int, item) -> None:
-        queues[w].append(item)
-        if len(queues[w]) > stats.queue_peak[w]:
-            stats.queue_peak[w] = len(queues[w])
-        if idle_b[w]:
-            b, since = idle_b[w].popleft()
-            stats.idle_s[w] += loop.now - since
-            bstart(w, b)
+        loop.at(loop.now + sim.compute.forward(w), passes.forward_done, w, (fm.layer_views(g), loss, n, V[w].copy()))
 
     def bstart(w: int, b: int) -> None:
-        if not queues[w]:
-            idle_b[w].append((b, loop.now))
-            maybe_end(w)
+        item = passes.take(w, b)
+        if item is None:
             return
-        views, loss, n, seen = queues[w].popleft()
-        if blocked[w]:  # a blocked forward lane hands over its pass and goes on
-            item, since = blocked[w].popleft()
-            stats.idle_s[w] += loop.now - since
-            queues[w].append(item)
-            loop.at(loop.now, fstart, w)
+        views, loss, n, seen = item
         busy[w] += 1
         t0, dur = loop.now, sim.compute.backward(w)
         ps = {"misaligned": False, "left": L, "loss": loss, "n": n, "lr": sim.lr()}
@@ -178,7 +153,7 @@ def run(sim) -> None:
 
     def maybe_end(w: int) -> None:
         """Lanes done (no forward left, nothing queued, no backward running): send the unfinished groups."""
-        if ended[w] or forwards_left[w] or queues[w] or blocked[w] or busy[w]:
+        if ended[w] or forwards_left[w] or passes.queues[w] or passes.blocked[w] or busy[w]:
             return
         ended[w] = True
         for j in range(L):
@@ -187,6 +162,7 @@ def run(sim) -> None:
         last_step[w] = loop.now
         sim.done_time(loop.now)
 
+    passes = PassQueue(sim, qsize, fstart, bstart, when_idle=maybe_end)
     for w in range(N):
         for _ in range(F_):
             loop.at(0.0, fstart, w)
@@ -194,16 +170,16 @@ def run(sim) -> None:
             loop.at(0.0, bstart, w, w * B_ + t)
     loop.run(sim.on_event)  # every arrival is an event: all applied by now
     for w in range(N):  # lanes still waiting for work at the end
-        while idle_b[w]:
-            stats.idle_s[w] += last_step[w] - idle_b[w].popleft()[1]
+        while passes.idle[w]:
+            stats.idle_s[w] += last_step[w] - passes.idle[w].popleft()[1]
     shutdown(sim, last_step, header)
-    passes = stats.backward_passes
+    done = stats.backward_passes
     c = stats.layer_stale_count
     sim.extra.update({
         "staleness_by_layer": [{"layer": fm.names[j], "mean": round(float(stats.layer_stale_sum[j]) / int(c[j]), 4)
                                 if c[j] else 0.0, "max": int(stats.layer_stale_max[j]), "count": int(c[j])}
                                for j in range(L)],
-        "backward_passes": passes, "misaligned_fraction": round(stats.misaligned / passes, 4) if passes else 0.0,
+        "backward_passes": done, "misaligned_fraction": round(stats.misaligned / done, 4) if done else 0.0,
         "forward_threads": F_, "backward_threads": B_, "queue_size": qsize, "queue_peak": int(stats.queue_peak.max()),
         "received_staleness_mean": round(recv["sum"] / max(1, recv["n"]), 4),
     })

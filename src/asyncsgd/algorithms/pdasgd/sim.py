@@ -9,6 +9,53 @@ import numpy as np
 from ...exchange.policy import StalenessPolicy
 from .rules import auto_threads, concurrency, queue_size
 
+
+class PassQueue:
+    """The bounded queue of computed forwards between each simulated worker's forward and backward
+    lanes, as the real engine's (threads.Decoupled: queue.Queue(queue_size) and its slots); one
+    implementation for pdasgd's twin and layup's. fstart(w) starts a forward lane of worker w on
+    its next batch, bstart(w, b) backward lane b on its next pass (both the twin's own)."""
+
+    def __init__(self, sim, qsize: int, fstart, bstart, when_idle=lambda w: None):
+        self.sim, self.qsize, self.fstart, self.bstart, self.when_idle = sim, qsize, fstart, bstart, when_idle
+        self.queues = [deque() for _ in range(sim.workers)]
+        self.blocked = [deque() for _ in range(sim.workers)]  # (pass, since): forward lanes waiting for space
+        self.idle = [deque() for _ in range(sim.workers)]  # (backward lane, since): lanes waiting for work
+
+    def forward_done(self, w: int, item) -> None:
+        """A forward lane of worker w computed item: queue it (a full queue blocks the lane) and go on."""
+        if len(self.queues[w]) >= self.qsize:
+            self.blocked[w].append((item, self.sim.loop.now))
+            return
+        self._enqueue(w, item)
+        self.fstart(w)
+
+    def _enqueue(self, w: int, item) -> None:
+        q, stats = self.queues[w], self.sim.stats
+        q.append(item)
+        if len(q) > stats.queue_peak[w]:
+            stats.queue_peak[w] = len(q)
+        if self.idle[w]:
+            b, since = self.idle[w].popleft()
+            stats.idle_s[w] += self.sim.loop.now - since
+            self.bstart(w, b)
+
+    def take(self, w: int, b: int):
+        """Backward lane b of worker w takes the oldest pass, or waits (None) when there is none."""
+        loop = self.sim.loop
+        if not self.queues[w]:
+            self.idle[w].append((b, loop.now))
+            self.when_idle(w)
+            return None
+        item = self.queues[w].popleft()
+        if self.blocked[w]:  # a blocked forward lane hands over its pass and goes on
+            waiting, since = self.blocked[w].popleft()
+            self.sim.stats.idle_s[w] += loop.now - since
+            self.queues[w].append(waiting)
+            loop.at(loop.now, self.fstart, w)
+        return item
+
+
 def run(sim) -> None:
     """PD-ASGD on one shared model (worker.py's semantics): each of N workers has F forward and B
     backward threads (--forward-threads, --backward-threads; --fb-ratio auto: rules.auto_threads
@@ -44,9 +91,6 @@ def run(sim) -> None:
         if layer_mode:
             frac[j] = covered / fm.numel
     lv = np.zeros(layers, np.int64)  # updates applied to each tensor
-    queues = [deque() for _ in range(sim.workers)]
-    blocked = [deque() for _ in range(sim.workers)]  # forward threads waiting for queue space
-    idle_b = [deque() for _ in range(sim.workers)]  # (backward thread, since): threads waiting for work
 
     def fstart(w: int) -> None:
         k = sim.claim()
@@ -54,35 +98,14 @@ def run(sim) -> None:
             sim.done_time(loop.now)
             return
         loss, n = fm.forward(k)
-        loop.at(loop.now + sim.compute.forward(w), fend, w, (loss, n, lv.copy()))
-
-    def fend(w: int, item) -> None:
-        if len(queues[w]) >= qsize:
-            blocked[w].append((item, loop.now))
-            return
-        enqueue(w, item)
-        fstart(w)
-
-    def enqueue(w: int, item) -> None:
-        queues[w].append(item)
-        if len(queues[w]) > stats.queue_peak[w]:
-            stats.queue_peak[w] = len(queues[w])
-        if idle_b[w]:
-            b, since = idle_b[w].popleft()
-            stats.idle_s[w] += loop.now - since
-            bstart(w, b)
+        loop.at(loop.now + sim.compute.forward(w), passes.forward_done, w, (loss, n, lv.copy()))
 
     def bstart(w: int, b: int) -> None:
         """Backward thread b (of all workers' threads: worker w's are w*B .. w*B+B-1) takes work."""
-        if not queues[w]:
-            idle_b[w].append((b, loop.now))
+        item = passes.take(w, b)
+        if item is None:
             return
-        loss, n, read = queues[w].popleft()
-        if blocked[w]:  # a blocked forward thread hands over its pass and goes on
-            item, since = blocked[w].popleft()
-            stats.idle_s[w] += loop.now - since
-            queues[w].append(item)
-            loop.at(loop.now, fstart, w)
+        loss, n, read = item
         g = fm.backward(loss)
         stats.grad_norm(g)
         views = fm.layer_views(g)
@@ -117,6 +140,7 @@ def run(sim) -> None:
             sim.done_time(loop.now)
             bstart(w, b)
 
+    passes = PassQueue(sim, qsize, fstart, bstart)
     for w in range(sim.workers):
         for _ in range(F_):
             loop.at(0.0, fstart, w)
@@ -124,11 +148,11 @@ def run(sim) -> None:
             loop.at(0.0, bstart, w, w * B_ + t)
     loop.run(sim.on_event)
     c = stats.layer_stale_count
-    passes = stats.backward_passes
+    done = stats.backward_passes
     sim.extra.update({
         "staleness_by_layer": [{"layer": fm.names[j], "mean": round(float(stats.layer_stale_sum[j]) / int(c[j]), 4) if c[j] else 0.0,
                                 "max": int(stats.layer_stale_max[j]), "count": int(c[j])} for j in range(layers)],
-        "backward_passes": passes, "misaligned_fraction": round(stats.misaligned / passes, 4) if passes else 0.0,
+        "backward_passes": done, "misaligned_fraction": round(stats.misaligned / done, 4) if done else 0.0,
         "forward_threads": F_, "backward_threads": B_, "fb_ratio": cfg.fb_ratio, "queue_size": qsize,
         "queue_peak": int(stats.queue_peak.max()), "updates_mode": cfg.updates,
     })
