@@ -111,7 +111,8 @@ class WorkerServer:
 
     Ownership: the Launcher starts it before the first worker and stops it after the last one has
     ended (the server reports the workers' exit codes, so it must outlive them). multiprocessing
-    keeps one server per process; WorkerServer starts and stops that one, so every run of a
+    keeps one server per process; WorkerServer starts and stops that one (through the private
+    fields of multiprocessing.forkserver, the same in Python 3.10 to 3.13), so every run of a
     long-lived process (the Python API) gets a fresh server. Its socket (a path: AF_UNIX) is only
     needed to fork: once every worker is forked the socket and its folder are removed (the server
     keeps its listening descriptor, the exit codes come back on per-worker pipes), so a launcher
@@ -165,12 +166,15 @@ class WorkerServer:
                 os.close(server._forkserver_alive_fd)
                 server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
         deadline = time.monotonic() + self.STOP_WAIT_S
-        while not os.waitpid(self.pid, os.WNOHANG)[0]:
-            if time.monotonic() > deadline:  # a worker we could not kill still holds its pipe
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                break
-            time.sleep(0.01)
+        try:
+            while not os.waitpid(self.pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:  # a worker we could not kill still holds its pipe
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    break
+                time.sleep(0.01)
+        except ChildProcessError:  # already reaped (multiprocessing restarts a dead server itself)
+            pass
         self.pid = None
 
 
