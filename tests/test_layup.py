@@ -66,8 +66,13 @@ def killed_run(tmp_path, epochs: int) -> dict:
 @pytest.mark.slow
 def test_killed_layup_worker_survivors_finish(tmp_path):
     s = killed_run(tmp_path, 2)
-    # 2x chance: still learning (2 epochs are all warm-up; the 0.88 bar is the acceptance test's)
-    assert s["final_test_accuracy"] > 0.2, s["final_test_accuracy"]
+    # Still learning after the kill: the test loss falls well below chance's ln 10 = 2.303 (1.64-1.92 in
+    # 4 runs). Not an accuracy bar: 2 epochs are all warm-up, and accuracy there ranged 0.17-0.35 over
+    # runs of the same code, so a bar on it fails by chance. The 0.88 is the acceptance test's.
+    _, metrics = read_run(tmp_path / "run")
+    assert metrics[-1]["samples"] == s["samples"]
+    assert metrics[-1]["test_loss"] < math.log(10) - 0.2, metrics
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"] - 0.1, metrics
 
 
 def test_simulated_1024_workers_on_logreg_in_under_a_minute(tmp_path):
