@@ -210,6 +210,31 @@ def test_auto_threads_ratio_and_clamp():
     assert rules.auto_threads(3, 1.0, 9.0) == (3, 8)
 
 
+def test_default_workers_one_process_per_cpu_core_else_one(monkeypatch, tmp_path):
+    """--workers unset: one process per usable core on a CPU (at most 8), one on a GPU and in the
+    simulator; the reason is the config's workers_from. A given --workers wins and has none, and
+    workers_from is not a setting anyone can give."""
+    from asyncsgd.config import RunConfig, load_toml
+    from asyncsgd.errors import ConfigError
+    from asyncsgd.settings import resolve, replayable
+    monkeypatch.setattr(rules, "usable_cores", lambda: 2)
+    cpu = resolve(RunConfig(algorithm="pdasgd", device="cpu"))
+    assert (cpu.workers, cpu.workers_from) == (2, "one process per usable CPU core (2 cores)")
+    monkeypatch.setattr(rules, "usable_cores", lambda: 64)
+    assert resolve(RunConfig(algorithm="pdasgd", device="cpu")).workers == rules.MAX_AUTO_PROCESSES == 8
+    assert resolve(RunConfig(algorithm="pdasgd", device="cpu", runtime="sim")).workers == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = resolve(RunConfig(algorithm="pdasgd", device="auto"))
+    assert (gpu.workers, gpu.workers_from) == (1, "one process on the GPU: its forward and backward threads share the device")
+    given = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=3))
+    assert (given.workers, given.workers_from) == (3, None)
+    assert replayable(cpu)["workers"] == 2 and "workers_from" not in replayable(cpu)
+    assert resolve(RunConfig(algorithm="hogwild", device="cpu")).workers_from is None  # pdasgd's rule only
+    (tmp_path / "c.toml").write_text('workers_from = "me"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'workers_from'"):
+        load_toml(str(tmp_path / "c.toml"))
+
+
 def test_registered_and_default():
     from asyncsgd.config import RunConfig
     from asyncsgd.settings import resolve as validate
@@ -231,7 +256,14 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     r = run_cli("train", "--progress", "none", "--out", out, timeout=240)
     assert r.returncode == 0, r.stderr
     s, _ = read_run(out)
-    assert s["algorithm"] == "pdasgd" and s["workers"] == 1
+    # the layout the machine chose: one process per usable core (at most 8), 1F:2B each; printed
+    # and recorded
+    cores = min(len(os.sched_getaffinity(0)), rules.MAX_AUTO_PROCESSES)
+    assert s["algorithm"] == "pdasgd" and s["workers"] == cores
+    why = f"one process per usable CPU core ({len(os.sched_getaffinity(0))} core"
+    assert s["layout"]["processes"] == cores and s["layout"]["workers_from"].startswith(why)
+    assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 2)
+    assert f"pdasgd: {cores} process(es) x (1 forward + 2 backward threads), {why}" in r.stderr
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert s["wall_time_s"] < 120 and time.time() - t < 240
     # whether a * lr * tau_max < 1 depends on the largest staleness seen, which a busy machine

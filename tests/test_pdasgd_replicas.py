@@ -106,7 +106,7 @@ def test_bad_sharing_value_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize("args,needles", [
     (["--average-every", "5"], ["--average-every 5", "--sharing average"]),  # one shared model: no averaging
     (["--workers", "2", "--sharing", "memory", "--average-every", "5"], ["--average-every 5"]),
-    (["--sharing", "average"], ["--workers 1", "--workers 2 or more"]),  # nobody to average with
+    (["--sharing", "average", "--workers", "1"], ["--workers 1", "--workers 2 or more"]),  # nobody to average with
     (["--sharing", "average", "--workers", "2", "--runtime", "sim"], ["--runtime sim"]),
     (["--algo", "lpap", "--sharing", "average"], ["--sharing is not used by --algo lpap"]),
     (["--algo", "hogwild", "--average-every", "5"], ["--average-every is not used by --algo hogwild"]),

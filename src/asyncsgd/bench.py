@@ -42,8 +42,8 @@ SUITES: dict[str, dict] = {
         "about": "mnist1d, 2 workers, no delays: every algorithm once, a few minutes on 2 CPU cores",
         "task": "mnist1d", "model": None, "workers": 2, "epochs": 10.0, "target_accuracy": 0.90, "repeats": 1,
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
-        # pdasgd's parallelism is threads: one process of 1 forward + 2 backward threads uses the 2 cores
-        "per_algorithm": {"pdasgd": {"workers": 1}},
+        # pdasgd at its default layout: one process of 1 forward + 2 backward threads per core
+        "per_algorithm": {"pdasgd": {"workers": None}},
         "scenarios": {"quick": {}},
     },
     "delays": {
@@ -63,7 +63,7 @@ SUITES: dict[str, dict] = {
         "about": "MNIST test-set images (--data-dir: the t10k IDX files), seeded 8,000/2,000 split, 2-D CNN",
         "task": "mnist10k", "model": None, "workers": 2, "epochs": 3.0, "target_accuracy": 0.95, "repeats": 1,
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
-        "per_algorithm": {"pdasgd": {"workers": 1}},
+        "per_algorithm": {"pdasgd": {"workers": None}},  # its default layout
         "scenarios": {"mnist10k": {}},
     },
     "paper": {
@@ -82,6 +82,7 @@ SUITES: dict[str, dict] = {
             "sequential": {"algorithm": "sequential"},
             "sequential threads=1": {"algorithm": "sequential", "threads_per_worker": 1},
             "hogwild": {"algorithm": "hogwild", "workers": 2},
+            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # one process per core
             "pdasgd 1x1F:2B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 2},
             "pdasgd 1x1F:1B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 1},
             "pdasgd 1x1F:1B threads=1": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1,
@@ -96,14 +97,16 @@ SUITES: dict[str, dict] = {
                  "min / median / max final accuracy and collapses, next to sequential's, and pdasgd's thread layouts",
         "task": "mnist1d", "model": None, "workers": 4, "epochs": 10.0, "target_accuracy": 0.90, "repeats": 10,
         "settings": {"device": "cpu"},
-        "per_algorithm": {"pdasgd": {"workers": 1}},  # its default: one process of threads
+        "per_algorithm": {"pdasgd": {"workers": 1}},  # the thread layouts: one process each
         "variants": {
             "sequential": {"algorithm": "sequential"},
-            "pdasgd (default)": {"algorithm": "pdasgd"},
+            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # one process per core
+            "pdasgd 1x1F:2B": {"algorithm": "pdasgd"},
             "pdasgd 1F:1B": {"algorithm": "pdasgd", "forward_threads": 1, "backward_threads": 1},
             "pdasgd 2F:2B": {"algorithm": "pdasgd", "forward_threads": 2, "backward_threads": 2},
             "pdasgd 1F:4B": {"algorithm": "pdasgd", "forward_threads": 1, "backward_threads": 4},
             "pdasgd 2x1F:1B": {"algorithm": "pdasgd", "workers": 2, "forward_threads": 1, "backward_threads": 1},
+            "pdasgd 2x1F:2B": {"algorithm": "pdasgd", "workers": 2, "forward_threads": 1, "backward_threads": 2},
             "hogwild": {"algorithm": "hogwild", "workers": WORKERS},
             "dasgd": {"algorithm": "dasgd", "workers": WORKERS},
             "lpap 2x2": {"algorithm": "lpap", "groups": 2, "workers_per_group": 2},
@@ -330,12 +333,12 @@ def train_command(cfg) -> str:
     RunConfig's default."""
     import dataclasses
 
-    from .config import RunConfig, flag
+    from .config import DERIVED, RunConfig, flag
 
     args = ["asyncsgd", "train"]
     for f in dataclasses.fields(RunConfig):
         value = getattr(cfg, f.name)
-        if value == f.default and f.name != "algorithm":  # the CLI's default algorithm is not RunConfig's
+        if f.name in DERIVED or (value == f.default and f.name != "algorithm"):  # the CLI's default algorithm is not RunConfig's
             continue
         if value is True:
             args.append(flag(f.name))

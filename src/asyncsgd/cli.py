@@ -54,7 +54,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
     p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
-    p.add_argument("--workers", type=INT, default=S, help=f"worker processes ({D('workers')}; pdasgd's parallelism is threads)")
+    p.add_argument("--workers", type=INT, default=S, help=f"worker processes ({D('workers')})")
     p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together ({D('epochs')})")
     p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread ({D('batch_size')})")
     p.add_argument("--lr", type=FLOAT, default=S, help=f"peak learning rate ({D('lr')})")

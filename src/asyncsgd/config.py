@@ -98,6 +98,9 @@ class RunConfig:
     send_every: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's; 1 is the per-step exchange
     topology: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     staleness: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
+    # resolved, not a setting: how --workers got its value when none was given (pdasgd's
+    # machine-decided default, algorithms/pdasgd/rules.auto_processes); recorded in summary.json
+    workers_from: str | None = None
     # delays and stragglers (every multi-worker algorithm)
     delay: str | None = None
     straggler: str | None = None
@@ -128,7 +131,8 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+DERIVED = ("workers_from",)  # fields settings.resolve fills in; no flag, TOML key or train() argument sets them
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig) if f.name not in DERIVED)
 _ANNOTATIONS = {f.name: f.type for f in fields(RunConfig)}  # strings: `from __future__ import annotations`
 
 

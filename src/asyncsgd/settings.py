@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from .algorithms.registry import ALGORITHMS, users_of
-from .config import (BACKWARD_WEIGHTS, DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
+from .config import (BACKWARD_WEIGHTS, DERIVED, DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
                      flag, need)
 from .errors import ConfigError
 
@@ -41,6 +41,8 @@ def default_text(name: str) -> str:
     if name in SHARED_DEFAULTS:
         parts = [f"default {SHARED_DEFAULTS[name]}"]
         parts += [f"{a.name} {a.defaults[name]}" for a in ALGORITHMS.values() if name in a.defaults]
+        if name == "workers":  # decided from the machine (Algorithm.default_workers)
+            parts += [f"{a.name}: one per CPU core, one on a GPU" for a in ALGORITHMS.values() if a.default_workers]
         return "; ".join(parts)
     value = getattr(RunConfig(), name)
     return f"default {value}" if value is not None else "default: unset"
@@ -116,6 +118,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     """Every default applied and every value checked, once; returns the resolved config. Raises ConfigError."""
     need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
     algo = ALGORITHMS[cfg.algorithm]
+    if cfg.workers is None and algo.default_workers is not None:
+        workers, why = algo.default_workers(cfg)
+        cfg = cfg.replace(workers=workers, workers_from=why)
     resolved = {**SHARED_DEFAULTS, **algo.defaults}
     cfg = cfg.replace(**{k: v for k, v in resolved.items() if getattr(cfg, k) is None})
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
@@ -193,7 +198,7 @@ def replayable(cfg: RunConfig) -> dict:
     use (the others would be rejected as unused by `--config`), without the run's own directory."""
     out = {}
     for name, value in cfg.to_dict().items():
-        if value is None or name in ("out", "resume", "overwrite"):
+        if value is None or name in ("out", "resume", "overwrite") or name in DERIVED:
             continue
         users = users_of(name)
         if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim"):

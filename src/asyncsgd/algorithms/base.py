@@ -45,6 +45,9 @@ class Algorithm:
     tolerates_failures: Flag = False  # the run goes on when a worker dies
     snapshot_all_replicas: Flag = False  # snapshot every replica (to evaluate their average), not only rank 0
     defaults: dict = field(default_factory=dict)  # settings this algorithm needs when the user gives none
+    # (RunConfig) -> (workers, why): --workers when none is given, decided from the machine (pdasgd);
+    # None: defaults / SHARED_DEFAULTS. `why` is recorded as the config's workers_from
+    default_workers: Callable | None = None
     options: tuple = ()  # settings only some algorithms use (given to another one: rejected, not ignored)
     summary_extra: Callable | None = None  # (record, summary dict) -> None: adds this algorithm's fields
     check: Callable | None = None  # (RunConfig) -> RunConfig: this algorithm's own resolution and checks

@@ -10,7 +10,7 @@ from ...config import SHARING, need
 from ...errors import ConfigError
 from ..base import Algorithm
 from . import sim, worker
-from .rules import queue_size, resolve_sharing
+from .rules import auto_processes, queue_size, resolve_sharing
 
 def _replicas(cfg) -> bool:
     """A replica per process (--sharing average, or auto on several GPUs)."""
@@ -61,6 +61,9 @@ def layer_summary(record, out: dict) -> None:
     if len(rows) > 1:  # --fb-ratio auto chose differently in different workers
         out["threads_by_worker"] = [[int(v) for v in b.fb_threads[w]] for w in keep]
     out["fb_ratio"] = cfg.fb_ratio
+    # the process x thread layout that ran, and what chose its process count
+    out["layout"] = {"processes": b.workers, "forward_threads": fb[0], "backward_threads": fb[1],
+                     "workers_from": cfg.workers_from or "--workers"}
     out["queue_size"] = queue_size(cfg, fb[0])
     out["queue_peak"] = int(b.queue_peak.max())
 
@@ -88,8 +91,9 @@ def summary_extra(record, out: dict) -> None:
 
 PDASGD = Algorithm(
     "pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
-    "gradient exists (one process by default; --workers N processes share one model, or with "
-    "--sharing average keep replicas averaged in the background, one per GPU)",
+    "gradient exists (by default one process per CPU core, or one on a GPU, all on one shared model; "
+    "--workers N chooses, and with --sharing average the processes keep replicas averaged in the "
+    "background, one per GPU)",
     worker=worker.run, sim=sim.run, shared_model=lambda cfg: not _replicas(cfg), distributed=_replicas,
     # With replicas the survivors of a dead worker carry on, as lpap's: they claim the rest of the
     # plan (board.ClaimLock, which the OS releases when its holder dies) and average among
@@ -100,7 +104,8 @@ PDASGD = Algorithm(
     # step of delay with momentum 0.9 makes the lower layers oscillate near the peak lr and kill
     # ReLU channels; with both, 1F:1B, 1F:2B and 1F:4B stop collapsing (measured, 8-16 seeds each:
     # docs/pdasgd.md, "Stale updates")
-    defaults={"workers": 1, "staleness": "scale", "warmup_epochs": 2.0},
+    defaults={"staleness": "scale", "warmup_epochs": 2.0},
+    default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),
     summary_extra=summary_extra, check=check, sim_theory=True, distributed_with="--sharing average")

@@ -105,6 +105,9 @@ def run(ctx) -> None:
         if rank == 0:
             print(f"pdasgd: --fb-ratio auto: forward {tf * 1e3:.2f} ms, backward {tb * 1e3:.2f} ms per batch "
                   f"-> {F} forward thread(s), {B} backward thread(s) per worker", file=sys.stderr, flush=True)
+    if rank == 0 and cfg.workers_from:  # the machine chose the process count: say what it chose
+        print(f"pdasgd: {cfg.workers} process(es) x ({F} forward + {B} backward threads), {cfg.workers_from}; "
+              "--workers N to choose", file=sys.stderr, flush=True)
     depth = queue_size(cfg, F)
     board.fb_threads[rank, 0], board.fb_threads[rank, 1] = F, B
     # set_threads gave this process its share of the cores; its F + B threads split it.
