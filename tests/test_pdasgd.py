@@ -94,8 +94,8 @@ def test_layer_updates_land_during_the_backward(mode):
     assert not torch.equal(model.high.weight.detach(), high0) and not torch.equal(model.low.weight.detach(), low0)
     assert all(p.grad is None for p in model.parameters())  # threads never share .grad
     assert w.layer_version[0, 0].tolist() == [1, 1, 1, 1]
-    assert all(g is not None for g in grads) and sorted(i for i, _ in item.stale) == [0, 1, 2, 3]
-    assert all(s == 0 for _, s in item.stale)  # nobody else wrote: no staleness
+    assert all(g is not None for g in grads) and sorted(i for i, _, _ in item.stale) == [0, 1, 2, 3]
+    assert all(s == own == 0 for _, s, own in item.stale)  # nobody else wrote: no staleness
 
 
 def test_staleness_counts_other_writers_between_read_and_update():
@@ -110,11 +110,40 @@ def test_staleness_counts_other_writers_between_read_and_update():
     w.backward(b, 1)
     c = w.forward(replica, 2)  # read after both
     w.backward(c, 0)
-    assert [s for _, s in a.stale] == [0] * 4
-    assert [s for _, s in b.stale] == [1] * 4  # a's update of each layer happened in between
-    assert [s for _, s in c.stale] == [0] * 4
+    assert [s for _, s, _ in a.stale] == [0] * 4
+    assert [s for _, s, _ in b.stale] == [1] * 4  # a's update of each layer happened in between
+    assert [s for _, s, _ in c.stale] == [0] * 4
     assert w.layer_version[0, :2].sum(0).tolist() == [3, 3, 3, 3]
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_scale_damps_the_own_pipelines_delay_not_the_other_processes_updates():
+    """--staleness scale acts on this worker's own updates between a forward's read and its layer
+    update (rules.damped_staleness): another worker's updates of the shared model count in the
+    staleness, and are not damped; the worker's own are (lr / 2 for one of them)."""
+    from asyncsgd.config import Staleness
+    torch.manual_seed(0)
+    model = Sandwich()
+    Marker.probe = lambda: None
+    ctx0 = fake_ctx(model, workers=2)
+    ctx1 = SimpleNamespace(**{**vars(ctx0), "rank": 1})  # a second worker process on the same model
+    w0, w1 = (threads.Decoupled(c, 1, 2, 2, "layer", Staleness("scale"), 2) for c in (ctx0, ctx1))
+
+    def step(w, item, writer):  # (staleness triples, applied update / (lr x gradient)) per layer
+        before = [p.detach().clone() for p in model.parameters()]
+        grads = w.backward(item, writer)
+        ratios = [float((b - p.detach()).norm() / (0.1 * g).norm()) for b, p, g in zip(before, model.parameters(), grads)]
+        return item.stale, ratios
+
+    a = w0.forward(w0.replica(), 0)
+    w1.backward(w1.forward(w1.replica(), 1), 0)  # worker 1 updates every layer after a's read
+    stale, ratios = step(w0, a, 0)
+    assert [(s, own) for _, s, own in stale] == [(1, 0)] * 4 and ratios == pytest.approx([1.0] * 4, rel=1e-4)
+    b = w0.forward(w0.replica(), 2)
+    c = w0.forward(w0.replica(), 3)  # read before b's updates land: its own pipeline's delay
+    step(w0, b, 0)
+    stale, ratios = step(w0, c, 1)  # thread 1's momentum buffers are fresh: the step is lr x factor x g
+    assert [(s, own) for _, s, own in stale] == [(1, 1)] * 4 and ratios == pytest.approx([0.5] * 4, rel=1e-4)
 
 
 @pytest.mark.parametrize("weights", ["current", "forward"])
@@ -141,7 +170,7 @@ def test_backward_weights(weights):
         assert all(torch.allclose(g, e) for g, e in zip(grads, exact))
     else:
         assert not torch.allclose(grads[low_w], exact[low_w])
-    assert [s for _, s in b.stale] == [1] * 4  # the same staleness either way
+    assert [s for _, s, _ in b.stale] == [1] * 4  # the same staleness either way
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -264,6 +293,11 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     assert s["layout"]["processes"] == cores and s["layout"]["workers_from"].startswith(why)
     assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 2)
     assert f"pdasgd: {cores} process(es) x (1 forward + 2 backward threads), {why}" in r.stderr
+    # what --staleness scale acted on: this process's own updates, a part of the staleness
+    layers = s["staleness_by_layer"]
+    assert all(0 <= d["own_mean"] <= d["mean"] for d in layers)
+    if cores > 1:  # the other processes' updates are counted, not damped
+        assert sum(d["own_mean"] for d in layers) < sum(d["mean"] for d in layers)
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert s["wall_time_s"] < 120 and time.time() - t < 240
     # whether a * lr * tau_max < 1 depends on the largest staleness seen, which a busy machine
@@ -461,7 +495,8 @@ def test_default_pdasgd_close_to_sequential(tmp_path, task):
 def test_staleness_policy_applies_to_layer_updates(tmp_path):
     """--staleness is honoured: drop:0 discards every layer update that saw another update land
     (counted), while the scale default drops nothing and still learns."""
-    code, dropped = train(tmp_path, "drop", "--epochs", 0.5, "--staleness", "drop:0")
+    # one process: the staleness the policy acts on (its own updates) is all of it
+    code, dropped = train(tmp_path, "drop", "--epochs", 0.5, "--staleness", "drop:0", "--workers", 1)
     assert code == 0
     total = dropped["staleness"]["count"]
     stale = total - dropped["staleness_histogram"].get("0", 0)

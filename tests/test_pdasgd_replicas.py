@@ -69,7 +69,7 @@ def test_replica_versions_count_only_this_workers_updates():
     item = replica.forward(replica.replica(), 0)
     ctx.board.layer_version[1, 0] += 1  # worker 1 again, between this forward and its backward
     replica.backward(item, 0)
-    assert [s for _, s in item.stale] == [0] * 4
+    assert [s for _, s, _ in item.stale] == [0] * 4
     assert ctx.board.layer_version[0, 0].tolist() == [1] * 4  # this worker's own row counted the updates
 
 

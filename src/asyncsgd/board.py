@@ -130,6 +130,8 @@ class Board:
         self.layer_stale_sum = z(workers, layers, dtype=torch.float64)  # per-layer staleness sums
         self.layer_stale_count = z(workers, layers)
         self.layer_stale_max = z(workers, layers)
+        # pdasgd: per-layer sums of the staleness --staleness acted on (rules.damped_staleness)
+        self.layer_own_stale_sum = z(workers, layers, dtype=torch.float64)
         self.misaligned = z(workers)  # backward passes run on weights newer than their forward's
         self.backward_passes = z(workers)
         self.queue_peak = z(workers)

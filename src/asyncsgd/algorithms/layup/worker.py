@@ -103,6 +103,11 @@ class Gossiping(Decoupled):
     def replica(self) -> ViewedReplica:
         return ViewedReplica(self.model, self.params, self._read, self.snapshot)
 
+    def policy_staleness(self, total: int, own: int) -> int:
+        """layup's --staleness acts on the clock's staleness, peers' updates included (pdasgd's
+        own-pipeline rule, rules.damped_staleness, is not measured on layup yet)."""
+        return total
+
     def _forward(self, replica, k: int):
         self._tls.seen = self.clock.copy()  # layers no module pre-hook reads are read now
         item = super()._forward(replica, k)
@@ -181,6 +186,7 @@ class Gossiping(Decoupled):
         with self.record_lock:
             self.ctx.record_staleness(s)
             self.stale_sum[i] += s
+            self.own_stale_sum[i] += s  # the staleness the policy acted on: the same (policy_staleness)
             self.stale_count[i] += 1
             if s > self.stale_max[i]:
                 self.stale_max[i] = s

@@ -49,6 +49,17 @@ def auto_threads(forward_threads: int, t_forward: float, t_backward: float) -> t
     return forward_threads, max(1, min(MAX_AUTO_THREADS, round(forward_threads * ratio)))
 
 
+def damped_staleness(total: int, own: int) -> int:
+    """The staleness --staleness acts on for one layer update: `own`, the updates of the layer by
+    this worker process's own backward threads between the forward's read and this update (the
+    delay of its own pipeline), not `total`, which also counts the other processes' updates of the
+    shared model. Those act like Hogwild!'s concurrent writers, which train undamped; damping by
+    them starved the lower layers of a 2-process run (2 x 1F:2B, --staleness scale: 0.9245-0.9625
+    over 9 runs; by its own: 0.9575-0.9675 over 4; docs/pdasgd.md "Layout"). With one process, or a
+    replica per process, the two are the same."""
+    return own
+
+
 def queue_size(cfg, forward_threads: int) -> int:
     """--queue-size, default one computed forward waiting per forward thread: every extra queued
     forward makes every update one step staler (a queue of 2 collapsed, 4 diverged: docs/pdasgd.md)."""

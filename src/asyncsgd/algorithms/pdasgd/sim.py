@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 
 from ...exchange.policy import StalenessPolicy
-from .rules import auto_threads, concurrency, queue_size
+from .rules import auto_threads, concurrency, damped_staleness, queue_size
 
 
 class PassQueue:
@@ -71,7 +71,8 @@ def run(sim) -> None:
       backward has covered the tensors after it (time shares proportional to their sizes, last
       layer first); block: all at the end. Staleness of a layer update = updates of that tensor by
       others between the forward's read and this write (one histogram entry per layer update, as
-      real runs); a pass is misaligned when any of its layer updates has staleness > 0.
+      real runs); a pass is misaligned when any of its layer updates has staleness > 0;
+      --staleness acts on the updates by the same worker's threads only (rules.damped_staleness).
     Momentum buffers: one set per backward thread (rules.MOMENTUM_PER, as real)."""
     cfg, loop, stats, fm = sim.cfg, sim.loop, sim.stats, sim.fm
     W = sim.state[0]
@@ -91,6 +92,8 @@ def run(sim) -> None:
         if layer_mode:
             frac[j] = covered / fm.numel
     lv = np.zeros(layers, np.int64)  # updates applied to each tensor
+    lv_own = np.zeros((sim.workers, layers), np.int64)  # the same, by each worker's threads
+    own_sum = np.zeros(layers, np.float64)  # per-layer sums of the staleness the policy acted on
 
     def fstart(w: int) -> None:
         k = sim.claim()
@@ -98,7 +101,7 @@ def run(sim) -> None:
             sim.done_time(loop.now)
             return
         loss, n = fm.forward(k)
-        loop.at(loop.now + sim.compute.forward(w), passes.forward_done, w, (loss, n, lv.copy()))
+        loop.at(loop.now + sim.compute.forward(w), passes.forward_done, w, (loss, n, (lv.copy(), lv_own[w].copy())))
 
     def bstart(w: int, b: int) -> None:
         """Backward thread b (of all workers' threads: worker w's are w*B .. w*B+B-1) takes work."""
@@ -118,19 +121,22 @@ def run(sim) -> None:
     policy = StalenessPolicy(cfg.parsed.staleness, concurrency(F_, B_, sim.workers))
 
     def land(w: int, b: int, j: int, grad, read, ps) -> None:
-        s = int(lv[j] - read[j])
+        s, own = int(lv[j] - read[0][j]), int(lv_own[w, j] - read[1][j])
+        s_policy = damped_staleness(s, own)
+        own_sum[j] += s_policy
         stats.layer_stale_sum[j] += s
         stats.layer_stale_count[j] += 1
         if s > stats.layer_stale_max[j]:
             stats.layer_stale_max[j] = s
         stats.staleness(w, s)
         ps["misaligned"] |= s > 0
-        factor = policy.factor(s)
+        factor = policy.factor(s_policy)
         if factor is None:
             stats.dropped[w] += 1
         else:
             opts[b].update(j, grad, ps["lr"] * factor)
             lv[j] += 1
+            lv_own[w, j] += 1
         ps["left"] -= 1
         if ps["left"] == 0:
             stats.backward_passes += 1
@@ -151,6 +157,7 @@ def run(sim) -> None:
     done = stats.backward_passes
     sim.extra.update({
         "staleness_by_layer": [{"layer": fm.names[j], "mean": round(float(stats.layer_stale_sum[j]) / int(c[j]), 4) if c[j] else 0.0,
+                                "own_mean": round(float(own_sum[j]) / int(c[j]), 4) if c[j] else 0.0,
                                 "max": int(stats.layer_stale_max[j]), "count": int(c[j])} for j in range(layers)],
         "backward_passes": done, "misaligned_fraction": round(stats.misaligned / done, 4) if done else 0.0,
         "forward_threads": F_, "backward_threads": B_, "fb_ratio": cfg.fb_ratio, "queue_size": qsize,

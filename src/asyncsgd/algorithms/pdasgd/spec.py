@@ -49,9 +49,12 @@ def layer_summary(record, out: dict) -> None:
     names = [n for n, p in record.model.named_parameters() if p.requires_grad]
     keep = [w for w in range(b.workers) if w not in record.lost]
     s, c, m = b.layer_stale_sum[keep].sum(0), b.layer_stale_count[keep].sum(0), b.layer_stale_max[keep].amax(0)
+    own = b.layer_own_stale_sum[keep].sum(0)
+    # own_mean: the staleness --staleness acted on (rules.damped_staleness: this process's own updates)
+    mean = lambda v, i: round(float(v[i]) / int(c[i]), 4) if int(c[i]) else 0.0
     out["staleness_by_layer"] = [
-        {"layer": name, "mean": round(float(s[i]) / int(c[i]), 4) if int(c[i]) else 0.0, "max": int(m[i]),
-         "count": int(c[i])} for i, name in enumerate(names)]
+        {"layer": name, "mean": mean(s, i), "own_mean": mean(own, i), "max": int(m[i]), "count": int(c[i])}
+        for i, name in enumerate(names)]
     passes = int(b.backward_passes.sum())
     out["backward_passes"] = passes
     out["misaligned_fraction"] = round(int(b.misaligned.sum()) / passes, 4) if passes else 0.0

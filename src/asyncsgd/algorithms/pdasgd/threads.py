@@ -27,7 +27,7 @@ import torch
 from ...config import Staleness
 from ...errors import DivergedError
 from ...exchange.policy import StalenessPolicy
-from .rules import concurrency
+from .rules import concurrency, damped_staleness
 from .views import ViewedReplica
 
 POLL_S = 0.05  # how often blocked queue operations look at the stop flags
@@ -47,6 +47,7 @@ class Pending:
     loss: torch.Tensor
     views: list  # [(layer, view)]: the views of the shared parameters this pass ran on
     read: list  # each layer's version when the forward read the parameters
+    own_read: list = None  # the same, counting this worker's own updates only (rules.damped_staleness)
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
     hooks: object = None  # PassHooks: registered on the views by the forward, pointed at its backward
@@ -114,14 +115,18 @@ class Decoupled:
         block = self.rows * L  # one worker's rows
         lo, hi = (self.rank * block, (self.rank + 1) * block) if replica else (0, len(flat))
         self.columns = [flat[lo + i:hi:L] for i in range(len(self.params))]  # layer i over the scope's rows
+        own = flat[self.rank * block:(self.rank + 1) * block]  # this worker's rows
+        self.own_columns = [own[i::L] for i in range(len(self.params))]
+        self._tls = threading.local()  # a forward thread's own versions of the layers as it read them
         self.writer_rows = [flat[(self.rank * self.rows + t) * L:(self.rank * self.rows + t + 1) * L]
                             for t in range(self.rows)]
         self.scope_np = self.scope.numpy()
         self.stop_flag = self.board.view("stop")
         self.dropped = self.board.view("dropped")
         r = self.rank
-        self.stale_sum, self.stale_count, self.stale_max = (
-            self.board.row(n, r) for n in ("layer_stale_sum", "layer_stale_count", "layer_stale_max"))
+        self.stale_sum, self.stale_count, self.stale_max, self.own_stale_sum = (
+            self.board.row(n, r) for n in ("layer_stale_sum", "layer_stale_count", "layer_stale_max",
+                                           "layer_own_stale_sum"))
         self.passes, self.misaligned = self.board.view("backward_passes"), self.board.view("misaligned")
         # More backward threads than rows: threads share a row, and bump it under its lock.
         self.row_locks = [threading.Lock() for _ in range(self.rows)] if backward_threads > self.rows else None
@@ -143,6 +148,18 @@ class Decoupled:
     def version_of(self, i: int) -> int:
         return sum(self.columns[i])
 
+    def own_versions(self) -> list:
+        return [sum(c) for c in self.own_columns]
+
+    def _read(self, i: int) -> int:
+        """A forward reads layer i (ViewedReplica's pre-hook): its version, and this worker's own."""
+        self._tls.own[i] = sum(self.own_columns[i])
+        return sum(self.columns[i])
+
+    def policy_staleness(self, total: int, own: int) -> int:
+        """The staleness --staleness acts on (layup's Gossiping engine: the total, its clock's)."""
+        return damped_staleness(total, own)
+
     def update(self, item: Pending, opt, writer: int, i: int, grad, lr: float) -> None:
         """Apply one layer's update (backward thread `writer`, for the pass `item`) and count it
         in the layer's version. layup's Gossiping engine also sends it to peers."""
@@ -151,7 +168,7 @@ class Decoupled:
 
     # -- one forward, one backward ----------------------------------------------------------
     def replica(self) -> ViewedReplica:
-        return ViewedReplica(self.model, self.params, self.version_of, self.snapshot)
+        return ViewedReplica(self.model, self.params, self._read, self.snapshot)
 
     def forward(self, replica: ViewedReplica, k: int, stream=None) -> Pending:
         if stream is None:
@@ -165,10 +182,11 @@ class Decoupled:
     def _forward(self, replica: ViewedReplica, k: int) -> Pending:
         ctx = self.ctx
         x, y = ctx.fetch(k)
-        read = self.versions()  # layers no module pre-hook reads are read now
+        own = self._tls.own = self.own_versions()  # layers no module pre-hook reads are read now
+        read = self.versions()
         hooks = PassHooks()
         out, views = replica(x, read, hooks)
-        return Pending(k, len(y), ctx.loss(out, y), views, read, hooks=hooks)
+        return Pending(k, len(y), ctx.loss(out, y), views, read, own_read=own, hooks=hooks)
 
     def backward(self, item: Pending, writer: int, stream=None) -> list:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
@@ -178,9 +196,10 @@ class Decoupled:
         grads = [None] * len(self.params)
         stale = item.stale
 
-        def apply(i, g, s):
-            stale.append((i, s))
-            factor = self.policy.factor(s)
+        def apply(i, g, s, own):
+            s_policy = self.policy_staleness(s, own)
+            stale.append((i, s, s_policy))
+            factor = self.policy.factor(s_policy)
             if factor is None:  # --staleness drop:MAX
                 self.dropped[self.rank] += 1
                 return
@@ -189,7 +208,7 @@ class Decoupled:
         def on_grad(i, g):
             grads[i] = g if grads[i] is None else grads[i] + g
             if layer_mode:
-                apply(i, g, self.version_of(i) - item.read[i])
+                apply(i, g, self.version_of(i) - item.read[i], sum(self.own_columns[i]) - item.own_read[i])
 
         item.hooks.fn = on_grad
         inputs = [v for _, v in item.views]
@@ -203,23 +222,24 @@ class Decoupled:
         finally:
             item.hooks.fn = None
         if not layer_mode:
-            now = self.versions()
+            now, own = self.versions(), self.own_versions()
             for i, g in enumerate(grads):
                 if g is not None:
-                    apply(i, g, now[i] - item.read[i])
+                    apply(i, g, now[i] - item.read[i], own[i] - item.own_read[i])
         return grads
 
     def book(self, item: Pending, grads: list, opt) -> None:
         """Bookkeeping of one finished backward pass (one thread at a time per worker)."""
         r, ctx = self.rank, self.ctx
-        total, count, top = self.stale_sum, self.stale_count, self.stale_max
+        total, count, top, damped = self.stale_sum, self.stale_count, self.stale_max, self.own_stale_sum
         with self.record_lock:
             if item.stale:
                 values = []
-                for i, s in item.stale:
+                for i, s, s_policy in item.stale:
                     s = max(0, s)
                     values.append(s)
                     total[i] += s
+                    damped[i] += max(0, s_policy)
                     count[i] += 1
                     if s > top[i]:
                         top[i] = s
