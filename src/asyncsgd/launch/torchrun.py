@@ -59,7 +59,8 @@ class TorchrunLauncher(Launcher):
         if algo.processes(cfg) != world:
             for field_ in ("workers", "groups"):
                 if algo.processes(cfg.replace(**{field_: world})) == world:
-                    cfg = cfg.replace(**{field_: world})
+                    # WORLD_SIZE decides, not a machine-chosen --workers (whose reason would then be wrong)
+                    cfg = cfg.replace(**{field_: world, "workers_from": None})
                     break
             else:
                 raise ConfigError(f"torchrun started {world} processes but --algo {cfg.algorithm} runs "
