@@ -239,25 +239,23 @@ def test_auto_threads_ratio_and_clamp():
     assert rules.auto_threads(3, 1.0, 9.0) == (3, 8)
 
 
-def test_default_workers_one_process_per_cpu_core_else_one(monkeypatch, tmp_path):
-    """--workers unset: one process per usable core on a CPU (at most 8), one on a GPU and in the
-    simulator; the reason is the config's workers_from. A given --workers wins and has none, and
-    workers_from is not a setting anyone can give."""
+def test_default_workers_is_one_process_with_its_reason(monkeypatch, tmp_path):
+    """--workers unset: one process on a CPU, on a GPU and in the simulator, each with its reason
+    in the config's workers_from. A given --workers wins and has none, and workers_from is not a
+    setting anyone can give."""
     from asyncsgd.config import RunConfig, load_toml
     from asyncsgd.errors import ConfigError
     from asyncsgd.settings import resolve, replayable
-    monkeypatch.setattr(rules, "usable_cores", lambda: 2)
     cpu = resolve(RunConfig(algorithm="pdasgd", device="cpu"))
-    assert (cpu.workers, cpu.workers_from) == (2, "one process per usable CPU core (2 cores)")
-    monkeypatch.setattr(rules, "usable_cores", lambda: 64)
-    assert resolve(RunConfig(algorithm="pdasgd", device="cpu")).workers == rules.MAX_AUTO_PROCESSES == 8
-    assert resolve(RunConfig(algorithm="pdasgd", device="cpu", runtime="sim")).workers == 1
+    assert (cpu.workers, cpu.workers_from) == (1, "one process: one per CPU core is faster but does not converge in every run")
+    sim = resolve(RunConfig(algorithm="pdasgd", device="cpu", runtime="sim"))
+    assert (sim.workers, sim.workers_from) == (1, "one process: the simulator's default, the same on every machine")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = resolve(RunConfig(algorithm="pdasgd", device="auto"))
     assert (gpu.workers, gpu.workers_from) == (1, "one process on the GPU: its forward and backward threads share the device")
     given = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=3))
     assert (given.workers, given.workers_from) == (3, None)
-    assert replayable(cpu)["workers"] == 2 and "workers_from" not in replayable(cpu)
+    assert replayable(cpu)["workers"] == 1 and "workers_from" not in replayable(cpu)
     assert resolve(RunConfig(algorithm="hogwild", device="cpu")).workers_from is None  # pdasgd's rule only
     (tmp_path / "c.toml").write_text('workers_from = "me"\n')
     with pytest.raises(ConfigError, match="unknown setting 'workers_from'"):
@@ -279,25 +277,23 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     """`asyncsgd train` as a new user runs it (only where the record goes and no progress output).
     One run, no retry: until 2026-12-01 about 1 default run in 16 collapsed near the peak lr
     (0.272, 0.783, 0.7365); the scale + 2-epoch warm-up defaults (docs/pdasgd.md, "Stale updates")
-    ended 16 of 16 measured runs at 0.9415 or more."""
+    ended 16 of 16 measured runs at 0.9415 or more. Then one process per core (2 x 1F:2B) was the
+    default for a day, and a fresh-clone CI run of this test ended at 0.8445: the default is one
+    process again (rules.auto_processes; 20 of 20 busy-core runs 0.922 or more)."""
     t = time.time()
     out = tmp_path / "run"
     r = run_cli("train", "--progress", "none", "--out", out, timeout=240)
     assert r.returncode == 0, r.stderr
     s, _ = read_run(out)
-    # the layout the machine chose: one process per usable core (at most 8), 1F:2B each; printed
-    # and recorded
-    cores = min(len(os.sched_getaffinity(0)), rules.MAX_AUTO_PROCESSES)
-    assert s["algorithm"] == "pdasgd" and s["workers"] == cores
-    why = f"one process per usable CPU core ({len(os.sched_getaffinity(0))} core"
-    assert s["layout"]["processes"] == cores and s["layout"]["workers_from"].startswith(why)
+    # the layout: one process of 1F:2B, printed and recorded with its reason
+    why = "one process: one per CPU core is faster but does not converge in every run"
+    assert s["algorithm"] == "pdasgd" and s["workers"] == 1
+    assert s["layout"]["processes"] == 1 and s["layout"]["workers_from"] == why
     assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 2)
-    assert f"pdasgd: {cores} process(es) x (1 forward + 2 backward threads), {why}" in r.stderr
-    # what --staleness scale acted on: this process's own updates, a part of the staleness
+    assert f"pdasgd: 1 process(es) x (1 forward + 2 backward threads), {why}" in r.stderr
+    # what --staleness scale acted on: this process's own updates, with one process all of them
     layers = s["staleness_by_layer"]
-    assert all(0 <= d["own_mean"] <= d["mean"] for d in layers)
-    if cores > 1:  # the other processes' updates are counted, not damped
-        assert sum(d["own_mean"] for d in layers) < sum(d["mean"] for d in layers)
+    assert all(abs(d["own_mean"] - d["mean"]) < 1e-9 for d in layers)
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert s["wall_time_s"] < 120 and time.time() - t < 240
     # whether a * lr * tau_max < 1 depends on the largest staleness seen, which a busy machine

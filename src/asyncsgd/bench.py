@@ -82,7 +82,7 @@ SUITES: dict[str, dict] = {
             "sequential": {"algorithm": "sequential"},
             "sequential threads=1": {"algorithm": "sequential", "threads_per_worker": 1},
             "hogwild": {"algorithm": "hogwild", "workers": 2},
-            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # one process per core
+            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # its default layout (rules.auto_processes)
             "pdasgd 1x1F:2B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 2},
             "pdasgd 1x1F:1B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 1},
             "pdasgd 1x1F:1B threads=1": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1,
@@ -100,7 +100,7 @@ SUITES: dict[str, dict] = {
         "per_algorithm": {"pdasgd": {"workers": 1}},  # the thread layouts: one process each
         "variants": {
             "sequential": {"algorithm": "sequential"},
-            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # one process per core
+            "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # its default layout (rules.auto_processes)
             "pdasgd 1x1F:2B": {"algorithm": "pdasgd"},
             "pdasgd 1F:1B": {"algorithm": "pdasgd", "forward_threads": 1, "backward_threads": 1},
             "pdasgd 2F:2B": {"algorithm": "pdasgd", "forward_threads": 2, "backward_threads": 2},

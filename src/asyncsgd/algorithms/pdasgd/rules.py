@@ -1,17 +1,11 @@
 """The rules pdasgd's real schedule (worker.py, threads.py) and its simulated twin (sim.py) both
-call, so the two cannot drift: the default process count, the thread counts of --fb-ratio auto,
+call, so the two cannot drift: the default process count (and why), the thread counts of --fb-ratio auto,
 the default queue depth, the staleness policy's concurrency, who owns the momentum buffers, and
 --sharing's resolution."""
 
 from __future__ import annotations
 
-import os
-
 import torch
-
-# --workers when none is given, on a CPU: one process per usable core, at most this many (more
-# than the 2 cores measured here is untested; a larger machine can say --workers N).
-MAX_AUTO_PROCESSES = 8
 
 MAX_AUTO_THREADS = 8
 # One momentum buffer set per backward thread, as Hogwild! keeps one per process: a thread's
@@ -20,26 +14,18 @@ MAX_AUTO_THREADS = 8
 MOMENTUM_PER = "backward thread"
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, as taskset or a container sets it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def auto_processes(cfg) -> tuple[int, str]:
-    """pdasgd's --workers when none is given: (processes, why). On a CPU, one process per usable
-    core, all on one shared model: each runs its forward and backward threads on its own core, so
-    one interpreter lock does not cap the run (2 processes of 1F:2B: 1.42x the samples/s of one,
-    0.45 points lower final accuracy; docs/pdasgd.md "Layout"). On a GPU, and in the simulator (whose default must not depend on the
-    machine), one process."""
+    """pdasgd's --workers when none is given: (processes, why). One process, on a CPU as on a GPU.
+    One process per CPU core (2 x 1F:2B, one shared model) runs 1.42x the samples/s on 2 cores,
+    but it does not converge in every run: with a core kept busy, 6 of 27 runs ended below 0.94
+    (0.889 the worst) against 2 of 20 for one process (0.922 the worst), and a fresh-clone CI run
+    of it ended at 0.8445 (docs/pdasgd.md, "Layout"). `--workers N` chooses it."""
     if cfg.runtime == "sim":
         return 1, "one process: the simulator's default, the same on every machine"
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if on_gpu:
         return 1, "one process on the GPU: its forward and backward threads share the device"
-    cores = usable_cores()
-    n = max(1, min(cores, MAX_AUTO_PROCESSES))
-    return n, f"one process per usable CPU core ({cores} core{'s' if cores != 1 else ''}" + (
-        f", at most {MAX_AUTO_PROCESSES})" if cores > MAX_AUTO_PROCESSES else ")")
+    return 1, "one process: one per CPU core is faster but does not converge in every run"
 
 
 def auto_threads(forward_threads: int, t_forward: float, t_backward: float) -> tuple[int, int]:
