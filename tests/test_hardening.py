@@ -164,6 +164,29 @@ def test_a_lost_workers_unbooked_batches_are_claimed_again_first(tmp_path):
     assert [b.claim(0, 4) for _ in range(2)] == [4, 4]  # past the plan the counter stays put
 
 
+def test_a_claim_lock_without_a_directory_leaves_no_file(tmp_path, monkeypatch):
+    """A torchrun rank that writes no record makes its claim lock without a run directory: the
+    lock still excludes, and nothing of it is in the temporary folder even while it is held (so
+    a killed rank leaves nothing there)."""
+    import tempfile
+    import threading
+    from asyncsgd.board import ClaimLock
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lock = ClaimLock()
+    held = []
+
+    def hold():
+        with lock:
+            held.append(os.listdir(tmp_path))
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert held == [[]] * 4 and os.listdir(tmp_path) == []
+
+
 STARTUP_KILLS = {
     "dasgd": ["--algo", "dasgd", "--workers", "3"],
     "lpap": ["--algo", "lpap", "--groups", "3", "--workers-per-group", "1"],

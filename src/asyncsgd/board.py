@@ -65,17 +65,24 @@ class ClaimLock:
 
     def __init__(self, directory=None):
         """directory: where the lock file lives (the run directory, so that a killed launcher leaves
-        nothing elsewhere; a stale one there is replaced); default: a temporary file."""
+        nothing elsewhere; a stale one there is replaced). Without one (a torchrun rank that writes
+        no record: its workers are threads of this process) the lock is for this process only: its
+        temporary file is opened and unlinked at once, so not even a SIGKILL leaves it behind."""
         if directory is None:
-            fd, self.path = tempfile.mkstemp(prefix="asyncsgd-claim-")
-        else:
-            self.path = os.path.join(str(directory), ".asyncsgd-claim")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
+            fd, path = tempfile.mkstemp(prefix="asyncsgd-claim-")
+            os.unlink(path)
+            self.path = None
+            self._pid, self._fd, self._threads = os.getpid(), fd, threading.Lock()
+            weakref.finalize(self, os.close, fd)
+            return
+        self.path = os.path.join(str(directory), ".asyncsgd-claim")
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
         self._pid, self._fd, self._threads = None, None, None
         weakref.finalize(self, _unlink, self.path)
 
     def __getstate__(self):
+        if self.path is None:
+            raise TypeError("a ClaimLock made without a directory is for its own process only")
         return {"path": self.path}  # the descriptor and thread lock are per process
 
     def __setstate__(self, state):
@@ -85,6 +92,8 @@ class ClaimLock:
     def _local(self):
         with ClaimLock._open_lock:
             if self._pid != os.getpid():
+                if self.path is None:
+                    raise RuntimeError("a ClaimLock made without a directory is for its own process only")
                 self._fd, self._threads, self._pid = os.open(self.path, os.O_RDWR), threading.Lock(), os.getpid()
         return self._fd, self._threads
 
