@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -327,3 +328,52 @@ def test_dasgd_run_reports_malformed_messages(tmp_path):
 
 if __name__ == "__main__":
     _peer_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+
+
+def test_a_send_that_never_completes_holds_up_only_its_own_destination(monkeypatch):
+    """gloo does not always wake a wait on a dead peer's send. Such a send must hold up only
+    that destination: every message to the live peer, its DONE included, is still posted and
+    counted. (With one waiter for all destinations, the live peer's messages stopped at
+    MAX_INFLIGHT behind the stuck send, its DONE was never posted, and under torchrun both
+    survivors waited out --stall-timeout for each other: a CI hang.)"""
+    import threading
+    from asyncsgd.exchange import transport
+
+    never = threading.Event()
+    sent = {1: [], 2: []}
+
+    class Work:
+        def __init__(self, dest):
+            self.dest = dest
+
+        def wait(self):
+            if self.dest == 2:
+                never.wait(30)  # the stuck send: released at the end of the test
+                raise RuntimeError("Connection closed by peer")
+
+    def isend(buf, dest, group=None, tag=0):
+        sent[dest].append(buf)
+        return Work(dest)
+
+    monkeypatch.setattr(transport.dist, "isend", isend)
+    ctx = _ctx(0, 3)
+    ex = transport.Exchange(ctx, 8)
+    ex._sender = threading.Thread(target=ex._guard, args=(ex._send_loop,), daemon=True)
+    ex._waiters = [threading.Thread(target=ex._guard, args=(ex._wait_loop, p), daemon=True) for p in ex.peers]
+    for t in [ex._sender, *ex._waiters]:
+        t.start()
+    try:
+        for _ in range(10):
+            ex.post([1, 2], GRAD, torch.ones(8))
+        ex.send_last(DONE)
+        deadline = time.monotonic() + 10
+        while int(ctx.board.exchange[0, transport.X.CONTROL_SENT]) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sent[1]) == 11 and wire.decode(sent[1][-1], 3, 1, 8, src=0).kind == DONE
+        assert int(ctx.board.exchange[0, transport.X.DATA_SENT]) == 10
+        assert int(ctx.board.exchange[0, transport.X.CONTROL_SENT]) == 1
+        assert int(ctx.board.messages_sent[0]) == 11  # counted only once received: none to worker 2
+        assert len(sent[2]) == transport.MAX_INFLIGHT  # the rest waits behind the stuck send
+    finally:
+        never.set()
+        ex.close(timeout=5)

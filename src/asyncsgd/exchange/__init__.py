@@ -3,7 +3,7 @@
 wire.py       the wire format: message header layout, kinds (GRAD, PARAMS, FINAL, DONE), encode,
               decode + validation (a malformed message is dropped and counted), header_bytes(N).
 transport.py  Exchange: messages (one byte tensor: an int64 header, then the payload) over
-              gloo point-to-point, a sender thread and a receiver thread per peer, delays paid
+              gloo point-to-point, a sender thread, a waiter and a receiver thread per peer, delays paid
               in the sender thread, the shutdown protocol and failure handling (its docstring).
 summary.py    the summary.json fields of the algorithms that use it.
 averaging.py  BackgroundAverager: parameters averaged across processes in a background thread

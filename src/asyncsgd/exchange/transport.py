@@ -38,9 +38,13 @@ Threads (owned by the Exchange; close() joins them with timeouts):
 - sender thread: keeps one FIFO queue per destination for what could not be posted at once.
   A message is due at post time + the --delay model's delay for its size (delays.message_delay,
   per destination FIFO, no overtaking), so delays are paid here, off the training thread, and
-  messages in flight overlap like on a real network. It posts due messages, waits on posted ones
-  in order (counting bytes and messages, noticing gone peers) and keeps at most MAX_INFLIGHT
-  unreceived messages per destination. Backlog: a new gradient for a destination whose queue
+  messages in flight overlap like on a real network. It posts due messages, keeping at most
+  MAX_INFLIGHT unreceived messages per destination.
+- waiter threads, one per destination: wait on that destination's posted messages in order
+  (counting bytes and messages, noticing a gone peer). One per destination, not one for all:
+  gloo does not always wake a wait on a dead peer's send (seen under torchrun), and a single
+  waiter stuck there held every other destination at MAX_INFLIGHT, so their last messages were
+  never posted and the survivors waited out --stall-timeout for each other (a CI hang). Backlog: a new gradient for a destination whose queue
   tail is already due but not yet posted (the network or the receiver is slower than the
   producer) is summed into that tail (counted as coalesced) when it covers the same slice of the
   parameter vector (layup: the same layer): adaptive --send-every, bounded memory, and the
@@ -69,6 +73,7 @@ Shutdown protocol (torchft-style: every party can tell when it may stop, nobody 
     rank's batches and the runner's end-of-run agreement (torchrun.TorchrunJob) leaves it out.
  3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
     the sender thread leaves once its queues are empty (messages to gone peers are dropped),
+    each waiter once its destination's posted messages were received (or the peer is gone),
     each receiver once its peer is finished; all are joined with timeouts. A thread still
     blocked after that waits on a peer that is alive but silent (a frozen process), or on one
     that is gone whose socket gloo did not wake (seen under torchrun when rank 0 dies): it is a
@@ -134,8 +139,8 @@ class Exchange:
         self._cv = threading.Condition()  # guards queues, flags; notified on post / arrival / gone
         self._queues = {p: collections.deque() for p in self.peers}
         self._last_due = {p: 0.0 for p in self.peers}
-        self._inflight: collections.deque = collections.deque()  # (dest, msg, buf, work) posted, not yet waited
-        self._inflight_to = {p: 0 for p in self.peers}
+        # per destination: (msg, buf, work) posted and not yet waited on (its waiter thread's)
+        self._inflight = {p: collections.deque() for p in self.peers}
         self._gone: set[int] = set()
         self._finished: set[int] = set()  # peers whose last message arrived
         self._malformed_from: set[int] = set()  # peers a malformed message came from (logged once each)
@@ -143,8 +148,7 @@ class Exchange:
         self._last_posted = False
         self.broken = False
         self.group = None
-        self._sender, self._receivers = None, []
-        self._sender_waits_on: int | None = None  # the destination whose send the sender thread waits on
+        self._sender, self._waiters, self._receivers = None, [], []
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,28 +161,31 @@ class Exchange:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._sender = threading.Thread(target=self._guard, args=(self._send_loop,), daemon=True,
                                         name=f"asyncsgd-{self.name}-send-{self.rank}")
+        self._waiters = [threading.Thread(target=self._guard, args=(self._wait_loop, p), daemon=True,
+                                          name=f"asyncsgd-{self.name}-wait-{self.rank}-to-{p}")
+                         for p in self.peers]
         self._receivers = [threading.Thread(target=self._guard, args=(self._recv_loop, p), daemon=True,
                                             name=f"asyncsgd-{self.name}-recv-{self.rank}-from-{p}")
                            for p in self.peers]
-        self._sender.start()
-        for t in self._receivers:
+        for t in [self._sender, *self._waiters, *self._receivers]:
             t.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop both threads (after the sender flushed what it still can) and join them."""
+        """Stop the threads (after the sender and waiters flushed what they still can) and join them."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
         deadline = time.monotonic() + timeout
-        for t in [self._sender, *self._receivers]:
+        for t in [self._sender, *self._waiters, *self._receivers]:
             if t is not None:
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
         # A thread blocked on a peer that is gone is expected (gloo does not always wake a wait on
         # a dead peer's socket) and not worth a line; one blocked on a live peer means that peer
         # is frozen, which the user should hear about.
-        waits_on = self._sender_waits_on
-        if self._sender is not None and self._sender.is_alive() and (waits_on is None or self.alive(waits_on)):
-            self.log("sender thread still blocked in a send at close; abandoned (it ends with the process)")
+        blocked = [p for p, t in zip(self.peers, self._waiters) if t.is_alive() and self.alive(p)]
+        if blocked:
+            self.log(f"sender threads to worker(s) {blocked} still blocked in a send at close; abandoned "
+                     "(daemon threads, they end with the process)")
         stuck = [p for p, t in zip(self.peers, self._receivers) if t.is_alive() and self.alive(p)]
         if stuck:
             self.log(f"receiver threads for worker(s) {stuck} still blocked at close; abandoned "
@@ -226,7 +233,7 @@ class Exchange:
                         self.board.layer_coalesced[self.rank, self._slice_index[offset]] += 1
                     continue
                 m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us, offset=offset)
-                if due <= now and not q and self._inflight_to[d] < self.max_inflight:
+                if due <= now and not q and len(self._inflight[d]) < self.max_inflight:
                     self._isend_locked(d, m)
                 else:
                     q.append(m)
@@ -334,48 +341,54 @@ class Exchange:
         except Exception as e:
             self._gone_locked(d, e)
             return
-        self._inflight.append((d, m, buf, work))
-        self._inflight_to[d] += 1
+        self._inflight[d].append((m, buf, work))
 
     def _send_loop(self) -> None:
-        """Post queued messages when due, and wait on posted ones in order (a send completes when
-        the receiver took it): count them, and detect peers that are gone."""
+        """Post queued messages when due, at most MAX_INFLIGHT unreceived per destination."""
+        with self._cv:
+            while True:
+                for p, q in self._queues.items():
+                    if q and not self.alive(p):
+                        q.clear()
+                if self.broken:
+                    return
+                now = time.monotonic()
+                for p, q in self._queues.items():
+                    while q and q[0].due <= now and len(self._inflight[p]) < self.max_inflight and self.alive(p):
+                        self._isend_locked(p, q.popleft())
+                pending = [q[0].due for q in self._queues.values() if q]
+                if self._stopping and not pending:
+                    return
+                # wake for the next due message, a post, a freed slot, or every 50 ms to see lost flags
+                self._cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
+
+    def _wait_loop(self, d: int) -> None:
+        """Wait on the messages posted to destination d, in order (a send completes when the
+        receiver took it): count them, free their slots, and detect d gone. Leaves once d is
+        gone, or when stopping with nothing of d's left queued or posted."""
         while True:
             with self._cv:
-                while True:
-                    for p, q in self._queues.items():
-                        if q and not self.alive(p):
-                            q.clear()
-                    if self.broken:
+                while not self._inflight[d]:
+                    if self.broken or not self.alive(d) or (self._stopping and not self._queues[d]):
                         return
-                    now = time.monotonic()
-                    for p, q in self._queues.items():
-                        while q and q[0].due <= now and self._inflight_to[p] < self.max_inflight and self.alive(p):
-                            self._isend_locked(p, q.popleft())
-                    if self._inflight:
-                        d, m, buf, work = self._inflight.popleft()
-                        break
-                    pending = [q[0].due for q in self._queues.values() if q]
-                    if self._stopping and not pending:
-                        return
-                    # wake for the next due message, a post, or every 50 ms to see lost flags
-                    self._cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
-            self._sender_waits_on = d
+                    self._cv.wait(timeout=0.05)
+                if not self.alive(d):
+                    return  # its posted buffers stay referenced in _inflight: gloo may still hold them
+                m, buf, work = self._inflight[d][0]
             try:
                 work.wait()
                 ok = True
             except Exception as e:
                 ok = False
                 self._mark_gone(d, e)
-            self._sender_waits_on = None
-            with self._cv:
-                self._inflight_to[d] -= 1
+            with self._cv:  # the counters have a writer per destination now: under the lock
+                self._inflight[d].popleft()
                 self._cv.notify_all()
-            if ok:
-                self.ctx.count_message(buf.numel(), 1)
-                self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
-                if m.payload is not None and self.slices is not None:
-                    self.board.layer_sent[self.rank, self._slice_index[m.offset]] += 1
+                if ok:
+                    self.ctx.count_message(buf.numel(), 1)
+                    self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
+                    if m.payload is not None and self.slices is not None:
+                        self.board.layer_sent[self.rank, self._slice_index[m.offset]] += 1
 
     def _recv_loop(self, peer: int) -> None:
         """Receive peer's messages, in order, until its last one (DONE/FINAL), its failure, or a
