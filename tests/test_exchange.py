@@ -326,10 +326,6 @@ def test_dasgd_run_reports_malformed_messages(tmp_path):
     assert "malformed" not in r.stderr
 
 
-if __name__ == "__main__":
-    _peer_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
-
-
 def test_a_send_that_never_completes_holds_up_only_its_own_destination(monkeypatch):
     """gloo does not always wake a wait on a dead peer's send. Such a send must hold up only
     that destination: every message to the live peer, its DONE included, is still posted and
@@ -377,3 +373,7 @@ def test_a_send_that_never_completes_holds_up_only_its_own_destination(monkeypat
     finally:
         never.set()
         ex.close(timeout=5)
+
+
+if __name__ == "__main__":
+    _peer_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -172,19 +172,24 @@ def test_a_claim_lock_without_a_directory_leaves_no_file(tmp_path, monkeypatch):
     import threading
     from asyncsgd.board import ClaimLock
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    import time
     lock = ClaimLock()
-    held = []
+    held, inside, most = [], [0], [0]
 
     def hold():
         with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.02)  # long enough for the other threads to try
             held.append(os.listdir(tmp_path))
+            inside[0] -= 1
 
     threads = [threading.Thread(target=hold) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=10)
-    assert held == [[]] * 4 and os.listdir(tmp_path) == []
+    assert most == [1] and held == [[]] * 4 and os.listdir(tmp_path) == []
 
 
 STARTUP_KILLS = {

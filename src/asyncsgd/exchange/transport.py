@@ -39,16 +39,16 @@ Threads (owned by the Exchange; close() joins them with timeouts):
   A message is due at post time + the --delay model's delay for its size (delays.message_delay,
   per destination FIFO, no overtaking), so delays are paid here, off the training thread, and
   messages in flight overlap like on a real network. It posts due messages, keeping at most
-  MAX_INFLIGHT unreceived messages per destination.
+  MAX_INFLIGHT unreceived messages per destination. Backlog: a new gradient for a destination
+  whose queue tail is already due but not yet posted (the network or the receiver is slower than
+  the producer) is summed into that tail (counted as coalesced) when it covers the same slice of
+  the parameter vector (layup: the same layer): adaptive --send-every, bounded memory, and the
+  receivers never fall further behind than MAX_INFLIGHT messages.
 - waiter threads, one per destination: wait on that destination's posted messages in order
   (counting bytes and messages, noticing a gone peer). One per destination, not one for all:
   gloo does not always wake a wait on a dead peer's send (seen under torchrun), and a single
   waiter stuck there held every other destination at MAX_INFLIGHT, so their last messages were
-  never posted and the survivors waited out --stall-timeout for each other (a CI hang). Backlog: a new gradient for a destination whose queue
-  tail is already due but not yet posted (the network or the receiver is slower than the
-  producer) is summed into that tail (counted as coalesced) when it covers the same slice of the
-  parameter vector (layup: the same layer): adaptive --send-every, bounded memory, and the
-  receivers never fall further behind than MAX_INFLIGHT messages.
+  never posted and the survivors waited out --stall-timeout for each other (a CI hang).
 - receiver threads, one per peer: blocking receive from that peer into a fresh buffer (filled
   first, wire.recv_buffer), validated by wire.decode; a valid message goes to the owner's handler
   (dasgd applies a peer's update at once) or to the inbox. A malformed one (wire.py lists the
