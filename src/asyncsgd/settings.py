@@ -41,8 +41,9 @@ def default_text(name: str) -> str:
     if name in SHARED_DEFAULTS:
         parts = [f"default {SHARED_DEFAULTS[name]}"]
         parts += [f"{a.name} {a.defaults[name]}" for a in ALGORITHMS.values() if name in a.defaults]
-        if name == "workers":  # decided from the machine (Algorithm.default_workers)
-            parts += [f"{a.name}: one per CPU core, one on a GPU" for a in ALGORITHMS.values() if a.default_workers]
+        if name == "workers":  # decided by the algorithm's own rule (Algorithm.default_workers), on this machine
+            parts += [f"{a.name} {a.default_workers(RunConfig(algorithm=a.name))[0]}"
+                      for a in ALGORITHMS.values() if a.default_workers]
         return "; ".join(parts)
     value = getattr(RunConfig(), name)
     return f"default {value}" if value is not None else "default: unset"
