@@ -407,3 +407,27 @@ def test_a_set_no_algorithm_of_the_bench_uses_is_refused(tmp_path):
         bench.plan(args)
     assert str(e.value) == ("--set 'send_every=4' is not accepted; accepted: a setting one of this bench's "
                             "algorithms uses (send_every is used by dasgd, layup; the bench runs sync, hogwild)")
+
+
+def test_make_npz_writes_a_users_own_data_that_the_npz_task_loads(tmp_path):
+    """bench/make_npz.py (the own-data check of docs/pdasgd.md): x [3000, 1, 40], 4 classes, the
+    same file for the same seed, and separable: each signal's strongest frequency is its class + 1
+    in nearly every case."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from asyncsgd.tasks.npz import load_npz
+
+    script = Path(__file__).parents[1] / "bench" / "make_npz.py"
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for p in paths:
+        done = subprocess.run([sys.executable, str(script), str(p)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{p}: x (3000, 1, 40), y (3000,), classes [")
+    a = load_npz(paths[0])
+    assert a["x"].shape == (3000, 1, 40) and a["y"].shape == (3000,) and sorted(set(a["y"].tolist())) == [0, 1, 2, 3]
+    assert np.array_equal(np.load(paths[0])["x"], np.load(paths[1])["x"])
+    peak = np.abs(np.fft.rfft(a["x"][:, 0, :], axis=1))[:, 1:].argmax(axis=1)  # cycles per signal - 1
+    assert (peak == a["y"]).mean() > 0.95
