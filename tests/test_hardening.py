@@ -172,7 +172,6 @@ def test_a_claim_lock_without_a_directory_leaves_no_file(tmp_path, monkeypatch):
     import threading
     from asyncsgd.board import ClaimLock
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    import time
     lock = ClaimLock()
     held, inside, most = [], [0], [0]
 
