@@ -9,14 +9,20 @@ import argparse
 import json
 import math
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, read_run, run_cli
 
 from asyncsgd import bench
 from asyncsgd.errors import ConfigError, WorkerError
+from asyncsgd.tasks.npz import load_npz
+
+MAKE_NPZ = Path(__file__).parents[1] / "bench" / "make_npz.py"
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -413,17 +419,9 @@ def test_make_npz_writes_a_users_own_data_that_the_npz_task_loads(tmp_path):
     """bench/make_npz.py (the own-data check of docs/pdasgd.md): x [3000, 1, 40], 4 classes, the
     same file for the same seed, and separable: each signal's strongest frequency is its class + 1
     in nearly every case."""
-    import subprocess
-    import sys
-
-    import numpy as np
-
-    from asyncsgd.tasks.npz import load_npz
-
-    script = Path(__file__).parents[1] / "bench" / "make_npz.py"
     paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for p in paths:
-        done = subprocess.run([sys.executable, str(script), str(p)], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, str(MAKE_NPZ), str(p)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"{p}: x (3000, 1, 40), y (3000,), classes [")
     a = load_npz(paths[0])
@@ -431,3 +429,27 @@ def test_make_npz_writes_a_users_own_data_that_the_npz_task_loads(tmp_path):
     assert np.array_equal(np.load(paths[0])["x"], np.load(paths[1])["x"])
     peak = np.abs(np.fft.rfft(a["x"][:, 0, :], axis=1))[:, 1:].argmax(axis=1)  # cycles per signal - 1
     assert (peak == a["y"]).mean() > 0.95
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--n", "2"], ["--n 2", "at least 4"]),
+    (["--length", "1"], ["--length 1", "at least 2"]),
+    (["--noise", "nan"], ["--noise nan", "finite"]),
+    (["--noise", "-1"], ["--noise -1.0", "0 or more"]),
+    (["--seed", "-3"], ["--seed -3", "0 or more"]),
+    (["--n", "10000000", "--length", "40"], ["--n 10000000 x --length 40", "at most 100,000,000"]),
+    (["--n", "abc"], ["--n", "invalid int value: 'abc'"]),
+])
+def test_make_npz_refuses_bad_values_in_one_line(tmp_path, argv, needles):
+    done = subprocess.run([sys.executable, str(MAKE_NPZ), str(tmp_path / "a.npz"), *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert all(n in done.stderr for n in needles) and "Traceback" not in done.stderr
+    assert not (tmp_path / "a.npz").exists()
+
+
+def test_make_npz_names_an_unwritable_path(tmp_path):
+    out = tmp_path / "missing" / "a.npz"
+    done = subprocess.run([sys.executable, str(MAKE_NPZ), str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(out) in done.stderr and "cannot write" in done.stderr
