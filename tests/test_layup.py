@@ -28,6 +28,8 @@ def test_one_message_per_layer_group_to_each_peer_and_bytes(tmp_path, topology, 
                 "--send-every", k, *FAST, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     s, _ = read_run(out)
+    # the counts below hold for 4 workers that all finish: a lost one is a different failure (say why)
+    assert s["lost_workers"] == [], (s["lost_reasons"], r.stderr[-3000:])
     x = s["exchange"]
     assert x["header_bytes"] == wire.header_bytes(4) == (7 + 4) * 8
     assert [layer["payload_bytes"] for layer in x["by_layer"]] == CNN1D_LAYERS
@@ -59,6 +61,7 @@ def killed_run(tmp_path, epochs: int, *extra) -> dict:
     assert "worker 2 was killed by SIGKILL" in err and "continuing with the survivors" in err
     s, _ = read_run(out)
     assert s["lost_workers"] == [2]
+    assert s["lost_reasons"] == {"2": "worker 2 was killed by SIGKILL (exit code -9)"}
     assert s["samples"] >= 0.97 * epochs * 8000
     assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]
     return s

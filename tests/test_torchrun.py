@@ -175,6 +175,7 @@ def test_torchrun_survivors_finish_without_a_killed_node(tmp_path):
         assert "Traceback" not in err.split("worker 2 is gone")[1], err[-3000:]
     s, metrics = read_run(tmp_path / "node0")
     assert s["workers"] == 3 and s["lost_workers"] == [2]
+    assert s["lost_reasons"] == {"2": "worker 2 became unreachable (a peer's connection to it failed)"}
     assert s["final_test_accuracy"] > 0.3 and len(metrics) >= 2
     # worker 2's rows died with it; the survivors took over the batches it had not done: each did
     # more than its own strided share (1,000 batches of 32, rank r has r, r+3, ...)

@@ -246,6 +246,7 @@ class RunRecord:
     launch: str  # "local", "torchrun" or "sim"
     algo: object = None  # algorithms.base.Algorithm, for its summary_extra (None: the twin added its fields)
     lost: list = field(default_factory=list)
+    lost_reasons: dict = field(default_factory=dict)  # worker -> why it was lost (the line stderr printed)
     setup_s: float = 0.0
     samples_before: int = 0  # resumed runs: samples done before this run
     elapsed_before: float = 0.0
@@ -280,6 +281,8 @@ def summary(record: RunRecord, metrics: list[dict], wall: float, eval_s: float) 
         "per_worker": [{"worker": w, "samples": int(b.samples[w]), "updates": int(b.updates[w]),
                         "idle_s": round(float(b.idle_s[w]), 4)} for w in range(b.workers)],
         "lost_workers": sorted(record.lost),
+        # why each was lost: what a post-mortem needs once the terminal that printed it is gone
+        "lost_reasons": {str(w): record.lost_reasons.get(w, "lost") for w in sorted(record.lost)},
         "requeued_batches": int(b.requeue_ends[1]),  # a lost worker's unfinished batches, redone by the survivors
         "optimal_loss": task.optimal_loss,
         "setup_s": round(record.setup_s, 3), "eval_s": round(eval_s, 3),

@@ -249,6 +249,7 @@ class Launcher:
             device=self.device, launch=launch, errors=self.errors, environ=dict(os.environ))
         self.ctx = ctx
         self.lost: list[int] = []
+        self.lost_reasons: dict[int, str] = {}  # worker -> the line printed when it was lost
         self.failure: tuple | None = None
         self._ckpt_seen = 0
 
@@ -399,6 +400,7 @@ class Launcher:
             return
         if self.algo.tolerates_failures and len(self.lost) + 1 < self.n_proc:
             self.lost.append(rank)
+            self.lost_reasons[rank] = why
             requeued = self.board.requeue_lost(rank)  # before lost[rank]: a survivor waiting at the end of
             self.board.lost[rank] = 1  # the plan stops waiting on it; exchanges stop sending to it
             print(f"asyncsgd: {why}; continuing with the survivors"
@@ -521,7 +523,7 @@ class Launcher:
             self.model.state_dict()
         record = records.RunRecord(
             cfg=self.cfg, task=self.task, board=b, model=self.model, out=self.out, device=self.device,
-            workers=self.n_proc, launch=self.spec.launch.name, algo=self.algo, lost=self.lost, setup_s=self.setup_s,
+            workers=self.n_proc, launch=self.spec.launch.name, algo=self.algo, lost=self.lost, lost_reasons=self.lost_reasons, setup_s=self.setup_s,
             samples_before=self.spec.samples_before, elapsed_before=self.spec.elapsed_before,
             resumed=self.resumed is not None, metrics=metrics, started_at=self.started_at)
         summary = records.summary(record, metrics, wall, eval_s)

@@ -92,6 +92,7 @@ class TorchrunLauncher(Launcher):
         self._drain_errors()
         self._raise_failure()
         self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
+        self.lost_reasons = {r: f"worker {r} became unreachable (a peer's connection to it failed)" for r in self.lost}
         if not self.writes_record:
             return {"torchrun_rank": self.dist_rank, "record_written": False}
         self._write_checkpoint()
