@@ -65,13 +65,16 @@ def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig
     assert summary["samples"] == expected["samples"] == 4 * 8000
     assert summary["resumed_from_samples"] == ckpt["samples_done"]
     assert summary["config"]["algorithm"] == algo
-    # the resumed model learned like the uninterrupted one. Two hogwild processes are not
-    # deterministic, and 4 epochs of them end anywhere in 0.78-0.89 (measured), so hogwild gets a
-    # floor (chance is 0.1); sequential is compared with its uninterrupted twin
+    # the resumed model learned like the uninterrupted one. Sequential is deterministic and is
+    # compared with its uninterrupted twin. Two hogwild processes are not, and 4 epochs of them
+    # end anywhere in 0.65-0.90 whether resumed or not (measured 2026-12-02: 29 uninterrupted runs
+    # 0.7785-0.9005, 29 resumed 0.664-0.903, and 0.6455 in one CI run; 16 resumes of one checkpoint
+    # beside 16 uninterrupted runs, median 0.855 vs 0.8695), so hogwild gets a floor far above
+    # chance (0.1) and below that measured tail: a floor of 0.7 failed 2 runs in 30
     if algo == "sequential":
         assert summary["final_test_accuracy"] > expected["final_test_accuracy"] - 0.1
     else:
-        assert summary["final_test_accuracy"] >= 0.7, (summary["final_test_accuracy"], expected["final_test_accuracy"])
+        assert summary["final_test_accuracy"] >= 0.5, (summary["final_test_accuracy"], expected["final_test_accuracy"])
     samples = [m["samples"] for m in metrics]
     assert samples == sorted(samples) and samples[-1] == expected["samples"]
     if sig == signal.SIGINT:  # a graceful stop keeps the evaluation points its checkpoint covers
