@@ -32,7 +32,7 @@ UPDATES = ("layer", "block")
 BACKWARD_WEIGHTS = ("forward", "current")
 SHARING = ("memory", "average", "auto")
 TOPOLOGIES = ("all", "ring", "random:M")
-STALENESS_POLICIES = ("none", "scale", "drop:MAX", "adaptive")
+STALENESS_POLICIES = ("none", "scale", "cap", "drop:MAX", "adaptive")
 RUNTIMES = ("real", "sim")
 
 
@@ -168,7 +168,7 @@ class Straggler:
 
 @dataclass(frozen=True)
 class Staleness:
-    """--staleness: what a stale update does (kind none | scale | drop | adaptive; max for drop:MAX)."""
+    """--staleness: what a stale update does (kind none | scale | cap | drop | adaptive; max for drop:MAX)."""
     kind: str
     max: int | None = None
 
@@ -269,7 +269,7 @@ def parse_straggler(spec: str | None) -> Straggler | None:
 
 
 def parse_staleness(spec: str) -> Staleness:
-    if spec in ("none", "scale", "adaptive"):
+    if spec in ("none", "scale", "cap", "adaptive"):
         return Staleness(spec)
     m = re.fullmatch(r"drop:(\d+)", spec) if isinstance(spec, str) else None
     if not m:

@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset, default_collate
 from .board import STALENESS_BINS, Board
 from .config import RunConfig
 from .errors import DivergedError
-from .optim import LayerSGD, learning_rate
+from .optim import LayerSGD, decay_fraction, learning_rate
 from .tensors import StateFlattener, loss_fn
 
 
@@ -163,6 +163,10 @@ class WorkerContext:
         """The learning rate at global progress (default: samples counted on the board so far)."""
         done = self.global_samples() if samples_done is None else samples_done
         return learning_rate(self.cfg, done, self.spec.total_samples)
+
+    def decay_fraction(self) -> float:
+        """optim.decay_fraction at global progress: what --staleness cap releases its damping by."""
+        return decay_fraction(self.cfg, self.global_samples(), self.spec.total_samples)
 
     def optimizer(self, params, shared_buffers: bool = False) -> LayerSGD:
         params = list(params)

@@ -54,6 +54,16 @@ class LayerSGD:
             b.copy_(saved)
 
 
+def decay_fraction(cfg, samples_done: int, total_samples: int) -> float:
+    """How far the schedule has come down from its peak: the lr over cfg.lr once the warm-up is
+    over, 1.0 during it. --staleness cap releases its damping of stale updates by this: released by
+    the lr alone, the warm-up's small lr undamped them while the network was still at its sharpest,
+    and 1F:1B collapsed to chance an epoch in (docs/pdasgd.md, "cap")."""
+    if samples_done < cfg.warmup_epochs / cfg.epochs * total_samples:
+        return 1.0
+    return learning_rate(cfg, samples_done, total_samples) / cfg.lr
+
+
 def learning_rate(cfg, samples_done: int, total_samples: int) -> float:
     """The lr at a point of GLOBAL progress (samples by all workers): warm-up, then the schedule."""
     warmup = cfg.warmup_epochs / cfg.epochs * total_samples

@@ -42,6 +42,12 @@ class StalenessPolicy:
 
     none        apply it as is (factor 1)
     scale       lr / (1 + s)
+    cap         scale during the warm-up; after it min(lr, peak lr / (1 + s)): a stale update
+                never steps further than scale's at the peak lr, and no shorter than the schedule's
+                own lr allows. A delayed update's stability limit is about peak / (1 + s) (what
+                scale damps to at the peak); once the decaying lr is below it (the cosine's second
+                half for s = 1), damping further only slows the stale layers (pdasgd's lower
+                layers; docs/pdasgd.md, "cap"). The caller passes optim.decay_fraction.
     drop:MAX    discard it when s > MAX (counted in dropped_updates), else apply as is
     adaptive    lr * min(1, c / s) with c = N - 1: the delay-adaptive step size of Koloskova,
                 Stich & Jaggi (NeurIPS 2022), eta_t = min(eta, 1 / (4 L tau_t)), with the unknown
@@ -55,21 +61,26 @@ class StalenessPolicy:
         self.kind, self.max = spec.kind, spec.max
         self.c = max(1, workers - 1)
 
-    def factor(self, s: int) -> float | None:
-        """Multiplier of the learning rate, or None: drop the gradient."""
+    def factor(self, s: int, decayed: float = 1.0) -> float | None:
+        """Multiplier of the learning rate, or None: drop the gradient. decayed:
+        optim.decay_fraction (the lr over its peak after the warm-up, 1 during it); only cap uses it."""
         if self.kind == "scale":
             return 1.0 / (1 + s)
+        if self.kind == "cap":
+            return 1.0 if s <= 0 else min(1.0, 1.0 / ((1 + s) * max(decayed, 1e-12)))
         if self.kind == "drop":
             return None if s > self.max else 1.0
         if self.kind == "adaptive":
             return 1.0 if s <= self.c else self.c / s
         return 1.0
 
-    def factors(self, s: np.ndarray) -> np.ndarray:
+    def factors(self, s: np.ndarray, decayed: float = 1.0) -> np.ndarray:
         """factor() of many staleness values at once (the simulator's vectorised path); NaN: drop."""
         s = np.asarray(s, dtype=np.float64)
         if self.kind == "scale":
             return 1.0 / (1.0 + s)
+        if self.kind == "cap":
+            return np.minimum(1.0, 1.0 / ((1.0 + s) * max(decayed, 1e-12)))
         if self.kind == "drop":
             return np.where(s > self.max, np.nan, 1.0)
         if self.kind == "adaptive":

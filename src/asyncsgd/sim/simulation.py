@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..optim import LayerSGD, learning_rate
+from ..optim import LayerSGD, decay_fraction, learning_rate
 
 
 class Simulation:
@@ -50,6 +50,9 @@ class Simulation:
 
     def lr(self, samples: int | None = None) -> float:
         return learning_rate(self.cfg, self.stats.global_samples if samples is None else samples, self.total)
+
+    def decay_fraction(self, samples: int | None = None) -> float:
+        return decay_fraction(self.cfg, self.stats.global_samples if samples is None else samples, self.total)
 
     def optimizer(self, params: list[torch.Tensor], buffers: list[torch.Tensor] | None) -> LayerSGD:
         """optim.LayerSGD over views of the simulation's flat tensors (same maths as real runs)."""

@@ -135,7 +135,7 @@ def run(sim) -> None:
         stats.updates[i] += len(keep)
         stats.total_updates += len(keep)
         if len(keep):
-            f = policy.factors(s[keep])
+            f = policy.factors(s[keep], sim.decay_fraction())
             deltas = torch.stack([ms[j][1] for j in keep])
             state[i].add_(torch.from_numpy(f).to(deltas.dtype) @ deltas)  # the senders' updates, as real
         for mid, msg in zip(ids, ms):

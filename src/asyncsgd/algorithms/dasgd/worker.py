@@ -67,7 +67,7 @@ def run(ctx) -> None:
         sender_clock = msg.clock.tolist()
         with lock:
             s = staleness(clock, sender_clock)
-            factor = policy.factor(s)
+            factor = policy.factor(s, ctx.decay_fraction())
             if factor is not None:
                 flat.add_(delta, alpha=factor)
             # a dropped update enters the clock too (processed, by decision): otherwise every later

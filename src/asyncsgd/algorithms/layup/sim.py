@@ -83,7 +83,7 @@ def run(sim) -> None:
         views, loss, n, seen = item
         busy[w] += 1
         t0, dur = loop.now, sim.compute.backward(w)
-        ps = {"misaligned": False, "left": L, "loss": loss, "n": n, "lr": sim.lr()}
+        ps = {"misaligned": False, "left": L, "loss": loss, "n": n, "lr": sim.lr(), "decayed": sim.decay_fraction()}
         for j in order:
             loop.at(t0 + dur * frac[j], land, w, b, j, views[j], seen, ps)
 
@@ -98,7 +98,7 @@ def run(sim) -> None:
         s = int(V[w, j].sum() - seen[j].sum())
         record(w, j, s)
         ps["misaligned"] |= s > 0
-        factor = policy.factor(s)
+        factor = policy.factor(s, ps["decayed"])
         if factor is None:
             stats.dropped[w] += 1
         else:
@@ -142,7 +142,7 @@ def run(sim) -> None:
         record(i, j, s)
         recv["sum"] += s
         recv["n"] += 1
-        factor = policy.factor(s)
+        factor = policy.factor(s, sim.decay_fraction())
         if factor is None:
             stats.dropped[i] += 1
         else:

@@ -177,7 +177,7 @@ class Gossiping(Decoupled):
         with self.locks[i]:
             row = self.clock[i]
             s = gossip_staleness(row, sender_clock, self.rank, self.sent[i, msg.sender])
-            factor = self.policy.factor(s)
+            factor = self.policy.factor(s, self.ctx.decay_fraction())
             if factor is not None:
                 self.flat[offset:offset + length].add_(delta, alpha=factor)
             # a dropped update enters the clock too (processed, by decision), as in dasgd

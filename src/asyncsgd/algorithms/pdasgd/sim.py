@@ -113,7 +113,7 @@ def run(sim) -> None:
         stats.grad_norm(g)
         views = fm.layer_views(g)
         t0, dur = loop.now, sim.compute.backward(w)
-        ps = {"misaligned": False, "left": layers, "loss": float(loss.detach()), "n": n, "lr": sim.lr()}
+        ps = {"misaligned": False, "left": layers, "loss": float(loss.detach()), "n": n, "lr": sim.lr(), "decayed": sim.decay_fraction()}
         for j in order:
             loop.at(t0 + dur * frac[j], land, w, b, j, views[j], read, ps)
 
@@ -130,7 +130,7 @@ def run(sim) -> None:
             stats.layer_stale_max[j] = s
         stats.staleness(w, s)
         ps["misaligned"] |= s > 0
-        factor = policy.factor(s_policy)
+        factor = policy.factor(s_policy, ps["decayed"])
         if factor is None:
             stats.dropped[w] += 1
         else:

@@ -192,6 +192,7 @@ class Decoupled:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
         Returns the gradients; item.stale gets (layer, staleness) for every layer updated."""
         lr, opt = self.ctx.lr(), self.opts[writer]
+        decayed = self.ctx.decay_fraction()  # --staleness cap releases its damping by it
         layer_mode = self.mode == "layer"
         grads = [None] * len(self.params)
         stale = item.stale
@@ -199,7 +200,7 @@ class Decoupled:
         def apply(i, g, s, own):
             s_policy = self.policy_staleness(s, own)
             stale.append((i, s, s_policy))
-            factor = self.policy.factor(s_policy)
+            factor = self.policy.factor(s_policy, decayed)
             if factor is None:  # --staleness drop:MAX
                 self.dropped[self.rank] += 1
                 return
