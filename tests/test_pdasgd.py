@@ -61,15 +61,16 @@ class Sandwich(torch.nn.Module):
         return self.high(Marker.apply(torch.relu(self.low(x))))
 
 
-def fake_ctx(model, workers=1):
-    """The parts of a WorkerContext that Decoupled's forward/backward use."""
+def fake_ctx(model, workers=1, lr=0.1):
+    """The parts of a WorkerContext that Decoupled's forward/backward use (the schedule's lr now
+    `lr`, its peak cfg.lr 0.1)."""
     n = len(list(model.parameters()))
     board = Board(workers, 1, 1, 1, 1, layers=n)
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     return SimpleNamespace(board=board, rank=0, spec=SimpleNamespace(model=model), device=torch.device("cpu"),
                            plan=SimpleNamespace(indices=lambda k: k), optimizer=lambda ps: LayerSGD(ps, 0.9),
-                           fetch=lambda k: (x, y), loss=torch.nn.functional.cross_entropy, lr=lambda: 0.1,
-                           batch_source=lambda: None)
+                           fetch=lambda k: (x, y), loss=torch.nn.functional.cross_entropy, lr=lambda: lr,
+                           decay_fraction=lambda: lr / 0.1, batch_source=lambda: None)
 
 
 @pytest.mark.parametrize("mode", ["layer", "block"])
@@ -144,6 +145,50 @@ def test_scale_damps_the_own_pipelines_delay_not_the_other_processes_updates():
     step(w0, b, 0)
     stale, ratios = step(w0, c, 1)  # thread 1's momentum buffers are fresh: the step is lr x factor x g
     assert [(s, own) for _, s, own in stale] == [(1, 1)] * 4 and ratios == pytest.approx([0.5] * 4, rel=1e-4)
+
+
+@pytest.mark.parametrize("lr,ratio", [(0.1, 0.5), (0.05, 1.0), (0.025, 1.0), (0.08, 0.625)])
+def test_cap_damps_a_stale_update_to_the_peak_lrs_limit_only(lr, ratio):
+    """--staleness cap: a layer update one own update stale steps min(lr, peak / 2), so at the
+    peak lr (0.1) it is scale's lr / 2, and once the schedule's lr is at or below peak / 2 it is
+    the full lr; in between peak / 2 (0.08: 0.05 of it, a ratio 0.625)."""
+    from asyncsgd.config import Staleness
+    torch.manual_seed(0)
+    model = Sandwich()
+    Marker.probe = lambda: None
+    w = threads.Decoupled(fake_ctx(model, lr=lr), 1, 2, 2, "layer", Staleness("cap"), 1)
+    b, c = w.forward(w.replica(), 0), w.forward(w.replica(), 1)  # c reads before b's updates land
+    w.backward(b, 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = w.backward(c, 1)  # thread 1's momentum buffers are fresh: the step is lr x factor x g
+    ratios = [float((x - p.detach()).norm() / (lr * g).norm()) for x, p, g in zip(before, model.parameters(), grads)]
+    assert [own for _, _, own in c.stale] == [1] * 4 and ratios == pytest.approx([ratio] * 4, rel=1e-4)
+
+
+def test_cap_factor_matches_scale_at_the_peak_and_its_vectorised_twin():
+    import numpy as np
+    from asyncsgd.config import Staleness
+    from asyncsgd.exchange.policy import StalenessPolicy
+    cap, scale = StalenessPolicy(Staleness("cap"), 4), StalenessPolicy(Staleness("scale"), 4)
+    s = np.array([0, 1, 2, 3, 9])
+    assert [cap.factor(int(v)) for v in s] == [1.0] + [scale.factor(int(v)) for v in s[1:]]
+    # at a fifth of the peak lr only s >= 4 is capped: min(1, 1 / ((1 + s) x 0.2))
+    assert [cap.factor(int(v), 0.2) for v in s] == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.5])
+    for fraction in (1.0, 0.5, 0.2, 1e-6):
+        assert cap.factors(s, fraction) == pytest.approx([cap.factor(int(v), fraction) for v in s])
+
+
+def test_decay_fraction_holds_the_damping_through_the_warm_up():
+    """cap's release: 1.0 through the warm-up (the lr there is small, the network at its sharpest),
+    then the cosine's lr over its peak, 0.5 halfway through what follows the warm-up."""
+    from asyncsgd.optim import decay_fraction, learning_rate
+    cfg = SimpleNamespace(lr=0.05, epochs=10, warmup_epochs=2, schedule="cosine")
+    total = 80_000
+    assert [decay_fraction(cfg, n, total) for n in (0, 8_000, 15_999)] == [1.0, 1.0, 1.0]
+    assert learning_rate(cfg, 6_000, total) < 0.05 / 2  # what a release by the lr alone would undamp
+    assert decay_fraction(cfg, 16_000, total) == pytest.approx(1.0)
+    assert decay_fraction(cfg, 48_000, total) == pytest.approx(0.5)
+    assert decay_fraction(cfg, total, total) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("weights", ["current", "forward"])
@@ -490,7 +535,7 @@ def test_default_pdasgd_close_to_sequential(tmp_path, task):
 
 def test_staleness_policy_applies_to_layer_updates(tmp_path):
     """--staleness is honoured: drop:0 discards every layer update that saw another update land
-    (counted), while the scale default drops nothing and still learns."""
+    (counted), while the cap default drops nothing and still learns."""
     # one process: the staleness the policy acts on (its own updates) is all of it
     code, dropped = train(tmp_path, "drop", "--epochs", 0.5, "--staleness", "drop:0", "--workers", 1)
     assert code == 0
@@ -500,5 +545,5 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
     assert dropped["dropped_updates"] == stale > 0
     # the policy alone: the 2-epoch warm-up of the defaults would take the whole 2-epoch run
     code, default = train(tmp_path, "default", "--epochs", 2, "--warmup-epochs", 0.5)
-    assert code == 0 and default["config"]["staleness"] == "scale" and default["config"]["warmup_epochs"] == 0.5
+    assert code == 0 and default["config"]["staleness"] == "cap" and default["config"]["warmup_epochs"] == 0.5
     assert default["dropped_updates"] == 0 and default["final_test_accuracy"] > 0.3  # 3x chance after 2 epochs
