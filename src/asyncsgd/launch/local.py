@@ -350,6 +350,9 @@ class Launcher:
             self._stop_all(procs)  # also the ones started before a start failed
             server.stop()  # after the workers: it reports their exit codes
             self._write_workers_json(state)  # a final state: every process above has ended
+            for log in self.out.glob("startup-*.log"):  # modes.join_group's: keep only what says something
+                if log.stat().st_size == 0:
+                    log.unlink()
             if store is not None:
                 del store  # after the workers
                 (self.out / STORE_FILE).unlink(missing_ok=True)  # a killed worker never closed its copy

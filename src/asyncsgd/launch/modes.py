@@ -50,8 +50,23 @@ class LocalLaunch:
         loopback = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
         if loopback:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
-        store = dist.FileStore(spec.dist_init.removeprefix("file://"), spec.world_size + 1)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
+        path = spec.dist_init.removeprefix("file://")
+        store = dist.FileStore(path, spec.world_size + 1)
+        # gloo logs each failed connection attempt to fd 2 from C++. When a peer dies during start-up
+        # the launcher fails the run with one line, but the survivors' retry lines could reach the
+        # terminal before it stops them (a CI run printed 5). So the join writes fd 2 to
+        # startup-<rank>.log in the run directory, kept where it says something, else removed.
+        log = os.path.join(os.path.dirname(path), f"startup-{rank}.log")
+        saved = os.dup(2)
+        try:
+            with open(log, "w") as f:
+                os.dup2(f.fileno(), 2)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=spec.world_size, timeout=timeout)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if os.path.getsize(log) == 0:
+            os.unlink(log)
         return None
 
     def processes_here(self, spec) -> int:
