@@ -39,7 +39,8 @@ def test_summary_fields_and_types(hogwild_run):
     assert s["min"] <= s["p50"] <= s["p99"] <= s["max"] and s["min"] <= s["mean"] <= s["max"]
     assert sum(summary["staleness_histogram"].values()) == summary["updates"]
     assert summary["bytes_sent"] == 0  # one shared-memory model: nothing crosses a process boundary
-    assert summary["config"]["lr"] == 0.05 and summary["config"]["algorithm"] == "hogwild"
+    assert summary["config"]["algorithm"] == "hogwild"
+    assert summary["config"]["lr"] == 0.075 and summary["config"]["staleness"] == "cap"  # hogwild's own defaults
     assert summary["final_test_accuracy"] == metrics[-1]["test_accuracy"]
     assert 0 < summary["time_to_target_s"] <= summary["wall_time_s"]
     first = next(m for m in metrics if m["test_accuracy"] >= 0.5)

@@ -115,12 +115,12 @@ def test_runs_are_grouped_into_labels_and_repeats(tmp_path):
 def test_differing_settings_only_among_the_algorithms_that_use_them(tmp_path):
     """Every config carries every field; --sharing (pdasgd only) or --staleness where only its
     users agree is not a difference between algorithms, lr is."""
-    dirs = [_fake_run_dir(tmp_path / "h", "hogwild", 0.05, 0, 2.0, 100.0, sharing="auto", staleness="none"),
+    dirs = [_fake_run_dir(tmp_path / "h", "sync", 0.05, 0, 2.0, 100.0, sharing="auto", staleness="none"),
             _fake_run_dir(tmp_path / "p", "pdasgd", 0.05, 0, 2.0, 100.0, sharing="memory", staleness="adaptive"),
             _fake_run_dir(tmp_path / "d", "dasgd", 0.1, 0, 2.0, 100.0, sharing="auto", staleness="adaptive")]
     runs, _ = report.collect(dirs)
     differ = report.build_results(runs, target=0.9, peak=None, flops={})["scenarios"]["mytask"]["differing_settings"]
-    assert differ == {"lr": {"hogwild": 0.05, "pdasgd": 0.05, "dasgd": 0.1}}
+    assert differ == {"lr": {"sync": 0.05, "pdasgd": 0.05, "dasgd": 0.1}}
 
 
 def test_not_reached_counts_as_slowest_in_the_median():

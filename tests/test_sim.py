@@ -127,6 +127,25 @@ def test_hogwild_staleness_matches_the_real_runtime(tmp_path):
     assert real["staleness"]["max"] <= max(others), (real["staleness"], others)
 
 
+def test_hogwild_staleness_policy_in_both_runtimes(tmp_path):
+    """--staleness is honoured by hogwild, real and simulated: drop:0 discards every update that saw
+    another one land between its read and its write, counts it in dropped_updates, and does not
+    move the version (updates counts only the applied ones)."""
+    common = ["--algo", "hogwild", "--workers", "2", "--epochs", "1", "--task", "mnist1d", "--eval-points", "2",
+              "--staleness", "drop:0", "--progress", "none"]
+    for runtime in ("real", "sim"):
+        out = tmp_path / runtime
+        proc = run_cli("train", *common, "--runtime", runtime, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        summary, _ = read_run(out)
+        assert summary["config"]["staleness"] == "drop:0"
+        steps = summary["staleness"]["count"]
+        stale = steps - summary["staleness_histogram"].get("0", 0)
+        assert steps == 250 and summary["samples"] == 8000
+        assert summary["dropped_updates"] == stale and summary["updates"] == steps - stale, summary
+    assert stale > 0  # the simulator: two equal workers, mean staleness ~1 (the test above)
+
+
 # -- timing of the event model ---------------------------------------------------------------------
 def test_sync_step_time_is_slowest_worker_plus_allreduce(tmp_path):
     """Fixed compute, a 4x straggler and 10 ms latency, 5 workers: every sync step takes 4*(f+b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...exchange.policy import StalenessPolicy
 
 
 def run(sim) -> None:
@@ -11,6 +12,7 @@ def run(sim) -> None:
     W = sim.state[0]
     mom = sim.momentum_rows(sim.workers)
     opts = [sim.optimizer([W], None if mom is None else [mom[w]]) for w in range(sim.workers)]
+    policy = StalenessPolicy(sim.cfg.parsed.staleness, sim.workers)
     version = [0]
     loop, stats = sim.loop, sim.stats
 
@@ -24,10 +26,15 @@ def run(sim) -> None:
         loop.at(loop.now + sim.compute.step(w), finish, w, g, loss, n, version[0])
 
     def finish(w: int, g, loss: float, n: int, read: int) -> None:
-        stats.staleness(w, version[0] - read)
-        opts[w].step([g], sim.lr())
-        version[0] += 1
-        stats.step(w, n, loss)
+        s = version[0] - read
+        stats.staleness(w, s)
+        factor = policy.factor(s, sim.decay_fraction())
+        if factor is None:  # as worker.py: dropped, and the version does not move
+            stats.dropped[w] += 1
+        else:
+            opts[w].step([g], sim.lr() * factor)
+            version[0] += 1
+        stats.step(w, n, loss, updates=int(factor is not None))
         sim.maybe_snapshot()
         start(w)
 

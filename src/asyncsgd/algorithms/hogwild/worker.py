@@ -5,11 +5,15 @@ computes a gradient and writes its update straight into shared memory while the 
 the same. Staleness of an update = updates the other processes applied between this
 process's read (forward) and its write. The version is the sum of the per-worker update
 counters on the board (each worker writes only its own slot, so counting needs no lock).
+--staleness (default none, the paper's plain updates) scales or drops an update by its staleness
+with the same exchange.policy rules as dasgd and pdasgd.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ...exchange.policy import StalenessPolicy
 
 
 def run(ctx) -> None:
@@ -17,7 +21,8 @@ def run(ctx) -> None:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = ctx.optimizer(params)  # momentum buffers are per process (as in pytorch/examples)
-    updates = ctx.board.updates
+    updates, dropped, rank = ctx.board.updates, ctx.board.dropped, ctx.rank
+    policy = StalenessPolicy(ctx.cfg.parsed.staleness, ctx.world_size)
     ctx.start()
     for k in ctx.batches():
         x, y = ctx.fetch(k)
@@ -25,6 +30,11 @@ def run(ctx) -> None:
         loss = ctx.loss(model(x), y)
         grads = torch.autograd.grad(loss, params)
         staleness = int(updates.sum()) - version_read
-        opt.step(grads, ctx.lr())
-        ctx.record(len(y), loss, staleness=staleness, model=model, optimizer=opt, batch=k)
+        factor = policy.factor(staleness, ctx.decay_fraction())
+        if factor is None:  # not applied: counted in dropped_updates, and the version does not move
+            dropped[rank] += 1
+        else:
+            opt.step(grads, ctx.lr() * factor)
+        ctx.record(len(y), loss, staleness=staleness, model=model, optimizer=opt, batch=k,
+                   updates=int(factor is not None))
     ctx.finish(model)
