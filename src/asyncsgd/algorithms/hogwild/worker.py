@@ -5,8 +5,8 @@ computes a gradient and writes its update straight into shared memory while the 
 the same. Staleness of an update = updates the other processes applied between this
 process's read (forward) and its write. The version is the sum of the per-worker update
 counters on the board (each worker writes only its own slot, so counting needs no lock).
---staleness (default none, the paper's plain updates) scales or drops an update by its staleness
-with the same exchange.policy rules as dasgd and pdasgd.
+--staleness (default cap, see spec.py; none gives the paper's plain updates) scales or drops an
+update by its staleness with the same exchange.policy rules as dasgd and pdasgd.
 """
 
 from __future__ import annotations
