@@ -127,11 +127,14 @@ def test_hogwild_staleness_matches_the_real_runtime(tmp_path):
     assert real["staleness"]["max"] <= max(others), (real["staleness"], others)
 
 
-def test_hogwild_staleness_policy_in_both_runtimes(tmp_path):
-    """--staleness is honoured by hogwild, real and simulated: drop:0 discards every update that saw
-    another one land between its read and its write, counts it in dropped_updates, and does not
-    move the version (updates counts only the applied ones)."""
-    common = ["--algo", "hogwild", "--workers", "2", "--epochs", "1", "--task", "mnist1d", "--eval-points", "2",
+@pytest.mark.parametrize("layout", [["--algo", "hogwild", "--workers", "2"],
+                                    ["--algo", "lpap", "--groups", "1", "--workers-per-group", "2"]],
+                         ids=["hogwild", "lpap"])
+def test_staleness_policy_of_hogwild_threads_in_both_runtimes(tmp_path, layout):
+    """--staleness is honoured by hogwild and by lpap's Hogwild! threads, real and simulated: drop:0
+    discards every update that saw another one land between its read and its write, counts it in
+    dropped_updates, and does not move the version (updates counts only the applied ones)."""
+    common = [*layout, "--epochs", "1", "--task", "mnist1d", "--eval-points", "2",
               "--staleness", "drop:0", "--progress", "none"]
     for runtime in ("real", "sim"):
         out = tmp_path / runtime

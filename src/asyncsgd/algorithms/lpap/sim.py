@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...exchange.policy import StalenessPolicy
 from ...exchange.wire import header_bytes
 from .worker import partition
 
@@ -32,6 +33,7 @@ def run(sim) -> None:
     opts = [sim.optimizer(fm.layer_views(state[w // per_group]), None if mom is None else fm.layer_views(mom[w]))
             for w in range(sim.workers)]
     parts = partition(fm.sizes, per_group) if cfg.partitioned else [None] * per_group
+    policy = StalenessPolicy(cfg.parsed.staleness, per_group)  # as worker.py: the group's threads
     warm = min(sim.total / 2, sim.plan.n * max(1.0, cfg.warmup_epochs))
     tail = [sum(fm.sizes[i:]) / fm.numel for i in range(len(fm.sizes))]  # backward share from tensor i on
     G = groups
@@ -73,15 +75,20 @@ def run(sim) -> None:
 
     def finish(w: int, grad, loss: float, n: int, read: int, part) -> None:
         g_id = w // per_group
-        stats.staleness(w, version[g_id] - read)
-        lr = sim.lr()
-        views = sim.fm.layer_views(grad)
-        for j in (range(*part) if part else range(len(views))):
-            opts[w].update(j, views[j], lr)
-        version[g_id] += 1
-        steps_since[g_id] += 1
+        s = version[g_id] - read
+        stats.staleness(w, s)
+        factor = policy.factor(s, sim.decay_fraction())
+        if factor is None:  # as worker.py: dropped, and the version does not move
+            stats.dropped[w] += 1
+        else:
+            lr = sim.lr() * factor
+            views = sim.fm.layer_views(grad)
+            for j in (range(*part) if part else range(len(views))):
+                opts[w].update(j, views[j], lr)
+            version[g_id] += 1
+            steps_since[g_id] += 1
         wsteps[w] += 1
-        stats.step(w, n, loss)
+        stats.step(w, n, loss, updates=int(factor is not None))
         maybe_round(g_id)
         sim.maybe_snapshot()
         start(w)

@@ -25,8 +25,9 @@ backward pass stops at the slice's first layer: "partial backpropagation") and u
 slice; on odd steps it runs the full backward and updates everything. A thread with an empty
 slice (more threads than tensors) always updates everything.
 
-Staleness (recorded): updates the other threads of the same group applied between a thread's
-forward read and its write, as for hogwild. The averaging thread's waits never block training;
+Staleness: updates the other threads of the same group applied between a thread's forward read
+and its write, as for hogwild; --staleness applies its rules to it (exchange.policy, the
+concurrency being the group's threads: averaging rounds are not counted). The averaging thread's waits never block training;
 the end-of-run wait for the final average is the group's idle time.
 """
 
@@ -39,6 +40,7 @@ import torch
 
 from ...engine import WorkerContext
 from ...exchange.averaging import BackgroundAverager
+from ...exchange.policy import StalenessPolicy
 from ...tensors import flatten_params
 
 
@@ -68,6 +70,7 @@ def run(ctx) -> None:
     errors: list[BaseException] = []
     take = ctx.batch_source()  # the threads' batches (thread-safe): local claims, or torchrun's strided ones
     parts = partition([p.numel() for p in params], threads_n)
+    policy = StalenessPolicy(cfg.parsed.staleness, threads_n)  # the concurrency is the group's threads
     n_train = len(ctx.task.train_set)
     warm = min(ctx.spec.total_samples / 2, n_train * max(1.0, cfg.warmup_epochs))
 
@@ -93,18 +96,24 @@ def run(ctx) -> None:
             loss = c.loss(model(x), y)
             grads = torch.autograd.grad(loss, params[part[0]:part[1]] if partial else params)
             c.compute_done()
-            lr = c.lr()
-            if partial:
-                for i, grad in zip(range(*part), grads):
-                    opt.update(i, grad, lr)
-            else:
-                opt.step(grads, lr)
+            # staleness at the write: the group's updates since this thread's read (as in hogwild)
+            stale = int(board.updates[g]) - version
+            factor = policy.factor(stale, c.decay_fraction())
+            if factor is not None:
+                lr = c.lr() * factor
+                if partial:
+                    for i, grad in zip(range(*part), grads):
+                        opt.update(i, grad, lr)
+                else:
+                    opt.step(grads, lr)
             with lock:
-                stale = int(board.updates[g]) - version
+                if factor is None:  # not applied: counted in dropped_updates, the version does not move
+                    board.dropped[g] += 1
                 c.record(len(y), loss, staleness=stale, model=model if t == 0 else None, optimizer=opt,
-                         batch=k,
-                         grads=None if partial else grads)
-                averager.step()
+                         batch=k, grads=None if partial or factor is None else grads,
+                         updates=int(factor is not None))
+                if factor is not None:
+                    averager.step()
             step += 1
 
     def guarded(fn, *args):
