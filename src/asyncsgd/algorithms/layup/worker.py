@@ -22,10 +22,12 @@ first one's). Its staleness at a receiver: exchange/policy.gossip_staleness, the
 rule sum_o max(0, receiver clock[l][o] - sender clock[o]) except that of the receiver's own
 updates it counts only those it had sent to that sender (sent[l][sender]): with gossip the
 others never reach the sender, and counting them made every message staler than the last
-(measured: a mean of 118 after 10 epochs on 4 workers). An own layer update's staleness is, as in pdasgd, the layer's version
-now minus when the forward read it: the same rule with the sender being this replica, so it
-counts the peers' updates applied meanwhile too. Both kinds go into the staleness histogram and
-staleness_by_layer, and both get the --staleness factor (pdasgd's concurrency with N workers).
+(measured: a mean of 118 after 10 epochs on 4 workers). An own layer update's staleness is, as
+in pdasgd, the layer's version now minus when the forward read it: the same rule with the sender
+being this replica, so it counts the peers' updates applied meanwhile too. Both kinds go into the
+staleness histogram and staleness_by_layer, and both get the --staleness factor (pdasgd's
+concurrency with N workers); a peer's update is so damped twice, by its sender and by its
+receiver (measured in docs/layup.md: the second damping keeps the run stable and starves it).
 
 Concurrency: one lock per layer guards that layer's parameters while an update is written (own,
 by a backward thread; a peer's, by a receiver thread), its clock row, its pending group and its

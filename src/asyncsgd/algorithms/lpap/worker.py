@@ -27,8 +27,8 @@ slice (more threads than tensors) always updates everything.
 
 Staleness: updates the other threads of the same group applied between a thread's forward read
 and its write, as for hogwild; --staleness applies its rules to it (exchange.policy, the
-concurrency being the group's threads: averaging rounds are not counted). The averaging thread's waits never block training;
-the end-of-run wait for the final average is the group's idle time.
+concurrency being the group's threads: averaging rounds are not counted). The averaging
+thread's waits never block training; the end-of-run wait for the final average is the group's idle time.
 """
 
 from __future__ import annotations
