@@ -67,6 +67,8 @@ BAD_FLAGS = {
     "momentum that rounds to one": (["--momentum", "0.9999999999999999999"], ["--momentum 1.0", "[0, 1)"]),
     "negative weight decay": (["--weight-decay", "-1"], ["--weight-decay -1.0", ">= 0"]),
     "infinite weight decay": (["--weight-decay", "inf"], ["--weight-decay inf", "a number"]),
+    "negative gradient clip": (["--clip-grad-norm", "-1"], ["--clip-grad-norm -1.0", ">= 0"]),
+    "NaN gradient clip": (["--clip-grad-norm", "nan"], ["--clip-grad-norm nan", "a number"]),
     "negative warm-up": (["--warmup-epochs", "-1"], ["--warmup-epochs -1.0", ">= 0"]),
     "huge warm-up": (["--warmup-epochs", "1e300"], ["--warmup-epochs 1e+300", "at most 100000"]),
     "zero lr gamma": (["--lr-gamma", "0"], ["--lr-gamma 0.0", "(0, 1]"]),

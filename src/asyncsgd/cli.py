@@ -61,6 +61,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=FLOAT, default=S, help=f"momentum ({D('momentum')})")
     p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
     p.add_argument("--weight-decay", type=FLOAT, default=S, help=f"L2 weight decay ({D('weight_decay')})")
+    p.add_argument("--clip-grad-norm", type=FLOAT, default=S,
+                   help=f"scale a gradient down to this norm when longer: a layer's own in layer-wise updates, "
+                        f"the whole model's in block ones; 0 is off ({D('clip_grad_norm')})")
     p.add_argument("--schedule", default=S, help=f"cosine, constant or step, driven by global samples ({D('schedule')})")
     p.add_argument("--warmup-epochs", type=FLOAT, default=S, help=f"linear warm-up length in epochs ({D('warmup_epochs')})")
     p.add_argument("--lr-steps", default=S, help="for --schedule step: fractions of the run, e.g. 0.5,0.75")

@@ -176,7 +176,8 @@ class WorkerContext:
             for p in params:
                 buffers.append(self.spec.momentum_init[i:i + p.numel()].view_as(p).clone().to(p.device))
                 i += p.numel()
-        return LayerSGD(params, self.cfg.momentum, self.cfg.nesterov, self.cfg.weight_decay, buffers)
+        return LayerSGD(params, self.cfg.momentum, self.cfg.nesterov, self.cfg.weight_decay, buffers,
+                        self.cfg.clip_grad_norm)
 
     def replica(self) -> torch.nn.Module:
         """This process's own copy of the initial model (algorithms that keep replicas)."""

@@ -7,6 +7,12 @@ a shared .grad buffer another thread may be writing, and (3) writes through `.da
 autograd's in-place version check never fires on a tensor a pending backward has saved.
 The maths is torch.optim.SGD's (momentum with dampening 0, optional Nesterov, L2 weight
 decay added to the gradient), so sequential runs match torch.optim.SGD step for step.
+
+--clip-grad-norm C scales a gradient down to norm C when it is longer, as
+torch.nn.utils.clip_grad_norm_ does, before decay and momentum. A whole-model ("block") step
+clips by the norm of all its gradients together, exactly that function's rule. A layer-wise
+update clips each layer by its own norm: when one layer's gradient is ready the others do not
+exist yet, so no whole-model norm can be waited for without giving up the layer-wise update.
 """
 
 from __future__ import annotations
@@ -20,16 +26,27 @@ class LayerSGD:
     """Momentum SGD over a list of parameters, updated one index at a time, lock-free."""
 
     def __init__(self, params, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 buffers: list[torch.Tensor] | None = None):
+                 buffers: list[torch.Tensor] | None = None, clip_grad_norm: float = 0.0):
         self.params = list(params)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.clip_grad_norm = clip_grad_norm  # 0: no clipping
         # Momentum buffers may live in shared memory (given) so a checkpoint can save them.
         self.buffers = buffers if buffers is not None else (
             [torch.zeros_like(p.data) for p in self.params] if momentum > 0 else [])
 
+    def _clip_factor(self, norm: torch.Tensor) -> torch.Tensor:
+        # torch.nn.utils.clip_grad_norm_'s factor, kept a tensor: no device sync on the hot path.
+        return (self.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+
     @torch.no_grad()
     def update(self, index: int, grad: torch.Tensor, lr: float) -> None:
-        """Apply one layer's update in place: p -= lr * d, d from grad, decay and momentum."""
+        """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm)."""
+        if self.clip_grad_norm:
+            grad = grad * self._clip_factor(torch.linalg.vector_norm(grad))
+        self._apply(index, grad, lr)
+
+    def _apply(self, index: int, grad: torch.Tensor, lr: float) -> None:
+        """p -= lr * d, d from grad, decay and momentum."""
         p = self.params[index].data
         d = grad
         if self.weight_decay:
@@ -40,11 +57,17 @@ class LayerSGD:
             d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
         p.add_(d, alpha=-lr)
 
+    @torch.no_grad()
     def step(self, grads, lr: float, scale: float = 1.0) -> None:
-        """Update every layer (a whole-model, "block" update); grads in parameter order."""
+        """Update every layer (a whole-model, "block" update); grads in parameter order, clipped
+        by their norm together (--clip-grad-norm)."""
+        grads = [g if g is None or scale == 1.0 else g * scale for g in grads]
+        if self.clip_grad_norm:
+            factor = self._clip_factor(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
+            grads = [g if g is None else g * factor for g in grads]
         for i, g in enumerate(grads):
             if g is not None:
-                self.update(i, g if scale == 1.0 else g * scale, lr)
+                self._apply(i, g, lr)
 
     def state(self) -> list[torch.Tensor]:
         return [b.clone() for b in self.buffers]

@@ -136,7 +136,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, name)
         need(_number(v) and v > 0, name, v, "a number > 0")
     need(_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
-    for name in ("weight_decay", "warmup_epochs"):
+    for name in ("weight_decay", "warmup_epochs", "clip_grad_norm"):
         v = getattr(cfg, name)
         need(_number(v) and v >= 0, name, v, "a number >= 0")
     need(_number(cfg.checkpoint_every) and cfg.checkpoint_every > 0, "checkpoint_every",

@@ -56,7 +56,8 @@ class Simulation:
 
     def optimizer(self, params: list[torch.Tensor], buffers: list[torch.Tensor] | None) -> LayerSGD:
         """optim.LayerSGD over views of the simulation's flat tensors (same maths as real runs)."""
-        return LayerSGD(params, self.cfg.momentum, self.cfg.nesterov, self.cfg.weight_decay, buffers)
+        return LayerSGD(params, self.cfg.momentum, self.cfg.nesterov, self.cfg.weight_decay, buffers,
+                        self.cfg.clip_grad_norm)
 
     def momentum_rows(self, rows: int) -> torch.Tensor | None:
         return torch.zeros(rows, self.numel) if self.cfg.momentum > 0 else None
