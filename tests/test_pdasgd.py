@@ -535,7 +535,8 @@ def test_default_pdasgd_close_to_sequential(tmp_path, task):
 
 def test_staleness_policy_applies_to_layer_updates(tmp_path):
     """--staleness is honoured: drop:0 discards every layer update that saw another update land
-    (counted), while the cap default drops nothing and still learns."""
+    (counted), while the default (none, each layer's gradient clipped to norm 1) drops nothing and
+    still learns."""
     # one process: the staleness the policy acts on (its own updates) is all of it
     code, dropped = train(tmp_path, "drop", "--epochs", 0.5, "--staleness", "drop:0", "--workers", 1)
     assert code == 0
@@ -545,5 +546,23 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
     assert dropped["dropped_updates"] == stale > 0
     # the policy alone: the 2-epoch warm-up of the defaults would take the whole 2-epoch run
     code, default = train(tmp_path, "default", "--epochs", 2, "--warmup-epochs", 0.5)
-    assert code == 0 and default["config"]["staleness"] == "cap" and default["config"]["warmup_epochs"] == 0.5
+    assert code == 0 and default["config"]["staleness"] == "none" and default["config"]["warmup_epochs"] == 0.5
+    assert default["config"]["clip_grad_norm"] == 1.0
     assert default["dropped_updates"] == 0 and default["final_test_accuracy"] > 0.3  # 3x chance after 2 epochs
+
+
+@pytest.mark.parametrize("flags, staleness", [
+    ([], "none"),                                                         # 1F:2B, one process
+    (["--backward-threads", "4"], "none"),                                # 1F:4B
+    (["--forward-threads", "2", "--backward-threads", "2"], "cap"),       # two writers of each layer's input
+    (["--workers", "2", "--backward-threads", "1"], "cap"),               # 2 processes on one model
+    (["--workers", "2", "--sharing", "average"], "none"),                 # a replica (model) per process
+    (["--workers", "2", "--staleness", "scale"], "scale"),                # given: kept
+])
+def test_staleness_default_follows_the_writers_per_model(flags, staleness):
+    """pdasgd damps stale updates only where several forward threads or processes share a model
+    (docs/pdasgd.md, "Clipping instead of damping"); every layout clips at 1."""
+    from asyncsgd.cli import build_parser, config_from_args
+    from asyncsgd.settings import resolve
+    cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))
+    assert (cfg.staleness, cfg.clip_grad_norm, cfg.warmup_epochs) == (staleness, 1.0, 2.0)

@@ -36,11 +36,16 @@ LIMITS_WHY = {"forward_threads": "threads per worker", "backward_threads": "thre
               "checkpoint_every": "epochs", "threads_per_worker": "torch threads", "warmup_epochs": "epochs"}
 
 
+def _described(default) -> str:
+    """A default as the help states it: its value, or a layout-dependent default's docstring."""
+    return default.__doc__ if callable(default) else str(default)
+
+
 def default_text(name: str) -> str:
     """'default 0.05; dasgd 0.07': a setting's default as the CLI help states it, from where it lives."""
     if name in SHARED_DEFAULTS:
         parts = [f"default {SHARED_DEFAULTS[name]}"]
-        parts += [f"{a.name} {a.defaults[name]}" for a in ALGORITHMS.values() if name in a.defaults]
+        parts += [f"{a.name} {_described(a.defaults[name])}" for a in ALGORITHMS.values() if name in a.defaults]
         if name == "workers":  # decided by the algorithm's own rule (Algorithm.default_workers), on this machine
             parts += [f"{a.name} {a.default_workers(RunConfig(algorithm=a.name))[0]}"
                       for a in ALGORITHMS.values() if a.default_workers]
@@ -123,7 +128,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         workers, why = algo.default_workers(cfg)
         cfg = cfg.replace(workers=workers, workers_from=why)
     resolved = {**SHARED_DEFAULTS, **algo.defaults}
-    cfg = cfg.replace(**{k: v for k, v in resolved.items() if getattr(cfg, k) is None})
+    # a default may depend on the layout (pdasgd's staleness): then it is a function of the config
+    # as given, with the workers decided above
+    cfg = cfg.replace(**{k: v(cfg) if callable(v) else v for k, v in resolved.items() if getattr(cfg, k) is None})
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
                  "groups", "workers_per_group", "average_every", "send_every"):
         _whole(cfg, name)
