@@ -551,18 +551,19 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
     assert default["dropped_updates"] == 0 and default["final_test_accuracy"] > 0.3  # 3x chance after 2 epochs
 
 
-@pytest.mark.parametrize("flags, staleness", [
-    ([], "none"),                                                         # 1F:2B, one process
-    (["--backward-threads", "4"], "none"),                                # 1F:4B
-    (["--forward-threads", "2", "--backward-threads", "2"], "cap"),       # two writers of each layer's input
-    (["--workers", "2", "--backward-threads", "1"], "cap"),               # 2 processes on one model
-    (["--workers", "2", "--sharing", "average"], "none"),                 # a replica (model) per process
-    (["--workers", "2", "--staleness", "scale"], "scale"),                # given: kept
+@pytest.mark.parametrize("flags, staleness, clip", [
+    ([], "none", 1.0),                                                    # 1F:2B, one process
+    (["--backward-threads", "4"], "none", 1.0),                           # 1F:4B
+    (["--forward-threads", "2", "--backward-threads", "2"], "cap", 0.0),  # two writers of each layer's input
+    (["--workers", "2", "--backward-threads", "1"], "cap", 0.0),          # 2 processes on one model
+    (["--workers", "2", "--sharing", "average"], "none", 1.0),            # a replica (model) per process
+    (["--workers", "2", "--staleness", "scale", "--clip-grad-norm", "2"], "scale", 2.0),  # given: kept
 ])
-def test_staleness_default_follows_the_writers_per_model(flags, staleness):
-    """pdasgd damps stale updates only where several forward threads or processes share a model
-    (docs/pdasgd.md, "Clipping instead of damping"); every layout clips at 1."""
+def test_staleness_and_clip_defaults_follow_the_writers_per_model(flags, staleness, clip):
+    """pdasgd clips and leaves stale updates undamped with one forward thread per model, and damps
+    (cap) without clipping where several forward threads or processes share one (docs/pdasgd.md,
+    "Clipping instead of damping")."""
     from asyncsgd.cli import build_parser, config_from_args
     from asyncsgd.settings import resolve
     cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))
-    assert (cfg.staleness, cfg.clip_grad_norm, cfg.warmup_epochs) == (staleness, 1.0, 2.0)
+    assert (cfg.staleness, cfg.clip_grad_norm, cfg.warmup_epochs) == (staleness, clip, 2.0)

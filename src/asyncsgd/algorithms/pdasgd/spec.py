@@ -92,15 +92,23 @@ def summary_extra(record, out: dict) -> None:
     add_theory(record, out)
 
 
-def staleness_default(cfg) -> str:
-    """none with one forward thread per model, cap with more writers (2F:2B, 2 processes on one model)"""
+def _one_writer_per_model(cfg) -> bool:
+    """One forward thread on each model: one process, or replicas (--sharing average)."""
     # runs before the settings are checked: comparisons only, so a bad value fails its own check later
     processes = (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
     if cfg.forward_threads != 1:
-        return "cap"
-    if processes == 1 or (isinstance(processes, int) and _replicas(cfg)):  # replicas: a model each
-        return "none"
-    return "cap"
+        return False
+    return processes == 1 or (isinstance(processes, int) and _replicas(cfg))
+
+
+def staleness_default(cfg) -> str:
+    """none with one forward thread per model, cap with more writers (2F:2B, 2 processes on one model)"""
+    return "none" if _one_writer_per_model(cfg) else "cap"
+
+
+def clip_default(cfg) -> float:
+    """1.0 with one forward thread per model, 0.0 (off) with more writers"""
+    return 1.0 if _one_writer_per_model(cfg) else 0.0
 
 
 PDASGD = Algorithm(
@@ -114,15 +122,16 @@ PDASGD = Algorithm(
     # themselves. One shared model: a worker killed mid-update may leave it half-written, so that
     # run stops with exit 1.
     tolerates_failures=_replicas, snapshot_all_replicas=_replicas,
-    # Each layer's gradient clipped to norm 1 (--clip-grad-norm) and a 2-epoch warm-up; stale
-    # updates damped only where several writers share the model (staleness_default). One step of
-    # delay with momentum 0.9 made a rare large gradient kill the lower layers' ReLU channels
-    # (collapses); damping every stale update (cap) stopped that by shortening every step and
-    # under-trained the run, where clipping shortens only the spikes: 1F:2B median 0.968 against
-    # cap's 0.965 over seeds 0-39, no collapse in 64 seeds of the npz example (cap: 4). With 2
-    # forward threads or 2 processes on one model (staleness about 2) undamped updates diverge:
-    # there cap stays (docs/pdasgd.md, "Clipping instead of damping")
-    defaults={"staleness": staleness_default, "clip_grad_norm": 1.0, "warmup_epochs": 2.0},
+    # A 2-epoch warm-up, and with one forward thread per model each layer's gradient clipped to
+    # norm 1 and no damping of stale updates. One step of delay with momentum 0.9 made a rare
+    # large gradient kill the lower layers' ReLU channels (collapses); damping every stale update
+    # (cap) stopped that by shortening every step and under-trained the run, where clipping
+    # shortens only the spikes: 1F:2B median 0.968 against cap's 0.965 over seeds 0-39, no
+    # collapse in 64 seeds of the npz example (cap: 4). With 2 forward threads or 2 processes on
+    # one model (staleness about 2) undamped updates diverge, so cap stays there, unclipped: the
+    # clip took 2 x 1F:2B 22% longer to 0.90 under the delays scenario (docs/pdasgd.md,
+    # "Clipping instead of damping")
+    defaults={"staleness": staleness_default, "clip_grad_norm": clip_default, "warmup_epochs": 2.0},
     default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),
