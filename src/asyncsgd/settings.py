@@ -128,7 +128,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         workers, why = algo.default_workers(cfg)
         cfg = cfg.replace(workers=workers, workers_from=why)
     resolved = {**SHARED_DEFAULTS, **algo.defaults}
-    # a default may depend on the layout (pdasgd's staleness): then it is a function of the config
+    # a default may depend on the layout (pdasgd's staleness and clip): then it is a function of the config
     # as given, with the workers decided above
     cfg = cfg.replace(**{k: v(cfg) if callable(v) else v for k, v in resolved.items() if getattr(cfg, k) is None})
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
