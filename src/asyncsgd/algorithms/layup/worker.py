@@ -52,7 +52,6 @@ from ...exchange.policy import gossip_staleness
 from ...tensors import flatten_params
 from ..pdasgd.rules import queue_size
 from ..pdasgd.threads import Decoupled
-from ..pdasgd.views import ViewedReplica
 
 
 def layer_slices(params) -> list[tuple[int, int]]:
@@ -97,13 +96,10 @@ class Gossiping(Decoupled):
         return int(self.clock[i].sum())
 
     def _read(self, i: int) -> int:
-        """A forward reads layer i (ViewedReplica's pre-hook): note its clock for the messages."""
+        """A forward reads layer i (ReadingReplica's pre-hook): note its clock for the messages."""
         row = self.clock[i].copy()
         self._tls.seen[i] = row
         return int(row.sum())
-
-    def replica(self) -> ViewedReplica:
-        return ViewedReplica(self.model, self.params, self._read, self.snapshot)
 
     def policy_staleness(self, total: int, own: int) -> int:
         """layup's --staleness acts on the clock's staleness, peers' updates included (pdasgd's

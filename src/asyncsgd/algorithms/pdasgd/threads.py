@@ -16,6 +16,7 @@ Concurrency contract:
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -28,7 +29,7 @@ from ...config import Staleness
 from ...errors import DivergedError
 from ...exchange.policy import StalenessPolicy
 from .rules import concurrency, damped_staleness
-from .views import ViewedReplica
+from .views import ReadingReplica
 
 POLL_S = 0.05  # how often blocked queue operations look at the stop flags
 STOP_JOIN_S = 30.0  # after a stop, how long threads get to leave before the run gives up on them
@@ -45,28 +46,10 @@ class Pending:
     batch: int
     samples: int
     loss: torch.Tensor
-    views: list  # [(layer, view)]: the views of the shared parameters this pass ran on
     read: list  # each layer's version when the forward read the parameters
     own_read: list = None  # the same, counting this worker's own updates only (rules.damped_staleness)
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
-    hooks: object = None  # PassHooks: registered on the views by the forward, pointed at its backward
-
-
-class PassHooks:
-    """The gradient hook of one pass's views. The forward thread registers it on every view as
-    the view is made (register_hook and its handles cost the backward thread, the busier one,
-    ~2% of the samples); the backward that runs the pass points .fn at its own on_grad and
-    clears it after, which also breaks the cycle views -> hook -> on_grad -> pass -> views.
-    The views die with the pass's graph, so the hooks need no removing."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self):
-        self.fn = None
-
-    def __call__(self, i, g):
-        self.fn(i, g)
 
 
 class Decoupled:
@@ -78,7 +61,7 @@ class Decoupled:
         """model: what the threads train (default the shared ctx.spec.model); replica: it is this
         process's own replica, so only this worker's updates count in its layer versions;
         backward_weights: forward (each pass on a private copy of the weights it read, see
-        ViewedReplica) or current (the graph aliases the live shared weights)."""
+        ReadingReplica) or current (the graph saves the live shared weights)."""
         self.snapshot = backward_weights == "forward"
         self.ctx, self.board, self.rank = ctx, ctx.board, ctx.rank
         self.model = ctx.spec.model if model is None else model
@@ -132,6 +115,13 @@ class Decoupled:
         self.row_locks = [threading.Lock() for _ in range(self.rows)] if backward_threads > self.rows else None
         self.take = ctx.batch_source()  # the forward threads' batches (thread-safe; the launch mode's)
         self.on_pass = None  # set by run_replica: called after every backward pass (the averager's steps)
+        # Layer-wise delivery: one tensor hook per shared parameter, registered once. Autograd runs
+        # a leaf's hooks the moment its whole gradient for a pass exists (a leaf's node has the
+        # highest priority), on whichever thread runs that pass's graph; the hook hands the
+        # gradient to that pass's on_grad, found by the graph task (backward() maps it).
+        self._on_grad: dict = {}  # autograd graph task id -> the running pass's on_grad
+        self._leaf_hooks = [p.register_hook(functools.partial(self._leaf_grad, i))
+                            for i, p in enumerate(self.params)]
 
     # -- versions -------------------------------------------------------------------------
     def versions(self) -> list:
@@ -152,7 +142,7 @@ class Decoupled:
         return [sum(c) for c in self.own_columns]
 
     def _read(self, i: int) -> int:
-        """A forward reads layer i (ViewedReplica's pre-hook): its version, and this worker's own."""
+        """A forward reads layer i (ReadingReplica's pre-hook): its version, and this worker's own."""
         self._tls.own[i] = sum(self.own_columns[i])
         return sum(self.columns[i])
 
@@ -167,10 +157,10 @@ class Decoupled:
         self.bump(writer, i)
 
     # -- one forward, one backward ----------------------------------------------------------
-    def replica(self) -> ViewedReplica:
-        return ViewedReplica(self.model, self.params, self._read, self.snapshot)
+    def replica(self) -> ReadingReplica:
+        return ReadingReplica(self.model, self.params, self._read, self.snapshot)
 
-    def forward(self, replica: ViewedReplica, k: int, stream=None) -> Pending:
+    def forward(self, replica: ReadingReplica, k: int, stream=None) -> Pending:
         if stream is None:
             return self._forward(replica, k)
         with torch.cuda.stream(stream):
@@ -179,14 +169,26 @@ class Decoupled:
             item.event.record(stream)
         return item
 
-    def _forward(self, replica: ViewedReplica, k: int) -> Pending:
+    def _forward(self, replica: ReadingReplica, k: int) -> Pending:
         ctx = self.ctx
         x, y = ctx.fetch(k)
         own = self._tls.own = self.own_versions()  # layers no module pre-hook reads are read now
         read = self.versions()
-        hooks = PassHooks()
-        out, views = replica(x, read, hooks)
-        return Pending(k, len(y), ctx.loss(out, y), views, read, own_read=own, hooks=hooks)
+        out = replica(x, read)
+        return Pending(k, len(y), ctx.loss(out, y), read, own_read=own)
+
+    def _leaf_grad(self, i: int, grad) -> None:
+        """Tensor hook of shared parameter i: its gradient for the running pass (none outside one:
+        an evaluation, another engine's graph)."""
+        on_grad = self._on_grad.get(torch._C._current_graph_task_id())
+        if on_grad is not None:
+            on_grad(i, grad)
+
+    def close(self) -> None:
+        """Remove the parameter hooks (the end of the run: the model outlives the engine)."""
+        for handle in self._leaf_hooks:
+            handle.remove()
+        self._leaf_hooks = []
 
     def backward(self, item: Pending, writer: int, stream=None) -> list:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
@@ -211,17 +213,23 @@ class Decoupled:
             if layer_mode:
                 apply(i, g, self.version_of(i) - item.read[i], sum(self.own_columns[i]) - item.own_read[i])
 
-        item.hooks.fn = on_grad
-        inputs = [v for _, v in item.views]
+        task = []
+
+        def begin(grad_outputs):  # the loss's node runs first in its graph task: map the task to this pass
+            task.append(torch._C._current_graph_task_id())
+            self._on_grad[task[0]] = on_grad
+
+        item.loss.grad_fn.register_prehook(begin)
         try:
             if stream is not None:
                 with torch.cuda.stream(stream):
                     stream.wait_event(item.event)
-                    torch.autograd.grad(item.loss, inputs, allow_unused=True)
+                    torch.autograd.grad(item.loss, self.params, allow_unused=True)
             else:
-                torch.autograd.grad(item.loss, inputs, allow_unused=True)
+                torch.autograd.grad(item.loss, self.params, allow_unused=True)
         finally:
-            item.hooks.fn = None
+            if task:
+                self._on_grad.pop(task[0], None)
         if not layer_mode:
             now, own = self.versions(), self.own_versions()
             for i, g in enumerate(grads):
@@ -343,6 +351,12 @@ class Decoupled:
                     return
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> None:
         threads = [threading.Thread(target=self._backward_loop, args=(i,), daemon=True,
                                     name=f"pdasgd-w{self.rank}-backward-{i}") for i in range(self.B)]
         threads += [threading.Thread(target=self._forward_loop, args=(i,), daemon=True,

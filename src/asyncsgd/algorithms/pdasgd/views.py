@@ -1,12 +1,14 @@
-"""How a layer's gradient reaches its update while the backward pass is still running.
+"""A forward thread's module tree: when each layer is read, and (--backward-weights forward) the
+private copy of the weights its backward will use.
 
 Every forward thread runs its own module tree whose parameters and buffers ARE the shared
-tensors (ViewedReplica). When a module runs, a forward pre-hook swaps in a fresh view
-(`p.view_as(p)`) of each of its shared parameters; autograd treats the view as a node of its
-own, so a tensor hook on it fires exactly when that layer's gradient has been computed, for
-this pass only. The backward thread's hook applies the layer's update to the shared parameter
-(through .data, so autograd's version checks never fire), and the pass is run with
-torch.autograd.grad over the views, so nothing is accumulated in a .grad that threads would share.
+tensors (shared_replica). A forward pre-hook on each module that owns parameters notes each
+layer's version the moment the module runs (the forward's read of that layer); with snapshot it
+also swaps in a private copy (`p.clone()`) of each of the module's parameters, so the graph saves
+that copy and the backward computes the exact gradient at the weights the forward read.
+
+How the gradients reach their updates is not this module's business: the engine (threads.py)
+hooks the shared parameters themselves, once (Decoupled._leaf_grad).
 """
 
 from __future__ import annotations
@@ -19,30 +21,21 @@ import torch
 
 def shared_replica(model: torch.nn.Module) -> torch.nn.Module:
     """A new module tree whose parameters and buffers are the model's own tensors (shared).
-    A forward thread swaps per-pass views into the modules it runs, so each needs its own tree."""
+    A forward thread notes its reads (and swaps in copies) through its own tree's hooks."""
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return copy.deepcopy(model, memo)
 
 
-class ViewedReplica:
-    """A forward thread's module tree (shared_replica) run on per-pass views of the parameters.
+class ReadingReplica:
+    """A forward thread's module tree (shared_replica) that notes when each layer is read.
 
-    Why views made when each module runs, not all at the start: autograd runs ready nodes in
-    reverse creation order, so a view created before the forward would have its node (and our
-    hook) run after everything else, at the very end of the backward. A view created in the
-    module's forward pre-hook sits just below that module's own operations, so its gradient is
-    delivered as soon as the module's backward has run. The pre-hook also notes the layer's
-    version then: the moment the forward reads that layer.
-    A parameter used outside its own module's call (read by a parent before the module runs)
-    gets the pass's early view, made at the start; both kinds are inputs of the backward.
+    A parameter used outside its own module's call (read by a parent before or without the module
+    running) keeps the version noted when the pass started and, with snapshot, is read live.
     """
 
     def __init__(self, model: torch.nn.Module, params: list, version_of, snapshot: bool = False):
-        """snapshot (--backward-weights forward): each module runs on a private copy of its
-        parameters taken when it runs (p.clone()), so the graph saves that copy, not the live
-        shared tensor, and the backward computes the exact gradient at the weights the forward
-        read. Without it (current) the graph saves views of the live parameters: a pending
-        backward then uses whatever other threads wrote since its forward."""
+        """version_of(i): layer i's version now (the engine's _read); snapshot: --backward-weights
+        forward (each module runs on a private copy of its parameters, taken when it runs)."""
         self.module = shared_replica(model)
         self.params, self.version_of, self.snapshot = params, version_of, snapshot
         index = {id(p): i for i, p in enumerate(params)}  # by identity: tied weights are one layer
@@ -52,36 +45,25 @@ class ViewedReplica:
             if mine:
                 self.slots += [(mod, n, i) for n, i in mine]
                 mod.register_forward_pre_hook(functools.partial(self._enter, mine))
-        self.late = self.read = self.hook = None
+        self.read = self.copies = None
 
     def _enter(self, mine, module, args) -> None:
-        if self.late is None:
+        if self.read is None:
             return
         for n, i in mine:
-            v = self.late[i]
-            if v is None:  # first call of this module in this pass (a reused module keeps its view)
-                p = self.params[i]
+            if self.copies[i] is None:  # the first call of a layer's module in this pass is its read
                 self.read[i] = self.version_of(i)  # read before the copy: a write in between counts as stale
-                v = self.late[i] = p.clone() if self.snapshot else p.view_as(p)
-                if self.hook is not None:
-                    v.register_hook(functools.partial(self.hook, i))
-            module._parameters[n] = v
+                self.copies[i] = self.params[i].clone() if self.snapshot else self.params[i]
+            if self.snapshot:  # a reused module, or a tied weight's other module, runs on the same copy
+                module._parameters[n] = self.copies[i]
 
-    def __call__(self, x, read: list, hook=None):
-        """The model's output on x and the pass's views [(layer, view)]; read[i] is set to the
-        version of layer i when the forward read it. hook(i, grad), if given, is registered on
-        every view as it is made (here, on the forward thread, not by the backward that runs it)."""
-        early = [p.view_as(p) for p in self.params]
-        if hook is not None:
-            for i, v in enumerate(early):
-                v.register_hook(functools.partial(hook, i))
-        self.late, self.read, self.hook = [None] * len(self.params), read, hook
-        for mod, n, i in self.slots:
-            mod._parameters[n] = early[i]
+    def __call__(self, x, read: list):
+        """The model's output on x; read[i] is set to the version of layer i when the forward read it."""
+        self.read, self.copies = read, [None] * len(self.params)
         try:
-            out = self.module(x)
+            return self.module(x)
         finally:
-            for mod, n, i in self.slots:
-                mod._parameters[n] = self.params[i]
-            late, self.late, self.read, self.hook = self.late, None, None, None
-        return out, list(enumerate(early)) + [(i, v) for i, v in enumerate(late) if v is not None]
+            self.read = self.copies = None
+            if self.snapshot:
+                for mod, n, i in self.slots:
+                    mod._parameters[n] = self.params[i]

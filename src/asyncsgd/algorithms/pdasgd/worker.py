@@ -11,14 +11,15 @@ Inside one worker process, F forward threads and B backward threads share one mo
   backward pass finishes, lock-free; with --updates block the gradients are collected and
   applied together when the pass ends. One implementation, one switch.
 
-How a layer's gradient reaches its update while the backward pass is still running: every
-forward thread runs its own module tree whose parameters and buffers ARE the shared tensors
-(ViewedReplica). When a module runs, a forward pre-hook swaps in a fresh view (`p.view_as(p)`)
-of each of its shared parameters; autograd treats the view as a node of its own, so a tensor
-hook on it fires exactly when that layer's gradient has been computed, for this pass only.
-The hook applies LayerSGD.update to the shared parameter (through .data, so autograd's version
-checks never fire) and the pass is run with torch.autograd.grad over the views, so nothing is
-accumulated in a .grad that threads would share.
+How a layer's gradient reaches its update while the backward pass is still running: each
+shared parameter carries one tensor hook, registered once (threads.Decoupled._leaf_grad).
+Autograd runs a leaf's hook the moment that parameter's whole gradient for the pass exists
+(its node has the highest priority of all), and the hook hands it to the pass's on_grad, found
+by the autograd graph task it runs in. The update goes through .data (LayerSGD), so autograd's
+version checks never fire, and the pass runs as torch.autograd.grad over the parameters, so
+nothing is accumulated in a .grad that threads would share. Every forward thread runs its own
+module tree on the shared tensors (views.ReadingReplica), whose pre-hooks note when each layer
+is read.
 
 Versions and staleness: board.layer_version[w, t, l] counts the updates backward thread t of
 worker w applied to layer l (one writer per row, so no lock); a layer's version is the sum
@@ -50,7 +51,6 @@ from ...exchange.averaging import BackgroundAverager
 from ...tensors import flatten_params
 from .rules import auto_threads, queue_size
 from .threads import Decoupled, ThreadFailed
-from .views import ViewedReplica
 
 
 def measure(ctx, model, steps: int = 5) -> tuple[float, float]:
@@ -58,18 +58,17 @@ def measure(ctx, model, steps: int = 5) -> tuple[float, float]:
     model, so nothing shared changes: not the weights, not BatchNorm statistics)."""
     m = copy.deepcopy(model)
     m.train()
-    replica = ViewedReplica(m, [p for p in m.parameters() if p.requires_grad], lambda i: 0)
+    params = [p for p in m.parameters() if p.requires_grad]
     x, y = ctx.fetch(0)
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     fwd, bwd = [], []
     for step in range(steps + 2):  # two warm-up steps
         sync()
         t0 = time.perf_counter()
-        out, views = replica(x, [0] * len(replica.params))
-        loss = ctx.loss(out, y)
+        loss = ctx.loss(m(x), y)
         sync()
         t1 = time.perf_counter()
-        torch.autograd.grad(loss, [v for _, v in views], allow_unused=True)
+        torch.autograd.grad(loss, params, allow_unused=True)
         sync()
         t2 = time.perf_counter()
         if step >= 2:
