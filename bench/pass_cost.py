@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""What pdasgd's machinery costs per pass, without threads: cnn1d (mnist1d's model), batch 32, one
+torch thread, momentum 0.9 and clip 1 (pdasgd's default). Two arms, interleaved over rounds
+(medians of microseconds per pass):
+
+- plain: forward, torch.autograd.grad over the parameters, LayerSGD.step (Hogwild!'s and
+  sequential's step);
+- engine: the real threads.Decoupled forward (its per-thread module tree noting each layer's read)
+  and backward (each layer updated from its parameter hook as its gradient appears, staleness and
+  versions booked), one after the other on this thread.
+
+The difference is what decoupling costs before any thread runs: the rest of a real run's gap to
+sequential is the threads' hand-over and the interpreter lock (docs/pdasgd.md, "Where the
+threads' time goes").
+
+    python bench/pass_cost.py
+"""
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from asyncsgd.algorithms.pdasgd.threads import Decoupled
+from asyncsgd.board import Board
+from asyncsgd.optim import LayerSGD
+from asyncsgd.tasks import get_task
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = get_task("mnist1d").model_fn()
+params = [p for p in model.parameters() if p.requires_grad]
+x, y = torch.randn(32, 1, 40), torch.randint(0, 10, (32,))
+loss_fn = torch.nn.functional.cross_entropy
+make_opt = lambda ps: LayerSGD(ps, momentum=0.9, clip_grad_norm=1.0)
+ctx = SimpleNamespace(board=Board(1, 1, 1, 1, 1, layers=len(params)), rank=0, spec=SimpleNamespace(model=model),
+                      device=torch.device("cpu"), optimizer=make_opt, fetch=lambda k: (x, y), loss=loss_fn,
+                      lr=lambda: 1e-4, decay_fraction=lambda: 1.0, batch_source=lambda: None)
+engine = Decoupled(ctx, 1, 1, 1, "layer")
+replica = engine.replica()
+plain_opt = make_opt(params)
+
+
+def plain():
+    plain_opt.step(torch.autograd.grad(loss_fn(model(x), y), params), 1e-4)
+
+
+def engine_pass():
+    engine.backward(engine.forward(replica, 0), 0)
+
+
+def per_pass_us(fn, passes: int = 300) -> float:
+    t = time.perf_counter()
+    for _ in range(passes):
+        fn()
+    return (time.perf_counter() - t) / passes * 1e6
+
+
+arms = {"plain": plain, "engine": engine_pass}
+for fn in arms.values():  # warm-up: oneDNN's kernels, the allocator
+    per_pass_us(fn, 100)
+results = {name: [] for name in arms}
+for _ in range(15):
+    for name, fn in arms.items():
+        results[name].append(per_pass_us(fn))
+for name, v in results.items():
+    print(f"{name}: {statistics.median(v):.0f} us per pass (min {min(v):.0f}, max {max(v):.0f})")
+print(f"engine / plain: {statistics.median(results['engine']) / statistics.median(results['plain']):.3f}")
+getattr(engine, "close", lambda: None)()  # (before the parameter hooks there was nothing to close)
