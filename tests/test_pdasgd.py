@@ -99,6 +99,37 @@ def test_layer_updates_land_during_the_backward(mode):
     assert all(s == own == 0 for _, s, own in item.stale)  # nobody else wrote: no staleness
 
 
+def test_an_engine_and_its_passes_are_freed_and_leave_no_hook():
+    """The parameter hooks hold the engine weakly and each pass's loss-node hook is removed after
+    its backward: autograd keeps both from C++, where the garbage collector sees no cycle, so
+    otherwise every engine (shared-memory board and all) and every pass graph stayed alive: a CI
+    run reached 1,595 open file descriptors. Gradients computed outside a pass reach no update;
+    and a finished run removes its hooks from the model, which outlives it."""
+    import gc
+    import weakref
+    torch.manual_seed(0)
+    model = Sandwich()
+    Marker.probe = lambda: None
+    w = threads.Decoupled(fake_ctx(model), 1, 1, 1, "layer")
+    item = w.forward(w.replica(), 0)
+    pending = weakref.ref(item)  # alive while its loss node's hook (begin -> on_grad -> item) stays
+    w.backward(item, 0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), list(model.parameters()))
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))  # not a pass: no update
+    engine = weakref.ref(w)
+    del w, item
+    gc.collect()
+    assert engine() is None and pending() is None
+    hooks = lambda: [len(p._backward_hooks) for p in model.parameters()]
+    left = hooks()  # the first engine's, never closed: they hold nothing and do nothing
+    w = threads.Decoupled(fake_ctx(model), 1, 1, 1, "layer")
+    assert hooks() == [n + 1 for n in left]
+    w.close()  # what run() does at its end
+    assert hooks() == left
+
+
 def test_staleness_counts_other_writers_between_read_and_update():
     torch.manual_seed(0)
     model = Sandwich()

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,13 @@ class Pending:
     own_read: list = None  # the same, counting this worker's own updates only (rules.damped_staleness)
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
+
+
+def _deliver(engine_ref, i: int, grad) -> None:
+    """A shared parameter's tensor hook: its gradient to the engine, while the engine lives."""
+    engine = engine_ref()
+    if engine is not None:
+        engine._leaf_grad(i, grad)
 
 
 class Decoupled:
@@ -118,9 +126,12 @@ class Decoupled:
         # Layer-wise delivery: one tensor hook per shared parameter, registered once. Autograd runs
         # a leaf's hooks the moment its whole gradient for a pass exists (a leaf's node has the
         # highest priority), on whichever thread runs that pass's graph; the hook hands the
-        # gradient to that pass's on_grad, found by the graph task (backward() maps it).
+        # gradient to that pass's on_grad, found by the graph task (backward() maps it). The hooks
+        # hold the engine weakly: autograd keeps a hook from C++, where the garbage collector
+        # cannot see a cycle through it, and an engine never run (never closed) would stay alive,
+        # shared-memory board and all.
         self._on_grad: dict = {}  # autograd graph task id -> the running pass's on_grad
-        self._leaf_hooks = [p.register_hook(functools.partial(self._leaf_grad, i))
+        self._leaf_hooks = [p.register_hook(functools.partial(_deliver, weakref.ref(self), i))
                             for i, p in enumerate(self.params)]
 
     # -- versions -------------------------------------------------------------------------
@@ -219,7 +230,9 @@ class Decoupled:
             task.append(torch._C._current_graph_task_id())
             self._on_grad[task[0]] = on_grad
 
-        item.loss.grad_fn.register_prehook(begin)
+        # removed after the pass: a hook on a C++ node is a reference the garbage collector cannot
+        # see, and begin -> on_grad -> item -> loss -> its node would be a cycle never freed
+        handle = item.loss.grad_fn.register_prehook(begin)
         try:
             if stream is not None:
                 with torch.cuda.stream(stream):
@@ -228,6 +241,7 @@ class Decoupled:
             else:
                 torch.autograd.grad(item.loss, self.params, allow_unused=True)
         finally:
+            handle.remove()
             if task:
                 self._on_grad.pop(task[0], None)
         if not layer_mode:
