@@ -4,6 +4,8 @@ category (bookkeeping, autograd engine, waiting, module forward, LayerSGD.update
 
     py-spy record -f raw --threads --idle -o prof.txt -- python -m asyncsgd train --progress none
     python bench/pdasgd_profile.py prof.txt
+
+or of the engine alone: `... -- python bench/pipeline_ceiling.py "engine 1F:1B"`.
 """
 import re, sys, collections
 BOOK = ("Decoupled.version_of", "Decoupled.versions ", "Decoupled.bump", "Decoupled.book",
@@ -21,13 +23,13 @@ def cat(frames):
         if fn.startswith("LayerSGD.update"): return "LayerSGD.update"
         if fn.startswith("WorkerContext.snapshot") or fn.startswith("WorkerContext.copy_checkpoint"): return "snapshot/checkpoint"
         if any(fn.startswith(b.strip() + " ") or fn.startswith(b) for b in BOOK): return "bookkeeping"
-        if fn.startswith("ViewedReplica._enter") or fn.startswith("ViewedReplica.__call__"): return "views/hooks"
+        if fn.startswith(("ReadingReplica._enter", "ReadingReplica.__call__", "Decoupled._leaf_grad")): return "hooks"
         if "torch/nn/modules" in f or fn.startswith("Module._call_impl"): return "module forward"
         if fn.startswith("grad ") and "autograd" in f: return "autograd engine"
         if fn.startswith(("Condition.wait", "Semaphore.acquire", "Queue.get", "Queue.put", "Event.wait")): return "wait"
         if fn.startswith(("on_grad", "apply", "Decoupled.backward", "Decoupled._forward", "WorkerContext.fetch", "BatchPlan")): return "other pdasgd"
     return "other"
-tot = collections.Counter(); funcs = collections.Counter()
+tot = collections.Counter(); funcs = collections.Counter(); roles = collections.defaultdict(collections.Counter)
 for line in open(sys.argv[1]):
     line = line.rstrip("\n")
     m = re.match(r"(.*) (\d+)$", line)
@@ -37,11 +39,15 @@ for line in open(sys.argv[1]):
     if "pdasgd-" not in frames[0]: continue
     frames = frames[1:]
     c = cat(frames); tot[c] += n
+    role = "forward" if "forward" in stack.split(";")[0] else "backward"
+    roles[role]["wait" if c == "wait" else "active"] += n
     for f in set(fr.split(" (")[0] for fr in frames): funcs[f] += n
 T = sum(tot.values()); A = T - tot["wait"]
 print(f"pdasgd thread samples: {T} (active, not waiting: {A})")
 for c, n in tot.most_common():
     print(f"  {c:22s} {n:6d}  {100*n/T:5.1f}% of all  " + ("" if c == "wait" else f"{100*n/A:5.1f}% of active"))
+for role, c in sorted(roles.items()):
+    print(f"  {role} threads: {100 * c['wait'] / max(1, sum(c.values())):.1f}% of their samples waiting")
 print("inclusive by function (top 25, % of all pdasgd samples):")
 for f, n in funcs.most_common(25):
     print(f"  {100*n/T:5.1f}%  {f}")

@@ -13,12 +13,14 @@ model), batch 32, one torch thread per Python thread, interleaved over rounds (m
 pipeline + hooks over engine is what the engine's own Python costs once two threads contend for
 the interpreter lock (docs/pdasgd.md, "Where the threads' time goes").
 
-    python bench/pipeline_ceiling.py
+    python bench/pipeline_ceiling.py                    # every arm
+    python bench/pipeline_ceiling.py "engine 1F:1B"     # one arm (e.g. under py-spy)
 """
 import functools
 import itertools
 import queue
 import statistics
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -97,12 +99,15 @@ def passes_per_s(fn) -> float:
 
 arms = {"serial": serial, "pipeline": pipeline, "pipeline + hooks": functools.partial(pipeline, hooks=True),
         "engine 1F:1B": engine}
+if sys.argv[1:]:
+    arms = {name: arms[name] for name in sys.argv[1:]}
 serial(100)  # warm-up: oneDNN's kernels, the allocator
 results = {name: [] for name in arms}
 for _ in range(5):
     for name, fn in arms.items():
         results[name].append(passes_per_s(fn))
-base = statistics.median(results["serial"])
+base = statistics.median(results["serial"]) if "serial" in results else None
 for name, v in results.items():
     m = statistics.median(v)
-    print(f"{name:18s} {m:6.0f} passes/s (min {min(v):.0f}, max {max(v):.0f})  {m / base:.2f}x serial")
+    ratio = f"  {m / base:.2f}x serial" if base else ""
+    print(f"{name:18s} {m:6.0f} passes/s (min {min(v):.0f}, max {max(v):.0f}){ratio}")
