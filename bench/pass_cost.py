@@ -17,32 +17,18 @@ threads' time goes").
 """
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
-from asyncsgd.algorithms.pdasgd.threads import Decoupled
-from asyncsgd.board import Board
-from asyncsgd.optim import LayerSGD
-from asyncsgd.tasks import get_task
+from cnn1d_engine import LR, engine as make_engine, loss_fn, make_opt, model, params, x, y
 
-torch.set_num_threads(1)
-torch.manual_seed(0)
-model = get_task("mnist1d").model_fn()
-params = [p for p in model.parameters() if p.requires_grad]
-x, y = torch.randn(32, 1, 40), torch.randint(0, 10, (32,))
-loss_fn = torch.nn.functional.cross_entropy
-make_opt = lambda ps: LayerSGD(ps, momentum=0.9, clip_grad_norm=1.0)
-ctx = SimpleNamespace(board=Board(1, 1, 1, 1, 1, layers=len(params)), rank=0, spec=SimpleNamespace(model=model),
-                      device=torch.device("cpu"), optimizer=make_opt, fetch=lambda k: (x, y), loss=loss_fn,
-                      lr=lambda: 1e-4, decay_fraction=lambda: 1.0, batch_source=lambda: None)
-engine = Decoupled(ctx, 1, 1, 1, "layer")
+engine = make_engine()
 replica = engine.replica()
 plain_opt = make_opt(params)
 
 
 def plain():
-    plain_opt.step(torch.autograd.grad(loss_fn(model(x), y), params), 1e-4)
+    plain_opt.step(torch.autograd.grad(loss_fn(model(x), y), params), LR)
 
 
 def engine_pass():
@@ -66,4 +52,4 @@ for _ in range(15):
 for name, v in results.items():
     print(f"{name}: {statistics.median(v):.0f} us per pass (min {min(v):.0f}, max {max(v):.0f})")
 print(f"engine / plain: {statistics.median(results['engine']) / statistics.median(results['plain']):.3f}")
-getattr(engine, "close", lambda: None)()  # (before the parameter hooks there was nothing to close)
+engine.close()

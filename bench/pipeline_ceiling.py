@@ -23,24 +23,12 @@ import statistics
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import torch
 
-from asyncsgd.algorithms.pdasgd.threads import Decoupled
-from asyncsgd.board import Board
-from asyncsgd.optim import LayerSGD
-from asyncsgd.tasks import get_task
+from cnn1d_engine import LR, engine as make_engine, loss_fn, make_opt, model, params, x, y
 
 PASSES = 1000
-torch.set_num_threads(1)
-torch.manual_seed(0)
-model = get_task("mnist1d").model_fn()
-params = [p for p in model.parameters() if p.requires_grad]
-x, y = torch.randn(32, 1, 40), torch.randint(0, 10, (32,))
-loss_fn = torch.nn.functional.cross_entropy
-make_opt = lambda ps: LayerSGD(ps, momentum=0.9, clip_grad_norm=1.0)
-LR = 1e-4
 
 
 def serial(n):
@@ -84,11 +72,7 @@ def engine(n):
             k = next(count)
         return k if k < n else None
 
-    ctx = SimpleNamespace(board=Board(1, 1, 1, 1, 1, layers=len(params)), rank=0, spec=SimpleNamespace(model=model),
-                          device=torch.device("cpu"), optimizer=make_opt, fetch=lambda k: (x, y), loss=loss_fn,
-                          lr=lambda: LR, decay_fraction=lambda: 1.0, batch_source=lambda: take,
-                          record_staleness=lambda values: None, record=lambda *a, **k: None)
-    Decoupled(ctx, 1, 1, 1, "layer").run()
+    make_engine(1, 1, take).run()
 
 
 def passes_per_s(fn) -> float:
@@ -99,6 +83,13 @@ def passes_per_s(fn) -> float:
 
 arms = {"serial": serial, "pipeline": pipeline, "pipeline + hooks": functools.partial(pipeline, hooks=True),
         "engine 1F:1B": engine}
+if {"-h", "--help"} & set(sys.argv[1:]):
+    print(__doc__)
+    sys.exit(0)
+unknown = [name for name in sys.argv[1:] if name not in arms]
+if unknown:
+    print(f"pipeline_ceiling.py: unknown arm {unknown[0]!r}; the arms are {', '.join(map(repr, arms))}", file=sys.stderr)
+    sys.exit(2)
 if sys.argv[1:]:
     arms = {name: arms[name] for name in sys.argv[1:]}
 serial(100)  # warm-up: oneDNN's kernels, the allocator
