@@ -12,6 +12,11 @@ Concurrency contract:
 - Layer versions: board.layer_version[w, t, l] has one writer (backward thread t of worker w);
   with more backward threads than rows, threads that share a row bump it under its lock.
 - ctx.record is called by one backward thread at a time (record_lock).
+- Gradient delivery: each shared parameter's hook (registered in __init__, removed by close(),
+  which run() calls on the way out) runs on the thread that runs that pass's graph and looks
+  the pass up in _on_grad by autograd graph task id. Only the backward running a pass adds and
+  removes its own entry (single dict operations, atomic under the interpreter lock), and its
+  loss-node hook is removed when the backward returns, so no pass outlives its backward.
 """
 
 from __future__ import annotations
