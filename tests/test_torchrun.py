@@ -180,8 +180,8 @@ def test_torchrun_survivors_finish_without_a_killed_node(tmp_path):
     # worker 2's rows died with it; the survivors took over the batches it had not done: each did
     # more than its own strided share (1,000 batches of 32, rank r has r, r+3, ...)
     assert s["per_worker"][2]["samples"] == 0
-    for r in (0, 1):
-        assert s["per_worker"][r]["samples"] > len(range(r, 1000, 3)) * 32, s["per_worker"]
+    for r, err in ((0, err0), (1, err1)):  # (its stderr says when it saw the loss: docs/distributed.md, "A known flake")
+        assert s["per_worker"][r]["samples"] > len(range(r, 1000, 3)) * 32, (s["per_worker"], err[-2000:])
     assert s["consensus_distance"] is not None
     assert "record" in out0
 
