@@ -16,9 +16,17 @@ threads' time goes").
     python bench/pass_cost.py
 """
 import statistics
+import sys
 import time
 
 import torch
+
+if sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
+if sys.argv[1:]:
+    print(f"pass_cost.py: unexpected argument {sys.argv[1]!r}; accepted: none, or --help", file=sys.stderr)
+    sys.exit(2)
 
 from cnn1d_engine import LR, engine as make_engine, loss_fn, make_opt, model, params, x, y
 
