@@ -222,3 +222,47 @@ def test_torchrun_ranks_on_one_machine_share_its_cores(tmp_path):
     here, _ = read_run(tmp_path / "local")
     assert remote["samples"] == here["samples"] == 2 * 8000
     assert remote["wall_time_s"] < 10 * here["wall_time_s"], (remote["wall_time_s"], here["wall_time_s"])
+
+
+def test_a_loss_one_rank_sees_reaches_every_rank_through_the_store(monkeypatch, capfd):
+    """The job's loss watcher (launch/job.py): a rank whose exchange saw a peer die (board.lost set)
+    publishes it in the store, and every other rank's board marks it lost within a few polls and
+    says so once, even though its own exchange never saw the peer go (a survivor that learned of
+    a loss only after its own batches were done took none of them over: a CI flake). Three ranks'
+    jobs in one process, one TCPStore on loopback; nothing is trained."""
+    import datetime
+    import threading
+
+    from asyncsgd.board import Board
+    from asyncsgd.launch.job import TorchrunJob
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", f"loss-watch-{os.getpid()}")
+    jobs: dict[int, TorchrunJob] = {}
+    timeout = datetime.timedelta(seconds=30)
+    makers = [threading.Thread(target=lambda r=r: jobs.__setitem__(r, TorchrunJob(r, 3, timeout))) for r in range(3)]
+    for t in makers:
+        t.start()
+    for t in makers:
+        t.join(timeout=30)
+    assert sorted(jobs) == [0, 1, 2]
+    boards = {r: Board(3, 1, 1, 1, 1) for r in range(3)}
+    try:
+        for r in (0, 1):
+            jobs[r].watch_losses(boards[r])
+        capfd.readouterr()
+        boards[1].lost[2] = 1  # what rank 1's exchange does when its send to rank 2 fails
+        deadline = time.monotonic() + 10
+        while not int(boards[0].lost[2]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert int(boards[0].lost[2]) == 1 and int(boards[0].lost[1]) == 0
+        time.sleep(0.3)  # several more polls: nothing is said twice
+    finally:
+        for job in jobs.values():
+            job.ended = True  # not a real run: no end/<r> keys
+            job.close()
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["asyncsgd: worker 0: worker 2 is gone (worker 1 lost its connection to it); "
+                                "continuing with the survivors"], err
+    assert not any(j._watcher is not None and j._watcher.is_alive() for j in jobs.values())

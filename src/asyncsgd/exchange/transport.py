@@ -69,8 +69,10 @@ Shutdown protocol (torchft-style: every party can tell when it may stop, nobody 
  2. A peer is finished for us once its last message has arrived or it is gone. Gone = the
     launcher flagged it lost on the board (it saw the process die), or a send/recv to it raised.
     Under torchrun there is no launcher watching the processes: the exchange is what sees a peer
-    die, so it sets board.lost itself (this process's own board); dasgd then takes over the dead
-    rank's batches and the runner's end-of-run agreement (torchrun.TorchrunJob) leaves it out.
+    die, so it sets board.lost itself (record_loss; this process's own board), and the job's loss
+    watcher passes it on to the other ranks through the store (launch/job.py), whose boards then
+    mark it lost too; dasgd then takes over the dead rank's batches and the runner's end-of-run
+    agreement (job.TorchrunJob) leaves it out.
  3. The owner waits (wait_peers, with a deadline) until every peer is finished, then close():
     the sender thread leaves once its queues are empty (messages to gone peers are dropped),
     each waiter once its destination's posted messages were received (or the peer is gone),
@@ -319,16 +321,13 @@ class Exchange:
         self._gone.add(peer)
         self._queues[peer].clear()
         self._cv.notify_all()
-        why = brief(why)
         if not self.marks_lost:
-            self.log(f"worker {peer} unreachable ({why}); not sending to it any more")
+            self.log(f"worker {peer} unreachable ({brief(why)}); not sending to it any more")
             return
         # torchrun: nobody else will notice (no launcher), so the loss goes on this process's board
-        # for dasgd's batch takeover and the runner's end-of-run agreement (protocol step 2)
-        self.board.lost[peer] = 1
-        if peer == 0:
-            return  # rank 0 keeps the run record: the runner stops this rank and says so (one line, exit 1)
-        self.log(f"worker {peer} is gone ({why}); continuing with the survivors")
+        # for dasgd's batch takeover and the runner's end-of-run agreement (protocol step 2); the
+        # job (launch/job.py) tells the other ranks through its store
+        record_loss(self.board, self.rank, peer, why)
 
     def log(self, text: str) -> None:
         print(f"asyncsgd: worker {self.rank}: {text}", file=sys.stderr, flush=True)
@@ -443,6 +442,24 @@ class Exchange:
         if first:
             self.log(f"dropped a malformed message from worker {peer} ({reason}); "
                       "further ones are counted in malformed_messages, not logged")
+
+
+_LOSS_LOCK = threading.Lock()  # one process's exchanges and its job's loss watcher set board.lost
+
+
+def record_loss(board, rank: int, peer: int, why) -> bool:
+    """torchrun: worker `rank` learned that `peer` is gone, from its own exchange (a send or
+    receive failed) or from the job's store (another rank's exchange saw it: launch/job.py). Sets
+    board.lost[peer] and says so once per process, whoever learned it first; False when already known.
+    Rank 0's loss is not logged here: the runner stops this rank and says so (one line, exit 1)."""
+    with _LOSS_LOCK:
+        if int(board.lost[peer]):
+            return False
+        board.lost[peer] = 1
+    if peer != 0:
+        print(f"asyncsgd: worker {rank}: worker {peer} is gone ({brief(why)}); continuing with the survivors",
+              file=sys.stderr, flush=True)
+    return True
 
 
 class _HandlerError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 
 import torch
@@ -18,6 +19,7 @@ from ..board import Board
 from ..config import RunConfig
 from ..errors import WorkerError
 from ..exchange.transport import brief as _brief
+from ..exchange.transport import record_loss
 
 POLL_S = 0.05
 
@@ -64,6 +66,15 @@ class TorchrunJob:
       node/<r>    the node (GROUP_RANK) of rank r, set at the start
       end/<r>     "done" when rank r's schedule returned, "failed" when it did not
       survivors   "0,1,3": rank 0's decision, the ranks whose boards make the run record
+      lost/<r>    "q": rank q's exchange saw rank r die (a send or receive to it failed)
+      lost_count  how many lost/<r> keys were set (read every poll: one round trip, not one per rank)
+
+A rank's exchange sees a dead peer only when it next sends to it or its receive from it fails,
+and a send to a SIGKILLed gloo peer is not always failed at once: a survivor could learn of the
+loss after its own batches were done and take none of the dead rank's over (a CI flake; docs/
+distributed.md). So the job's loss watcher (one thread per rank, watch_losses .. close) publishes
+every loss this rank's exchange records and copies the others' onto this rank's board (record_loss:
+logged once per process, whoever learned it first): every survivor knows within POLL_S of the first.
 
     Rank 0 decides once every rank ended or is known lost (its exchange saw it die and set
     board.lost), or after --stall-timeout; the survivors then combine their boards in a group of
@@ -79,6 +90,36 @@ class TorchrunJob:
         prefix = f"asyncsgd/{env.get('TORCHELASTIC_RUN_ID', 'job')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.kv = dist.PrefixStore(prefix, self.store)
         self.ended = False
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+
+    def watch_losses(self, board: Board) -> None:
+        """Start the loss watcher (module docstring); close() stops and joins it."""
+        self._watcher = threading.Thread(target=self._watch_losses, args=(board,), daemon=True,
+                                         name=f"asyncsgd-job-losses-{self.rank}")
+        self._watcher.start()
+
+    def _watch_losses(self, board: Board) -> None:
+        published: set[int] = set()  # losses this rank put in the store, or read from it
+        seen = 0
+        try:
+            while not self._stop_watching.wait(POLL_S):
+                for r in range(self.world):
+                    if r not in published and int(board.lost[r]):
+                        published.add(r)
+                        self.kv.set(f"lost/{r}", str(self.rank))
+                        self.kv.add("lost_count", 1)  # after the key: a reader who sees the count sees the key
+                count = self.kv.add("lost_count", 0)
+                if count == seen:
+                    continue
+                seen = count
+                for r in range(self.world):
+                    if r != self.rank and r not in published and self.kv.check([f"lost/{r}"]):
+                        published.add(r)
+                        by = self.kv.get(f"lost/{r}").decode()
+                        record_loss(board, self.rank, r, f"worker {by} lost its connection to it")
+        except RuntimeError:
+            return  # the store is gone with node 0: finish() / the rank-0 watch say what that means
 
     def init_process_group(self, backend: str) -> None:
         import torch.distributed as dist
@@ -99,7 +140,10 @@ class TorchrunJob:
 
     def close(self) -> None:
         """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
-        effort: the store may be gone with node 0)."""
+        effort: the store may be gone with node 0). Stops the loss watcher."""
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)  # a store call in flight ends within its own timeout; daemon past that
         if not self.ended:
             self.ended = True
             try:

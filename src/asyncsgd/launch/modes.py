@@ -146,6 +146,7 @@ class TorchrunLaunch:
         # and a dasgd run trained ~90x slower than the same run launched locally.
         set_threads(spec, max(self.local_world_size, job.ranks_on_this_host()))
         dist.barrier()
+        job.watch_losses(spec.board)  # a loss one rank sees reaches the others' boards (job.py)
         return job
 
     def processes_here(self, spec) -> int:
