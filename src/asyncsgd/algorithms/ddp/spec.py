@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...config import need
 from ...errors import ConfigError
 from ..base import Algorithm
+from ..sync.spec import warmup_default
 from . import sim, worker
 
 
@@ -33,4 +34,5 @@ DDP = Algorithm(
     "ddp", "synchronous data parallelism with torch DistributedDataParallel (sync's batches and lr "
     "scaling; --delay paid per gradient bucket in a comm hook)",
     worker=worker.run, sim=sim.run, shared_model=False, distributed=True, options=("lr_scaling", "bucket_cap_mb"),
+    defaults={"warmup_epochs": warmup_default},  # sync's recipe, lr scaling and its warm-up
     summary_extra=summary_extra, check=check)
