@@ -225,15 +225,17 @@ def test_torchrun_ranks_on_one_machine_share_its_cores(tmp_path):
 
 
 def test_a_loss_one_rank_sees_reaches_every_rank_through_the_store(monkeypatch, capfd):
-    """The job's loss watcher (launch/job.py): a rank whose exchange saw a peer die (board.lost set)
-    publishes it in the store, and every other rank's board marks it lost within a few polls and
-    says so once, even though its own exchange never saw the peer go (a survivor that learned of
-    a loss only after its own batches were done took none of them over: a CI flake). Three ranks'
-    jobs in one process, one TCPStore on loopback; nothing is trained."""
+    """The job's loss watcher (launch/job.py): a rank whose exchange saw a peer die publishes it in
+    the store, and every other rank's board marks it lost within a few polls and says so once,
+    though its own exchange never saw the peer go (a survivor that learned of a loss only after its
+    own batches were done took none of them over: a CI flake). Once a rank stopped watching (what
+    finish() does when the survivors are agreed) a later loss no longer changes its board. Four
+    ranks' jobs in one process, one TCPStore on loopback; nothing is trained."""
     import datetime
     import threading
 
     from asyncsgd.board import Board
+    from asyncsgd.exchange.transport import record_loss
     from asyncsgd.launch.job import TorchrunJob
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -241,28 +243,37 @@ def test_a_loss_one_rank_sees_reaches_every_rank_through_the_store(monkeypatch, 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", f"loss-watch-{os.getpid()}")
     jobs: dict[int, TorchrunJob] = {}
     timeout = datetime.timedelta(seconds=30)
-    makers = [threading.Thread(target=lambda r=r: jobs.__setitem__(r, TorchrunJob(r, 3, timeout))) for r in range(3)]
+    makers = [threading.Thread(target=lambda r=r: jobs.__setitem__(r, TorchrunJob(r, 4, timeout))) for r in range(4)]
     for t in makers:
         t.start()
     for t in makers:
         t.join(timeout=30)
-    assert sorted(jobs) == [0, 1, 2]
-    boards = {r: Board(3, 1, 1, 1, 1) for r in range(3)}
+    assert sorted(jobs) == [0, 1, 2, 3]
+    boards = {r: Board(4, 1, 1, 1, 1) for r in range(4)}
+
+    def wait_until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
     try:
         for r in (0, 1):
             jobs[r].watch_losses(boards[r])
         capfd.readouterr()
-        boards[1].lost[2] = 1  # what rank 1's exchange does when its send to rank 2 fails
-        deadline = time.monotonic() + 10
-        while not int(boards[0].lost[2]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert int(boards[0].lost[2]) == 1 and int(boards[0].lost[1]) == 0
+        record_loss(boards[1], 1, 2, "Connection reset by peer")  # what rank 1's exchange does when a send fails
+        wait_until(lambda: int(boards[0].lost[2]))
+        assert boards[0].lost.tolist() == [0, 0, 1, 0]
         time.sleep(0.3)  # several more polls: nothing is said twice
+        jobs[0].stop_watching()
+        record_loss(boards[1], 1, 3, "Connection reset by peer")
+        wait_until(lambda: jobs[1].kv.check(["lost/3"]))
+        time.sleep(0.3)
+        assert jobs[1].kv.check(["lost/3"]) and boards[0].lost.tolist() == [0, 0, 1, 0]
     finally:
         for job in jobs.values():
-            job.ended = True  # not a real run: no end/<r> keys
             job.close()
     err = capfd.readouterr().err
-    assert err.splitlines() == ["asyncsgd: worker 0: worker 2 is gone (worker 1 lost its connection to it); "
-                                "continuing with the survivors"], err
+    assert err.splitlines() == [
+        "asyncsgd: worker 1: worker 2 is gone (Connection reset by peer); continuing with the survivors",
+        "asyncsgd: worker 0: worker 2 is gone (worker 1 lost its connection to it); continuing with the survivors",
+        "asyncsgd: worker 1: worker 3 is gone (Connection reset by peer); continuing with the survivors"], err
     assert not any(j._watcher is not None and j._watcher.is_alive() for j in jobs.values())

@@ -75,6 +75,8 @@ loss after its own batches were done and take none of the dead rank's over (a CI
 distributed.md). So the job's loss watcher (one thread per rank, watch_losses .. close) publishes
 every loss this rank's exchange records and copies the others' onto this rank's board (record_loss:
 logged once per process, whoever learned it first): every survivor knows within POLL_S of the first.
+It runs until finish() has the survivors (rank 0's wait for them uses it too), and stops before
+finish() writes the agreement onto board.lost, which no late store key may change.
 
     Rank 0 decides once every rank ended or is known lost (its exchange saw it die and set
     board.lost), or after --stall-timeout; the survivors then combine their boards in a group of
@@ -94,10 +96,17 @@ logged once per process, whoever learned it first): every survivor knows within 
         self._stop_watching = threading.Event()
 
     def watch_losses(self, board: Board) -> None:
-        """Start the loss watcher (module docstring); close() stops and joins it."""
+        """Start the loss watcher (module docstring); stop_watching() ends it (finish() and close())."""
         self._watcher = threading.Thread(target=self._watch_losses, args=(board,), daemon=True,
                                          name=f"asyncsgd-job-losses-{self.rank}")
         self._watcher.start()
+
+    def stop_watching(self) -> None:
+        """Stop and join the loss watcher (idempotent). A store call in flight ends within the
+        store's timeout; past 5 s the thread is a daemon and ends with the process."""
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
 
     def _watch_losses(self, board: Board) -> None:
         published: set[int] = set()  # losses this rank put in the store, or read from it
@@ -141,9 +150,7 @@ logged once per process, whoever learned it first): every survivor knows within 
     def close(self) -> None:
         """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
         effort: the store may be gone with node 0). Stops the loss watcher."""
-        self._stop_watching.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)  # a store call in flight ends within its own timeout; daemon past that
+        self.stop_watching()
         if not self.ended:
             self.ended = True
             try:
@@ -161,6 +168,7 @@ logged once per process, whoever learned it first): every survivor knows within 
         except RuntimeError as e:  # DistStoreError / DistNetworkError: the store's host is gone
             raise WorkerError(f"worker {self.rank}: the torchrun store is unreachable ({_brief(e)}); "
                               "node 0 is probably gone, and with it rank 0, which writes the run record") from None
+        self.stop_watching()  # the survivors are agreed: board.lost gets the agreement below, nothing later
         lost = [r for r in range(self.world) if r not in survivors]
         if lost and not algo.tolerates_failures:
             raise WorkerError(f"worker(s) {lost} did not finish; --algo {cfg.algorithm} cannot continue without them")
