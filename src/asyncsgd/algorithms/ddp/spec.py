@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...config import need
 from ...errors import ConfigError
 from ..base import Algorithm
-from ..sync.spec import warmup_default
+from ..sync.rules import warmup_default
 from . import sim, worker
 
 

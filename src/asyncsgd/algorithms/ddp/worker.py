@@ -32,6 +32,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from ...delays import pay
+from ..sync.rules import lr_factor
 
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
@@ -86,7 +87,7 @@ def run(ctx) -> None:
     params = [p for p in replica.parameters() if p.requires_grad]
     opt = ctx.optimizer(params)
     n, rank, plan = ctx.world_size, ctx.rank, ctx.plan
-    lr_factor = n if ctx.cfg.lr_scaling == "linear" else 1  # as sync
+    lr_scale = lr_factor(ctx.cfg, n)  # as sync
     first_step = ctx.spec.start_batch // n
     num_steps = math.ceil(plan.num_batches / n)
     ctx.start()
@@ -102,7 +103,7 @@ def run(ctx) -> None:
         loss = ctx.loss(model(x), y)
         (loss * (local * n / step_samples)).backward()  # DDP's mean over ranks = sync's batch-weighted mean
         grads = [p.grad for p in params]
-        opt.step(grads, lr_factor * ctx.lr(plan.samples_before(step * n)))
+        opt.step(grads, lr_scale * ctx.lr(plan.samples_before(step * n)))
         for p in params:
             p.grad = None
         ctx.record(local, loss, staleness=0, model=replica, optimizer=opt, updates=int(rank == 0),

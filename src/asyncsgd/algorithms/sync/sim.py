@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 
+from .rules import lr_factor
+
+
 def run(sim) -> None:
     """Synchronous data parallelism. Step s: N workers compute batches s*N..s*N+N-1 in parallel, the
     step ends when the slowest has finished plus one all-reduce of P+2 floats; every replica then
@@ -18,7 +21,7 @@ def run(sim) -> None:
     opt = sim.optimizer([W], None if mom is None else [mom[0]])
     n, nb, stats, loop = sim.workers, sim.plan.num_batches, sim.stats, sim.loop
     packet = (sim.numel + 2) * 4
-    lr_factor = n if sim.cfg.lr_scaling == "linear" else 1  # as worker.py
+    lr_scale = lr_factor(sim.cfg, n)  # as worker.py
     t = 0.0
     for step in range(math.ceil(nb / n)):
         ks = list(range(step * n, min((step + 1) * n, nb)))
@@ -30,7 +33,7 @@ def run(sim) -> None:
         stats.idle_s += slowest - np.asarray(times)
         t += slowest + comm
         loop.now = t
-        opt.step([g], lr_factor * sim.lr(sim.plan.samples_before(step * n)))
+        opt.step([g], lr_scale * sim.lr(sim.plan.samples_before(step * n)))
         stats.bytes_sent += int(packet * 2 * (n - 1) / n)
         stats.messages_sent += 2 * (n - 1)
         for w, k in enumerate(ks):

@@ -7,7 +7,7 @@ shared plan, which makes sync(N workers, batch B) the same computation as sequen
 Delays (--delay) are paid before each collective, on the critical path, as on a real cluster;
 a straggler slows every step for everyone.
 The effective batch is N*B, so by default the learning rate is scaled to N*lr (the linear
-scaling rule of Goyal et al. 2017, with the shared warm-up): the tuned synchronous baseline
+scaling rule of Goyal et al. 2017, with its warm-up of N / 4 epochs: rules.py): the tuned synchronous baseline
 users would run. --lr-scaling none keeps lr (then sync(N, B) equals sequential(N*B) at lr).
 """
 
@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ...delays import pay
+from .rules import lr_factor
 
 
 def run(ctx) -> None:
@@ -30,7 +31,7 @@ def run(ctx) -> None:
     n, rank = ctx.world_size, ctx.rank
     numel = sum(p.numel() for p in params)
     packet = torch.zeros(numel + 2, device=ctx.device)  # [sum of n_i * g_i, sum of n_i, sum of n_i * loss_i]
-    lr_factor = n if ctx.cfg.lr_scaling == "linear" else 1
+    lr_scale = lr_factor(ctx.cfg, n)
     first_step = ctx.spec.start_batch // n
     num_steps = math.ceil(ctx.plan.num_batches / n)
     ctx.start()
@@ -57,7 +58,7 @@ def run(ctx) -> None:
         for p in params:
             grads.append(mean_grad[i:i + p.numel()].view_as(p))
             i += p.numel()
-        opt.step(grads, lr_factor * ctx.lr(ctx.plan.samples_before(step * n)))
+        opt.step(grads, lr_scale * ctx.lr(ctx.plan.samples_before(step * n)))
         local = len(y) if k < ctx.plan.num_batches else 0
         ctx.record(local, packet[numel + 1] / total, staleness=0, model=model, optimizer=opt, updates=int(rank == 0),
                    next_batch=(step + 1) * n)
