@@ -70,7 +70,7 @@ class LayerSGD:
         by their norm together (--clip-grad-norm)."""
         grads = [g if g is None or scale == 1.0 else g * scale for g in grads]
         if self.clip_grad_norm:
-            factor = self._clip_factor(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
+            factor = self._clip_factor(total_norm([g for g in grads if g is not None]))
             if factor is not None:
                 grads = [g if g is None else g * factor for g in grads]
         for i, g in enumerate(grads):
@@ -83,6 +83,14 @@ class LayerSGD:
     def load_state(self, buffers: list[torch.Tensor]) -> None:
         for b, saved in zip(self.buffers, buffers):
             b.copy_(saved)
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """torch.nn.utils.get_total_norm (the 2-norm of all the tensors together) for tensors on one
+    device and of one dtype, as a model's gradients are: the same foreach kernel without that
+    function's grouping by device and dtype, which was half its cost per call (16.7 against 33.8 us
+    on cnn1d's 8 gradients, one torch thread)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def decay_fraction(cfg, samples_done: int, total_samples: int) -> float:
