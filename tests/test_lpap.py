@@ -15,7 +15,8 @@ def test_lpap_two_groups_of_two_reaches_090(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s, metrics = read_run(out)
     assert s["workers"] == 2 and s["samples"] == 12 * 8000
-    assert s["config"]["staleness"] == "cap" and s["config"]["lr"] == 0.075  # lpap's own defaults (spec.py)
+    assert s["config"]["staleness"] == "cap" and s["config"]["lr"] == 0.1  # lpap's own defaults (spec.py)
+    assert s["config"]["clip_grad_norm"] == 2.0
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     rounds = s["lpap"]["averaging_rounds_per_group"]
     # a round every --average-every (10) local steps of some group; both groups join every round
