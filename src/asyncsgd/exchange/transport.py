@@ -138,7 +138,17 @@ class Exchange:
         self.max_inflight = MAX_INFLIGHT
         self.peers = [p for p in range(self.n) if p != self.rank]
         self.inbox: collections.deque[Message] = collections.deque()
-        self._cv = threading.Condition()  # guards queues, flags; notified on post / arrival / gone
+        # One lock guards the queues and flags; each kind of waiter has its own condition on it, so
+        # that a post or an arrival wakes only the thread it concerns (a notify_all on one condition
+        # woke every sender, waiter and receiver-side wait: with layup's 8 messages per backward
+        # pass that was dozens of thread wake-ups per pass, each one a turn for the interpreter lock).
+        # _cv: the owner's waits (get, wait_peers): an arrival for the inbox, a finished peer.
+        # _send_cv: the sender thread: a message queued, a slot freed. _wait_cv[d]: d's waiter:
+        # a message posted to d. Rare events (gone, broken, stopping, a last message) wake them all.
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._send_cv = threading.Condition(lock)
+        self._wait_cv = {p: threading.Condition(lock) for p in range(self.n) if p != self.rank}
         self._queues = {p: collections.deque() for p in self.peers}
         self._last_due = {p: 0.0 for p in self.peers}
         # per destination: (msg, buf, work) posted and not yet waited on (its waiter thread's)
@@ -176,7 +186,7 @@ class Exchange:
         """Stop the threads (after the sender and waiters flushed what they still can) and join them."""
         with self._cv:
             self._stopping = True
-            self._cv.notify_all()
+            self._wake_all_locked()
         deadline = time.monotonic() + timeout
         for t in [self._sender, *self._waiters, *self._receivers]:
             if t is not None:
@@ -212,6 +222,7 @@ class Exchange:
             payload = payload.detach().to("cpu", self.dtype).reshape(-1)
         nbytes = self.header_bytes + (payload.numel() * self.itemsize if payload is not None else 0)
         now, posted_us = time.monotonic(), int(time.time() * 1e6)
+        queued = False
         with self._cv:
             if self.broken or self._last_posted:
                 return
@@ -239,9 +250,12 @@ class Exchange:
                     self._isend_locked(d, m)
                 else:
                     q.append(m)
+                    queued = True
             if kind in (FINAL, DONE):
                 self._last_posted = True
-            self._cv.notify_all()
+                self._wake_all_locked()
+            elif queued:
+                self._send_cv.notify()
 
     @staticmethod
     def _backlogged(q, offset: int, numel: int, now: float) -> Message | None:
@@ -309,7 +323,7 @@ class Exchange:
             if not self.broken:
                 self.broken = True
                 self.log(f"exchange broken ({why}); training continues without communication")
-            self._cv.notify_all()
+            self._wake_all_locked()
 
     def _mark_gone(self, peer: int, why) -> None:
         with self._cv:
@@ -320,7 +334,7 @@ class Exchange:
             return
         self._gone.add(peer)
         self._queues[peer].clear()
-        self._cv.notify_all()
+        self._wake_all_locked()
         if not self.marks_lost:
             self.log(f"worker {peer} unreachable ({brief(why)}); not sending to it any more")
             return
@@ -328,6 +342,11 @@ class Exchange:
         # for dasgd's batch takeover and the runner's end-of-run agreement (protocol step 2); the
         # job (launch/job.py) tells the other ranks through its store
         record_loss(self.board, self.rank, peer, why)
+
+    def _wake_all_locked(self) -> None:
+        """(Caller holds the lock.) Wake every waiting thread: something every wait checks changed."""
+        for cv in (self._cv, self._send_cv, *self._wait_cv.values()):
+            cv.notify_all()
 
     def log(self, text: str) -> None:
         print(f"asyncsgd: worker {self.rank}: {text}", file=sys.stderr, flush=True)
@@ -341,6 +360,7 @@ class Exchange:
             self._gone_locked(d, e)
             return
         self._inflight[d].append((m, buf, work))
+        self._wait_cv[d].notify()
 
     def _send_loop(self) -> None:
         """Post queued messages when due, at most MAX_INFLIGHT unreceived per destination."""
@@ -359,7 +379,7 @@ class Exchange:
                 if self._stopping and not pending:
                     return
                 # wake for the next due message, a post, a freed slot, or every 50 ms to see lost flags
-                self._cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
+                self._send_cv.wait(timeout=min(0.05, max(0.0, min(pending) - now)) if pending else 0.05)
 
     def _wait_loop(self, d: int) -> None:
         """Wait on the messages posted to destination d, in order (a send completes when the
@@ -370,7 +390,7 @@ class Exchange:
                 while not self._inflight[d]:
                     if self.broken or not self.alive(d) or (self._stopping and not self._queues[d]):
                         return
-                    self._cv.wait(timeout=0.05)
+                    self._wait_cv[d].wait(timeout=0.05)
                 if not self.alive(d):
                     return  # its posted buffers stay referenced in _inflight: gloo may still hold them
                 m, buf, work = self._inflight[d][0]
@@ -382,7 +402,7 @@ class Exchange:
                 self._mark_gone(d, e)
             with self._cv:  # the counters have a writer per destination now: under the lock
                 self._inflight[d].popleft()
-                self._cv.notify_all()
+                self._send_cv.notify()  # a slot to d is free
                 if ok:
                     self.ctx.count_message(buf.numel(), 1)
                     self.board.exchange[self.rank, X.DATA_SENT if m.payload is not None else X.CONTROL_SENT] += 1
@@ -425,12 +445,13 @@ class Exchange:
                     raise _HandlerError() from e
             else:
                 handled = False
-            with self._cv:
-                if not handled:
-                    self.inbox.append(msg)
-                if kind in (FINAL, DONE):
-                    self._finished.add(peer)
-                self._cv.notify_all()
+            if not handled or kind in (FINAL, DONE):  # a handled update changes nothing anyone waits on
+                with self._cv:
+                    if not handled:
+                        self.inbox.append(msg)
+                    if kind in (FINAL, DONE):
+                        self._finished.add(peer)
+                    self._cv.notify_all()
 
     def _malformed(self, peer: int, reason: str) -> None:
         """A malformed message from peer was dropped: count it (board.malformed, this worker's
