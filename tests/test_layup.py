@@ -69,12 +69,14 @@ def killed_run(tmp_path, epochs: int, *extra) -> dict:
 
 @pytest.mark.slow
 def test_killed_layup_worker_survivors_finish(tmp_path):
-    # a 0.5-epoch warm-up: layup's default 2 epochs would be the whole run (with a core kept busy,
-    # one such run ended at test loss 2.33, no better than chance)
-    s = killed_run(tmp_path, 2, "--warmup-epochs", "0.5")
-    # Still learning after the kill: the test loss falls well below chance's ln 10 = 2.303 (1.64-1.92 in
-    # 4 runs). Not an accuracy bar: 2 epochs are all warm-up, and accuracy there ranged 0.17-0.35 over
-    # runs of the same code, so a bar on it fails by chance. The 0.88 is the acceptance test's.
+    # 6 epochs, so that the kill a second into training comes well before the end (at --send-every 8
+    # 4 workers train 2 epochs in about a second on 2 cores), and a 0.5-epoch warm-up: layup's default
+    # 2 epochs would be a third of the run (with a core kept busy, a 2-epoch run of warm-up only ended
+    # at test loss 2.33, no better than chance)
+    s = killed_run(tmp_path, 6, "--warmup-epochs", "0.5")
+    # Still learning after the kill: the test loss falls well below chance's ln 10 = 2.303. Not an
+    # accuracy bar: accuracy ranged widely over runs of the same code (0.17-0.35 at 2 epochs), so a bar
+    # on it fails by chance. The 0.88 is the acceptance test's.
     _, metrics = read_run(tmp_path / "run")
     assert metrics[-1]["samples"] == s["samples"]
     assert metrics[-1]["test_loss"] < math.log(10) - 0.2, metrics
@@ -85,7 +87,8 @@ def test_simulated_1024_workers_on_logreg_in_under_a_minute(tmp_path):
     out = tmp_path / "sim"
     t = time.monotonic()
     r = run_cli("train", "--runtime", "sim", "--algo", "layup", "--sim-workers", 1024, "--task", "logreg",
-                "--num-samples", 2000, "--epochs", 30, "--lr", 0.5, "--progress", "none", "--out", out, timeout=120)
+                "--num-samples", 2000, "--epochs", 30, "--lr", 0.5, "--send-every", 1, "--progress", "none", "--out", out,
+                timeout=120)
     wall = time.monotonic() - t
     assert r.returncode == 0, r.stderr[-3000:]
     assert wall < 60, wall
@@ -94,7 +97,7 @@ def test_simulated_1024_workers_on_logreg_in_under_a_minute(tmp_path):
     assert metrics[-1]["test_loss"] < metrics[0]["test_loss"] - 0.02, (metrics[0], metrics[-1])  # it trained
     x = s["exchange"]
     assert x["header_bytes"] == wire.header_bytes(1024)
-    for layer in x["by_layer"]:  # default random:1, --send-every 1: a message per layer update
+    for layer in x["by_layer"]:  # the default random:1 and --send-every 1: a message per layer update
         assert layer["data_messages"] == layer["rounds"] == s["backward_passes"]
     assert s["bytes_sent"] == sum(layer["data_messages"] * (x["header_bytes"] + layer["payload_bytes"])
                                   for layer in x["by_layer"]) + x["control_messages"] * x["header_bytes"]

@@ -35,6 +35,12 @@ LAYUP = Algorithm(
     "is sent to peers (--topology, gossip) as soon as it is made, and peers' are applied on arrival",
     worker=worker.run, sim=sim.run, shared_model=False, distributed=True, tolerates_failures=True,
     snapshot_all_replicas=True,
-    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:1"},
+    # --send-every 8: each layer's message sums 8 of its updates. On 2 cores gloo's cost per message
+    # (8 per backward pass at k = 1) held 4 workers to 6,000-7,700 samples/s against 13,300-17,300
+    # at k = 8, and the messages queued behind a 20 ms latency reached a mean staleness of 73-125;
+    # interleaved, seeds 0-4 at 10 epochs 0.4605 / 0.6935 / 0.7185 against 0.547 / 0.553 / 0.6095
+    # (min / median / max), and with --straggler worker=1,slowdown=4 --delay latency=20ms at 20
+    # epochs 0.87-0.9475, 0.90 reached in 2 of 3 seeds, against 0.79-0.83, never (docs/layup.md)
+    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:1", "send_every": 8},
     options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
     summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)
