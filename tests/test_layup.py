@@ -137,3 +137,53 @@ def test_layup_within_one_point_of_sequential_and_robust_to_a_straggler_and_late
 def test_killed_layup_worker_survivors_reach_088(tmp_path):
     s = killed_run(tmp_path, 20)
     assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
+
+
+
+def test_a_group_filled_by_another_thread_after_the_lock_is_not_sent_twice():
+    """--send-every k > 1: the backward threads of a worker add to the same pending group of a
+    layer. Whether this update filled the group is decided under the layer's lock: once it is
+    released another thread may fill the group and take it (here, forced: that thread's update runs
+    the moment the first one releases the lock). Read again after the lock, the first thread saw a
+    full group it had not taken and failed (UnboundLocalError in a cluster suite run, which lost
+    that worker)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from asyncsgd.algorithms.layup.worker import Gossiping
+
+    sent, taken = [], []
+
+    class PreemptedLock:
+        """A layer lock whose first release lets another backward thread's whole update run."""
+        def __init__(self):
+            self.preempt = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            other, self.preempt = self.preempt, None
+            if other is not None:
+                other()
+            return False
+
+    def take_group(i):
+        group, w.pending[i] = w.pending[i], None
+        taken.append(group[2])
+        return [1], len(taken) - 1
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    lock = PreemptedLock()
+    w = SimpleNamespace(params=[param], locks=[lock], pending=[None], k=2, clock=np.zeros((1, 2), np.int64), rank=0,
+                        bump=lambda writer, i: None, _take_group=take_group,
+                        send=lambda i, group, targets, round_: sent.append((group[2], targets, round_)))
+    opt = SimpleNamespace(update=lambda i, grad, lr: param.data.add_(grad, alpha=-lr))
+    item = SimpleNamespace(seen=[np.zeros(2, np.int64)])
+    grad = torch.ones(3)
+    lock.preempt = lambda: Gossiping.update(w, item, opt, 1, 0, grad, 0.1)  # the other thread fills the group
+    Gossiping.update(w, item, opt, 0, 0, grad, 0.1)  # this one's update only started it
+    assert taken == [2] and sent == [(2, [1], 0)]  # one group of 2 updates, sent once, by the thread that took it
+    assert w.pending == [None] and int(w.clock[0, 0]) == 2

@@ -128,9 +128,12 @@ class Gossiping(Decoupled):
             else:
                 group[0] += delta
             group[2] += 1
-            if group[2] >= self.k:
+            # decided under the lock: once it is released another backward thread may add to this
+            # same group (still pending) and take it, so group[2] read after it says nothing
+            full = group[2] >= self.k
+            if full:
                 targets, round_ = self._take_group(i)
-        if group[2] >= self.k:
+        if full:
             self.send(i, group, targets, round_)
 
     def _take_group(self, i: int):
