@@ -10,6 +10,7 @@ from ...exchange.wire import header_bytes
 from ..dasgd.sim import shutdown
 from ..pdasgd.rules import concurrency, queue_size
 from ..pdasgd.sim import PassQueue
+from .rules import own_update_staleness
 
 
 def run(sim) -> None:
@@ -23,8 +24,9 @@ def run(sim) -> None:
     backward lane: take the oldest pass; its layer updates land during the simulated backward time,
       last layer first, each after the backward has covered the layers after it (time shares by
       size, as pdasgd's twin). A landing applies the layer's update with the lane's own optimizer
-      (rules.MOMENTUM_PER) x the real StalenessPolicy's factor of its staleness (the layer's version
-      now minus at the read: own and peers' updates since), adds it to the layer's group, and a
+      (rules.MOMENTUM_PER) x the real StalenessPolicy's factor of rules.own_update_staleness (none:
+      the full step; its staleness, the layer's version now minus at the read, own and peers'
+      updates since, is recorded), adds it to the layer's group, and a
       group of --send-every updates goes to the peers the real exchange.policy.Topology picks for
       that layer's round, as one message each (the real header, exchange/wire.header_bytes, + the
       layer's payload; delays from --delay, core.Network FIFO per pair).
@@ -98,7 +100,7 @@ def run(sim) -> None:
         s = int(V[w, j].sum() - seen[j].sum())
         record(w, j, s)
         ps["misaligned"] |= s > 0
-        factor = policy.factor(s, ps["decayed"])
+        factor = policy.factor(own_update_staleness(s, s), ps["decayed"])
         if factor is None:
             stats.dropped[w] += 1
         else:

@@ -41,6 +41,9 @@ LAYUP = Algorithm(
     # interleaved, seeds 0-4 at 10 epochs 0.4605 / 0.6935 / 0.7185 against 0.547 / 0.553 / 0.6095
     # (min / median / max), and with --straggler worker=1,slowdown=4 --delay latency=20ms at 20
     # epochs 0.87-0.9475, 0.90 reached in 2 of 3 seeds, against 0.79-0.83, never (docs/layup.md)
-    defaults={"staleness": "scale", "warmup_epochs": 2.0, "topology": "random:1", "send_every": 8},
+    # --staleness cap and each layer's gradient clipped to norm 1 (pdasgd's clip), with own updates
+    # undamped (rules.own_update_staleness): cap acts on the peers' updates only, where they arrive.
+    defaults={"staleness": "cap", "clip_grad_norm": 1.0, "warmup_epochs": 2.0, "topology": "random:1",
+              "send_every": 8},
     options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
     summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)

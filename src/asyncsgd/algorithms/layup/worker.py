@@ -25,9 +25,10 @@ others never reach the sender, and counting them made every message staler than 
 (measured: a mean of 118 after 10 epochs on 4 workers). An own layer update's staleness is, as
 in pdasgd, the layer's version now minus when the forward read it: the same rule with the sender
 being this replica, so it counts the peers' updates applied meanwhile too. Both kinds go into the
-staleness histogram and staleness_by_layer, and both get the --staleness factor (pdasgd's
-concurrency with N workers); a peer's update is so damped twice, by its sender and by its
-receiver (measured in docs/layup.md: the second damping keeps the run stable and starves it).
+staleness histogram and staleness_by_layer. Only a peer's update gets the --staleness factor of
+its staleness (pdasgd's concurrency with N workers), where it arrives; an own update takes its full
+step (rules.own_update_staleness: damped by its sender too, every peer's update was damped twice,
+which starved the run; docs/layup.md).
 
 Concurrency: one lock per layer guards that layer's parameters while an update is written (own,
 by a backward thread; a peer's, by a receiver thread), its clock row, its pending group and its
@@ -52,6 +53,7 @@ from ...exchange.policy import gossip_staleness
 from ...tensors import flatten_params
 from ..pdasgd.rules import queue_size
 from ..pdasgd.threads import Decoupled
+from .rules import own_update_staleness
 
 
 def layer_slices(params) -> list[tuple[int, int]]:
@@ -102,9 +104,9 @@ class Gossiping(Decoupled):
         return int(row.sum())
 
     def policy_staleness(self, total: int, own: int) -> int:
-        """layup's --staleness acts on the clock's staleness, peers' updates included (pdasgd's
-        own-pipeline rule, rules.damped_staleness, is not measured on layup yet)."""
-        return total
+        """What --staleness acts on for an own layer update: rules.own_update_staleness (none: the
+        full step; peers' updates are damped where they arrive, apply_peer)."""
+        return own_update_staleness(total, own)
 
     def _forward(self, replica, k: int):
         self._tls.seen = self.clock.copy()  # layers no module pre-hook reads are read now
@@ -187,7 +189,7 @@ class Gossiping(Decoupled):
         with self.record_lock:
             self.ctx.record_staleness(s)
             self.stale_sum[i] += s
-            self.own_stale_sum[i] += s  # the staleness the policy acted on: the same (policy_staleness)
+            self.own_stale_sum[i] += s  # the staleness the policy acted on: a peer's update's own
             self.stale_count[i] += 1
             if s > self.stale_max[i]:
                 self.stale_max[i] = s
