@@ -139,7 +139,6 @@ def test_killed_layup_worker_survivors_reach_088(tmp_path):
     assert s["final_test_accuracy"] >= 0.88, s["final_test_accuracy"]
 
 
-
 def test_a_group_filled_by_another_thread_after_the_lock_is_not_sent_twice():
     """--send-every k > 1: the backward threads of a worker add to the same pending group of a
     layer. Whether this update filled the group is decided under the layer's lock: once it is

@@ -148,7 +148,7 @@ class Exchange:
         lock = threading.RLock()
         self._cv = threading.Condition(lock)
         self._send_cv = threading.Condition(lock)
-        self._wait_cv = {p: threading.Condition(lock) for p in range(self.n) if p != self.rank}
+        self._wait_cv = {p: threading.Condition(lock) for p in self.peers}
         self._queues = {p: collections.deque() for p in self.peers}
         self._last_due = {p: 0.0 for p in self.peers}
         # per destination: (msg, buf, work) posted and not yet waited on (its waiter thread's)
