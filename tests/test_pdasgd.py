@@ -413,7 +413,7 @@ def test_thread_ratios_complete(tmp_path, fb):
     assert code == 0 and time.time() - t < 60
     assert (s["forward_threads"], s["backward_threads"]) == (f, b)
     assert s["samples"] == 8000 and s["backward_passes"] == s["updates"] == 250  # every batch once
-    assert s["queue_size"] == f and 1 <= s["queue_peak"] <= f
+    assert s["queue_size"] == 1 and s["queue_peak"] == 1  # default: one pending forward, whatever F
     assert s["staleness"]["count"] == 250 * 8
     assert s["final_train_loss"] == s["final_train_loss"]  # finite: no NaN (divergence would exit 3)
     assert 0 <= s["misaligned_fraction"] <= 1 and s["staleness"]["max"] <= 250
@@ -598,3 +598,24 @@ def test_staleness_and_clip_defaults_follow_the_writers_per_model(flags, stalene
     from asyncsgd.settings import resolve
     cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))
     assert (cfg.staleness, cfg.clip_grad_norm, cfg.warmup_epochs) == (staleness, clip, 2.0)
+
+
+@pytest.mark.acceptance
+@pytest.mark.parametrize("layout", [
+    ["--forward-threads", "1", "--backward-threads", "1"],
+    ["--forward-threads", "1", "--backward-threads", "2"],
+    ["--forward-threads", "2", "--backward-threads", "2"],
+    ["--forward-threads", "1", "--backward-threads", "4"],
+    ["--workers", "2", "--forward-threads", "1", "--backward-threads", "1"],  # misses the bar: docs/pdasgd.md
+], ids=["1F:1B", "1F:2B", "2F:2B", "1F:4B", "2x1F:1B"])
+def test_every_layout_converges_in_ten_seeds(tmp_path, layout):
+    """The convergence issue's bar for pdasgd's layouts: seeds 0-9, mnist1d, 10 epochs, each at
+    its layout's defaults: no run below 0.93 (docs/pdasgd.md, "The layouts" and "The queue")."""
+    finals = []
+    for seed in range(10):
+        out = tmp_path / f"s{seed}"
+        r = run_cli("train", "--algo", "pdasgd", *layout, "--seed", seed, "--progress", "none", "--out", out,
+                    timeout=300)
+        assert r.returncode == 0, r.stderr
+        finals.append(read_run(out)[0]["final_test_accuracy"])
+    assert min(finals) >= 0.93, finals

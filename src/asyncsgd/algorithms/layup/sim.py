@@ -20,7 +20,7 @@ def run(sim) -> None:
     forward lane: claim the next batch of the plan, compute the REAL loss and gradient of that
       batch on the worker's replica as it is now, note the replica's per-layer clocks (what the
       forward read), and after the simulated forward time queue the pass (--queue-size,
-      rules.queue_size; a full queue blocks the lane: idle time).
+      rules.queue_size: the slots of pdasgd's PassQueue; a lane without a slot waits: idle time).
     backward lane: take the oldest pass; its layer updates land during the simulated backward time,
       last layer first, each after the backward has covered the layers after it (time shares by
       size, as pdasgd's twin). A landing applies the layer's update with the lane's own optimizer
@@ -71,6 +71,7 @@ def run(sim) -> None:
         k = sim.claim()
         if k is None:
             forwards_left[w] -= 1
+            passes.release(w)
             maybe_end(w)
             return
         fm.load(state[w])
@@ -167,7 +168,7 @@ def run(sim) -> None:
     passes = PassQueue(sim, qsize, fstart, bstart, when_idle=maybe_end)
     for w in range(N):
         for _ in range(F_):
-            loop.at(0.0, fstart, w)
+            loop.at(0.0, passes.start, w)
         for t in range(B_):
             loop.at(0.0, bstart, w, w * B_ + t)
     loop.run(sim.on_event)  # every arrival is an event: all applied by now

@@ -13,24 +13,37 @@ from .rules import auto_threads, concurrency, damped_staleness, queue_size
 class PassQueue:
     """The bounded queue of computed forwards between each simulated worker's forward and backward
     lanes, as the real engine's (threads.Decoupled: queue.Queue(queue_size) and its slots); one
-    implementation for pdasgd's twin and layup's. fstart(w) starts a forward lane of worker w on
-    its next batch, bstart(w, b) backward lane b on its next pass (both the twin's own)."""
+    implementation for pdasgd's twin and layup's. As in the real engine a forward lane takes one of
+    the worker's qsize slots BEFORE it claims and computes a batch, and a backward lane gives it
+    back when it takes the pass: at most qsize forwards are computed or waiting at once. fstart(w)
+    starts a forward lane of worker w on its next batch (after start() gave it a slot; a twin's
+    fstart that finds no batch left calls release(w)), bstart(w, b) backward lane b on its next
+    pass (both the twin's own)."""
 
     def __init__(self, sim, qsize: int, fstart, bstart, when_idle=lambda w: None):
         self.sim, self.qsize, self.fstart, self.bstart, self.when_idle = sim, qsize, fstart, bstart, when_idle
         self.queues = [deque() for _ in range(sim.workers)]
-        self.blocked = [deque() for _ in range(sim.workers)]  # (pass, since): forward lanes waiting for space
+        self.slots = [qsize] * sim.workers  # free slots per worker
+        self.blocked = [deque() for _ in range(sim.workers)]  # since: forward lanes waiting for a slot
         self.idle = [deque() for _ in range(sim.workers)]  # (backward lane, since): lanes waiting for work
 
-    def forward_done(self, w: int, item) -> None:
-        """A forward lane of worker w computed item: queue it (a full queue blocks the lane) and go on."""
-        if len(self.queues[w]) >= self.qsize:
-            self.blocked[w].append((item, self.sim.loop.now))
-            return
-        self._enqueue(w, item)
-        self.fstart(w)
+    def start(self, w: int) -> None:
+        """A forward lane of worker w goes on to its next pass: with a slot, or it waits for one."""
+        if self.slots[w] > 0:
+            self.slots[w] -= 1
+            self.fstart(w)
+        else:
+            self.blocked[w].append(self.sim.loop.now)
 
-    def _enqueue(self, w: int, item) -> None:
+    def release(self, w: int) -> None:
+        """A slot comes back (a backward took a pass, or a lane found no batch): a waiting lane takes it."""
+        self.slots[w] += 1
+        if self.blocked[w]:
+            self.sim.stats.idle_s[w] += self.sim.loop.now - self.blocked[w].popleft()
+            self.sim.loop.at(self.sim.loop.now, self.start, w)
+
+    def forward_done(self, w: int, item) -> None:
+        """A forward lane of worker w computed item (it holds a slot, so there is room): queue it and go on."""
         q, stats = self.queues[w], self.sim.stats
         q.append(item)
         if len(q) > stats.queue_peak[w]:
@@ -39,20 +52,17 @@ class PassQueue:
             b, since = self.idle[w].popleft()
             stats.idle_s[w] += self.sim.loop.now - since
             self.bstart(w, b)
+        self.start(w)
 
     def take(self, w: int, b: int):
-        """Backward lane b of worker w takes the oldest pass, or waits (None) when there is none."""
+        """Backward lane b of worker w takes the oldest pass (its slot comes back), or waits (None)."""
         loop = self.sim.loop
         if not self.queues[w]:
             self.idle[w].append((b, loop.now))
             self.when_idle(w)
             return None
         item = self.queues[w].popleft()
-        if self.blocked[w]:  # a blocked forward lane hands over its pass and goes on
-            waiting, since = self.blocked[w].popleft()
-            self.sim.stats.idle_s[w] += loop.now - since
-            self.queues[w].append(waiting)
-            loop.at(loop.now, self.fstart, w)
+        self.release(w)
         return item
 
 
@@ -63,7 +73,7 @@ def run(sim) -> None:
 
     forward thread: claim a batch, run the REAL forward on the shared parameters as they are (the
       autograd graph is kept), after the simulated forward time put it on the worker's queue
-      (--queue-size, default rules.queue_size; a full queue blocks the thread: idle time).
+      (--queue-size, default rules.queue_size: the slots; a lane without a slot waits: idle time).
     backward thread: take the oldest pending forward, run the REAL backward through the kept graph
       on the parameters as they are NOW (weights may be newer than the forward's: misalignment,
       exactly as a real shared-memory backward), with the lr of that moment; the layer updates
@@ -99,6 +109,7 @@ def run(sim) -> None:
         k = sim.claim()
         if k is None:
             sim.done_time(loop.now)
+            passes.release(w)
             return
         loss, n = fm.forward(k)
         loop.at(loop.now + sim.compute.forward(w), passes.forward_done, w, (loss, n, (lv.copy(), lv_own[w].copy())))
@@ -149,7 +160,7 @@ def run(sim) -> None:
     passes = PassQueue(sim, qsize, fstart, bstart)
     for w in range(sim.workers):
         for _ in range(F_):
-            loop.at(0.0, fstart, w)
+            loop.at(0.0, passes.start, w)
         for t in range(B_):
             loop.at(0.0, bstart, w, w * B_ + t)
     loop.run(sim.on_event)

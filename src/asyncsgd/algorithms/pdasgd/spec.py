@@ -127,10 +127,11 @@ PDASGD = Algorithm(
     # large gradient kill the lower layers' ReLU channels (collapses); damping every stale update
     # (cap) stopped that by shortening every step and under-trained the run, where clipping
     # shortens only the spikes: 1F:2B median 0.968 against cap's 0.965 over seeds 0-39, no
-    # collapse in 64 seeds of the npz example (cap: 4). With 2 forward threads or 2 processes on
-    # one model (staleness about 2) undamped updates diverge, so cap stays there, unclipped: the
-    # clip took 2 x 1F:2B 22% longer to 0.90 under the delays scenario (docs/pdasgd.md,
-    # "Clipping instead of damping")
+    # collapse in 64 seeds of the npz example (cap: 4). With 2 processes on one model (staleness
+    # about 2) undamped updates diverge, so cap stays there, unclipped: the clip took 2 x 1F:2B 22%
+    # longer to 0.90 under the delays scenario (docs/pdasgd.md, "Clipping instead of damping").
+    # 2F:2B keeps cap unclipped too: at its queue of 1 (rules.queue_size, staleness 0.85) none with
+    # the clip ended a quarter point higher at 15% fewer samples/s (docs/pdasgd.md, "The queue")
     defaults={"staleness": staleness_default, "clip_grad_norm": clip_default, "warmup_epochs": 2.0},
     default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
