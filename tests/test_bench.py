@@ -259,7 +259,7 @@ def test_cluster_suite_plans_n_devices_that_share_nothing(tmp_path):
 
     p = _cluster_plan(tmp_path)
     labels = ["sync", "ddp", "lpap", "pdasgd sharing=average", "dasgd"] + ["layup"] * ("layup" in ALGORITHMS)
-    assert p["algos"] == labels + [HOGWILD_REF] and p["repeats"] == 3
+    assert p["algos"] == labels + [bench.FLOOR, HOGWILD_REF] and p["repeats"] == 3
     scenarios = {"no-delay": (None, None), "latency": ("latency=20ms", None),
                  "straggler-latency": ("latency=20ms", "worker=1,slowdown=4")}
     assert list(p["suite"]["scenarios"]) == list(scenarios)
@@ -273,6 +273,9 @@ def test_cluster_suite_plans_n_devices_that_share_nothing(tmp_path):
     lpap, pd = p["configs"][("latency", "lpap")], p["configs"][("latency", "pdasgd sharing=average")]
     assert (lpap.groups, lpap.workers_per_group) == (4, 1) and pd.sharing == "average"
     assert p["suite"]["notes"][HOGWILD_REF].startswith("single-device reference")
+    floor = p["configs"][("latency", bench.FLOOR)]  # replicas that send nothing: what the messages must beat
+    assert (floor.algorithm, floor.topology) == ("dasgd", "none")
+    assert p["suite"]["notes"][bench.FLOOR].startswith("the floor, not a cluster algorithm")
     # N devices: lpap's groups follow --set workers=N
     p8 = _cluster_plan(tmp_path, "--set", "workers=8", "--scenarios", "no-delay")
     assert {ALGORITHMS[c.algorithm].processes(c) for c in p8["configs"].values()} == {8}

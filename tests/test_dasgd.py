@@ -163,3 +163,18 @@ def test_killed_dasgd_worker_survivors_finish(tmp_path):
     # counting its last batch and marking it booked)
     assert 20 * 8000 <= s["samples"] <= 20 * 8000 + 32 and s["requeued_batches"] <= 1, s["requeued_batches"]
     assert s["per_worker"][2]["samples"] < s["per_worker"][0]["samples"]
+
+
+def test_topology_none_sends_no_update(tmp_path):
+    """--topology none: the replicas train alone (the cluster suite's floor): rounds are formed but
+    no update travels, only the DONEs; bytes_sent is those headers."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", 2, "--epochs", 0.25, "--topology", "none", *FAST,
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    x = s["exchange"]
+    assert s["config"]["topology"] == "none" and x["rounds"] > 0
+    assert x["data_messages"] == 0 and x["control_messages"] == 2  # each worker's DONE to its one peer
+    assert s["bytes_sent"] == 2 * x["header_bytes"] and x["received"] == 2
+    assert s["consensus_distance"] > 0  # apart: nothing brought them together

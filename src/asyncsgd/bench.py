@@ -34,6 +34,7 @@ from pathlib import Path
 from .errors import AsyncSGDError, ConfigError, DataError, DivergedError
 
 WORKERS = "$workers"  # a variant's value that is the suite's worker count (after --set workers=N)
+FLOOR = "no exchange (floor)"  # the cluster suite's replicas that never send an update
 
 # task / model / workers / epochs / target / repeats: shared by every scenario of the suite;
 # settings: RunConfig fields for every run; scenarios: name -> extra settings of that scenario.
@@ -128,10 +129,16 @@ SUITES: dict[str, dict] = {
             "pdasgd sharing=average": {"algorithm": "pdasgd", "sharing": "average"},
             "dasgd": {"algorithm": "dasgd"},
             "layup": {"algorithm": "layup", "if_registered": True},
+            # replicas that exchange nothing: in straggler-latency they reached 0.90 sooner than dasgd
+            # (6.4x sync against 4.4x, interleaved: docs/benchmarks.md, "A floor"), so every ratio
+            # here reads against this row
+            FLOOR: {"algorithm": "dasgd", "topology": "none"},
             "hogwild (single-device reference)": {"algorithm": "hogwild"},
         },
         "notes": {"hogwild (single-device reference)": "single-device reference, not a cluster algorithm: its N "
-                  "processes update one model in this machine's shared memory, so --delay never touches it"},
+                  "processes update one model in this machine's shared memory, so --delay never touches it",
+                  FLOOR: "the floor, not a cluster algorithm: dasgd's replicas with --topology none train alone and "
+                  "exchange nothing; what an algorithm's messages are worth is what it gains over this row"},
         "scenarios": {"no-delay": {}, "latency": {"delay": "latency=20ms"},
                       "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
     },

@@ -177,7 +177,7 @@ class Staleness:
 
 @dataclass(frozen=True)
 class TopologySpec:
-    """--topology: all | ring | random (m peers per round)."""
+    """--topology: all | ring | random (m peers per round) | none (no updates sent)."""
     kind: str
     m: int | None = None
 
@@ -291,11 +291,11 @@ def parse_sim_compute(spec: str) -> SimCompute:
 
 
 def parse_topology(spec: str) -> TopologySpec:
-    if spec in ("all", "ring"):
+    if spec in ("all", "ring", "none"):
         return TopologySpec(spec)
     m = re.fullmatch(r"random:(\d+)", spec) if isinstance(spec, str) else None
     if not m or int(m.group(1)) < 1:
-        raise ConfigError(f"--topology {spec!r} is not accepted; accepted: all, ring, random:M with M >= 1")
+        raise ConfigError(f"--topology {spec!r} is not accepted; accepted: all, ring, random:M with M >= 1, none")
     return TopologySpec("random", int(m.group(1)))
 
 

@@ -95,6 +95,8 @@ class Topology:
     ring      one peer, rotating: round r goes to rank + 1 + (r mod (N - 1)), so over N - 1 rounds
               every peer gets one message; O(N) messages per round in all
     random:M  M distinct live peers drawn at random (seeded) each round; O(M N) per round
+    none      nobody: the replicas train alone (only the end-of-run DONEs travel), the floor that
+              an exchange has to beat (docs/benchmarks.md, "A floor")
     Gone peers are skipped (ring moves on to the next one in the rotation).
     """
 
@@ -106,9 +108,11 @@ class Topology:
     def fanout(self) -> int:
         """Messages per round when every peer is alive."""
         peers = self.n - 1
-        return {"all": peers, "ring": min(1, peers)}.get(self.kind, min(self.m or 0, peers))
+        return {"all": peers, "ring": min(1, peers), "none": 0}.get(self.kind, min(self.m or 0, peers))
 
     def targets(self, round_: int, alive) -> list[int]:
+        if self.kind == "none":
+            return []
         peers = [p for p in range(self.n) if p != self.rank and alive(p)]
         if not peers:
             return []
