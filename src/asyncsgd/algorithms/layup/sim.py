@@ -48,7 +48,7 @@ def run(sim) -> None:
     opts = [sim.optimizer(fm.layer_views(state[t // B_]), None if mom is None else fm.layer_views(mom[t]))
             for t in range(N * B_)]
     qsize = queue_size(cfg, F_)
-    policy = StalenessPolicy(cfg.parsed.staleness, concurrency(F_, B_, N))  # as worker.Gossiping
+    policy = StalenessPolicy(cfg.parsed.staleness, concurrency(qsize, B_, N))  # as worker.Gossiping
     topologies = [Topology(cfg.parsed.topology, N, w, cfg.seed) for w in range(N)]
     V = np.zeros((N, L, N), np.int64)  # V[i][l][o]: updates of origin o applied to layer l of replica i
     order = list(reversed(range(L)))  # backward order: last tensor first

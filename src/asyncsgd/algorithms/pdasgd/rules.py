@@ -56,11 +56,11 @@ def queue_size(cfg, forward_threads: int) -> int:
     return cfg.queue_size or 1
 
 
-def concurrency(forward_threads: int, backward_threads: int, workers: int) -> int:
+def concurrency(queue_depth: int, backward_threads: int, workers: int) -> int:
     """The staleness a layer update sees in normal operation, for --staleness adaptive: the other
-    backward threads of every worker plus the queued forwards; staler updates (a descheduled
-    thread's) get lr * c / s."""
-    return backward_threads * workers + forward_threads + 1
+    backward threads of every worker plus the pending forwards (queue_size's slots); staler updates
+    (a descheduled thread's) get lr * c / s."""
+    return backward_threads * workers + queue_depth + 1
 
 
 def resolve_sharing(sharing: str, device: str, workers: int | None, runtime: str = "real") -> str:

@@ -21,7 +21,7 @@ class PassQueue:
     pass (both the twin's own)."""
 
     def __init__(self, sim, qsize: int, fstart, bstart, when_idle=lambda w: None):
-        self.sim, self.qsize, self.fstart, self.bstart, self.when_idle = sim, qsize, fstart, bstart, when_idle
+        self.sim, self.fstart, self.bstart, self.when_idle = sim, fstart, bstart, when_idle
         self.queues = [deque() for _ in range(sim.workers)]
         self.slots = [qsize] * sim.workers  # free slots per worker
         self.blocked = [deque() for _ in range(sim.workers)]  # since: forward lanes waiting for a slot
@@ -129,7 +129,7 @@ def run(sim) -> None:
             loop.at(t0 + dur * frac[j], land, w, b, j, views[j], read, ps)
 
     # as the real pdasgd: --staleness on layer updates, with the rules' concurrency
-    policy = StalenessPolicy(cfg.parsed.staleness, concurrency(F_, B_, sim.workers))
+    policy = StalenessPolicy(cfg.parsed.staleness, concurrency(qsize, B_, sim.workers))
 
     def land(w: int, b: int, j: int, grad, read, ps) -> None:
         s, own = int(lv[j] - read[0][j]), int(lv_own[w, j] - read[1][j])

@@ -85,7 +85,7 @@ class Decoupled:
         # a thread's momentum then sees its own updates without delay (see docs/pdasgd.md).
         self.opts = [ctx.optimizer(self.params) for _ in range(backward_threads)]
         # --staleness on layer updates (pdasgd's default: adaptive), with the concurrency of spec.py
-        self.policy = StalenessPolicy(staleness, concurrency(forward_threads, backward_threads, workers))
+        self.policy = StalenessPolicy(staleness, concurrency(queue_size, backward_threads, workers))
         self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
         self.device = self.params[0].device if self.params else ctx.device
         self.cuda = self.device.type == "cuda"
