@@ -103,7 +103,7 @@ def test_messages_per_round_and_bytes(tmp_path, topology, fanout):
     assert s["messages_sent"] == x["data_messages"] + x["control_messages"]
     assert s["bytes_sent"] == x["data_messages"] * (x["header_bytes"] + x["payload_bytes"]) + \
         x["control_messages"] * x["header_bytes"]
-    assert x["header_bytes"] == (7 + 4) * 8 and x["payload_bytes"] == 9610 * 4
+    assert x["header_bytes"] == (8 + 4) * 8 and x["payload_bytes"] == 9610 * 4
     assert x["received"] == s["messages_sent"]  # every message sent was received
 
 
@@ -178,3 +178,21 @@ def test_topology_none_sends_no_update(tmp_path):
     assert x["data_messages"] == 0 and x["control_messages"] == 2  # each worker's DONE to its one peer
     assert s["bytes_sent"] == 2 * x["header_bytes"] and x["received"] == 2
     assert s["consensus_distance"] > 0  # apart: nothing brought them together
+
+
+@pytest.mark.parametrize("runtime, workers", [("real", 2), ("sim", 4)])
+def test_cap_damps_a_late_update_by_the_lr_it_was_made_at(tmp_path, runtime, workers):
+    """--send-every larger than the run: each replica trains alone, then sends its whole-run sum
+    at the end, when the cosine has brought the lr near 0. cap must damp that sum by the lr its
+    updates were made at (the message's decay_ppm: a staleness of hundreds, a factor near 0), not
+    by the lr at arrival, which released it: the replicas took each other's whole run at full
+    weight (consensus distance ~1e-6) and ended far below their best (real, seeds 0 / 1: 0.6075 /
+    0.4855 against 0.721 / 0.612; sim 0.296 against 0.4465)."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--algo", "dasgd", "--workers", workers, "--runtime", runtime, "--epochs", 4,
+                "--send-every", 1_000_000, "--staleness", "cap", *FAST, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s, _ = read_run(out)
+    assert s["exchange"]["data_messages"] == workers * (workers - 1)  # one flush to each peer
+    assert s["final_test_accuracy"] >= s["best_test_accuracy"] - 0.01, (s["final_test_accuracy"], s["best_test_accuracy"])
+    assert s["consensus_distance"] > 0.5  # the flush moved no replica onto the others

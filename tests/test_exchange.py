@@ -31,11 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 N, NUMEL = 3, 5  # decode tests: 3 workers, a payload of 5 floats; the receiver is worker 0
 
 
-def msg(sender=1, kind=GRAD, seq=3, steps=2, clock=(4, 5, 0), payload="ones", posted_us=1_700_000_000_000_000):
+def msg(sender=1, kind=GRAD, seq=3, steps=2, clock=(4, 5, 0), payload="ones", posted_us=1_700_000_000_000_000,
+        decayed=0.25):
     if payload == "ones":
         payload = torch.arange(1, NUMEL + 1, dtype=torch.float32) if kind != DONE else None
     return Message(sender, kind, seq, steps, torch.tensor(clock, dtype=torch.int64), payload,
-                   posted_us=posted_us)
+                   posted_us=posted_us, decayed=decayed)
 
 
 def header_of(buf, n=N):
@@ -56,6 +57,7 @@ def test_valid_messages_round_trip(kind):
     got = decode(buf)
     assert isinstance(got, Message), got
     assert (got.sender, got.kind, got.seq, got.steps, got.posted_us) == (1, kind, 3, 2, m.posted_us)
+    assert got.decayed == 0.25 and header_of(buf)[wire.DECAY_PPM] == 250_000
     assert got.clock.tolist() == [4, 5, 0]
     if kind == DONE:
         assert got.payload is None
@@ -72,9 +74,16 @@ def test_valid_short_message_in_a_full_receive_buffer():
     assert isinstance(got, Message) and got.kind == DONE and got.payload is None
 
 
+def test_decay_ppm_rounds_up_and_clamps():
+    """A rounded decay fraction never damps a peer's update less than the exact one (cap's factor
+    falls as it grows), and whatever a schedule gives stays within the header's range."""
+    assert wire.decay_ppm(1 / 3) == 333_334 and wire.decay_ppm(0.0) == 0
+    assert wire.decay_ppm(1.0) == wire.PPM and wire.decay_ppm(1.5) == wire.PPM and wire.decay_ppm(-0.1) == 0
+
+
 def test_header_bytes():
-    # sender, seq, kind, length, steps, posted_us, offset; then the clock
-    assert wire.header_bytes(4) == (7 + 4) * 8 and HEADER_FIELDS == 7
+    # sender, seq, kind, length, steps, posted_us, offset, decay_ppm; then the clock
+    assert wire.header_bytes(4) == (8 + 4) * 8 and HEADER_FIELDS == 8
 
 
 def corrupt(field=None, value=None, clock=None, payload=None, kind=GRAD):
@@ -107,6 +116,8 @@ MALFORMED = {
     "negative seq": (corrupt(wire.SEQ, -1), "negative"),
     "negative posted_us": (corrupt(wire.POSTED_US, -5), "negative"),
     "negative clock entry": (corrupt(clock=(2, -1)), "clock"),
+    "negative decay_ppm": (corrupt(wire.DECAY_PPM, -1), "decay_ppm -1 out of range 0..1000000"),
+    "decay_ppm above 1": (corrupt(wire.DECAY_PPM, 1_000_001), "decay_ppm 1000001 out of range"),
     "NaN payload": (corrupt(payload=(2, float("nan"))), "finite"),
     "inf payload": (corrupt(payload=(0, float("inf"))), "finite"),
     "-inf payload": (corrupt(payload=(4, float("-inf"))), "finite"),

@@ -31,7 +31,7 @@ def test_one_message_per_layer_group_to_each_peer_and_bytes(tmp_path, topology, 
     # the counts below hold for 4 workers that all finish: a lost one is a different failure (say why)
     assert s["lost_workers"] == [], (s["lost_reasons"], r.stderr[-3000:])
     x = s["exchange"]
-    assert x["header_bytes"] == wire.header_bytes(4) == (7 + 4) * 8
+    assert x["header_bytes"] == wire.header_bytes(4) == (8 + 4) * 8
     assert [layer["payload_bytes"] for layer in x["by_layer"]] == CNN1D_LAYERS
     assert sum(w["samples"] for w in s["per_worker"]) == 4000  # 125 full batches of 32
     for w, pw in zip(s["per_worker"], x["per_worker"]):
@@ -180,7 +180,7 @@ def test_a_group_filled_by_another_thread_after_the_lock_is_not_sent_twice():
                         bump=lambda writer, i: None, _take_group=take_group,
                         send=lambda i, group, targets, round_: sent.append((group[2], targets, round_)))
     opt = SimpleNamespace(update=lambda i, grad, lr: param.data.add_(grad, alpha=-lr))
-    item = SimpleNamespace(seen=[np.zeros(2, np.int64)])
+    item = SimpleNamespace(seen=[np.zeros(2, np.int64)], decayed=1.0)
     grad = torch.ones(3)
     lock.preempt = lambda: Gossiping.update(w, item, opt, 1, 0, grad, 0.1)  # the other thread fills the group
     Gossiping.update(w, item, opt, 0, 0, grad, 0.1)  # this one's update only started it

@@ -164,9 +164,11 @@ class WorkerContext:
         done = self.global_samples() if samples_done is None else samples_done
         return learning_rate(self.cfg, done, self.spec.total_samples)
 
-    def decay_fraction(self) -> float:
-        """optim.decay_fraction at global progress: what --staleness cap releases its damping by."""
-        return decay_fraction(self.cfg, self.global_samples(), self.spec.total_samples)
+    def decay_fraction(self, samples_done: int | None = None) -> float:
+        """optim.decay_fraction at global progress (default: the board's samples so far): what
+        --staleness cap releases its damping by."""
+        done = self.global_samples() if samples_done is None else samples_done
+        return decay_fraction(self.cfg, done, self.spec.total_samples)
 
     def optimizer(self, params, shared_buffers: bool = False) -> LayerSGD:
         params = list(params)

@@ -47,7 +47,11 @@ class StalenessPolicy:
                 own lr allows. A delayed update's stability limit is about peak / (1 + s) (what
                 scale damps to at the peak); once the decaying lr is below it (the cosine's second
                 half for s = 1), damping further only slows the stale layers (pdasgd's lower
-                layers; docs/pdasgd.md, "cap"). The caller passes optim.decay_fraction.
+                layers; docs/pdasgd.md, "cap"). The caller passes optim.decay_fraction
+                of the lr the update was MADE at: for a peer's update the sender's, which the
+                message carries (wire.py's decay_ppm). The receiver's lr at arrival would
+                release a late update made at the peak (a whole-run --send-every flush: 0.37-0.64
+                final against a best of 0.67-0.95, docs/layup.md).
     drop:MAX    discard it when s > MAX (counted in dropped_updates), else apply as is
     adaptive    lr * min(1, c / s) with c = N - 1: the delay-adaptive step size of Koloskova,
                 Stich & Jaggi (NeurIPS 2022), eta_t = min(eta, 1 / (4 L tau_t)), with the unknown
@@ -75,12 +79,13 @@ class StalenessPolicy:
         return 1.0
 
     def factors(self, s: np.ndarray, decayed: float = 1.0) -> np.ndarray:
-        """factor() of many staleness values at once (the simulator's vectorised path); NaN: drop."""
+        """factor() of many staleness values at once (the simulator's vectorised path); NaN: drop.
+        decayed: one value, or one per staleness value (dasgd's messages, each made at its own lr)."""
         s = np.asarray(s, dtype=np.float64)
         if self.kind == "scale":
             return 1.0 / (1.0 + s)
         if self.kind == "cap":
-            return np.minimum(1.0, 1.0 / ((1.0 + s) * max(decayed, 1e-12)))
+            return np.minimum(1.0, 1.0 / ((1.0 + s) * np.maximum(decayed, 1e-12)))
         if self.kind == "drop":
             return np.where(s > self.max, np.nan, 1.0)
         if self.kind == "adaptive":

@@ -213,11 +213,13 @@ class Exchange:
         return [p for p in self.peers if self.alive(p)]
 
     def post(self, dests, kind: int, payload: torch.Tensor | None = None, seq: int = 0, steps: int = 1,
-             clock: torch.Tensor | None = None, coalesce: bool = False, offset: int = 0) -> None:
+             clock: torch.Tensor | None = None, coalesce: bool = False, offset: int = 0,
+             decayed: float = 1.0) -> None:
         """Send one message to each of dests without blocking on the network: posted at once
         (isend) when it is due (no --delay) and nothing is queued before it, else queued for the
         sender thread. The payload must not be modified afterwards. offset: where the payload
-        sits in the parameter vector (one of the slices given to __init__; 0 for the whole)."""
+        sits in the parameter vector (one of the slices given to __init__; 0 for the whole).
+        decayed: optim.decay_fraction when the payload's first update was made (wire.py)."""
         if payload is not None:
             payload = payload.detach().to("cpu", self.dtype).reshape(-1)
         nbytes = self.header_bytes + (payload.numel() * self.itemsize if payload is not None else 0)
@@ -241,11 +243,13 @@ class Exchange:
                     tail.payload += payload
                     tail.steps += steps
                     tail.due = max(tail.due, due)
+                    tail.decayed = max(tail.decayed, decayed)  # the larger lr: damped as the earlier update
                     self.board.exchange[self.rank, X.COALESCED] += 1
                     if self.slices is not None:
                         self.board.layer_coalesced[self.rank, self._slice_index[offset]] += 1
                     continue
-                m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us, offset=offset)
+                m = Message(self.rank, kind, seq, steps, clock, payload, due, posted_us, offset=offset,
+                            decayed=decayed)
                 if due <= now and not q and len(self._inflight[d]) < self.max_inflight:
                     self._isend_locked(d, m)
                 else:

@@ -4,7 +4,7 @@ transport.py moves these buffers; this module says what is in them.
 
 Layout (no pickles): every message is ONE gloo send (transport.TAG) of one contiguous byte tensor:
   header   int64 x (HEADER_FIELDS + N): [sender, seq, kind, length, steps, posted_us, offset,
-           clock_0 .. clock_{N-1}]
+           decay_ppm, clock_0 .. clock_{N-1}]
            sender     the sending worker's rank (0 .. N-1)
            seq        the sender's round number (dasgd: its message count; lpap: the averaging round)
            kind       GRAD 1, PARAMS 2, FINAL 3, DONE 4 (KIND_NAMES)
@@ -15,6 +15,11 @@ Layout (no pickles): every message is ONE gloo send (transport.TAG) of one conti
            offset     where the payload sits in the flat parameter vector (element index): 0 for
                       a whole-vector payload (dasgd, lpap) and for DONE; layup sends one layer's
                       slice [offset, offset + length) per message
+           decay_ppm  optim.decay_fraction (the schedule's lr over its peak, 1 in the warm-up) when the
+                      sender made the payload's first update, in millionths (0 .. 1,000,000):
+                      --staleness cap damps a peer's update by the lr it was made at, not by the
+                      receiver's lr when it arrives (a late update made at the peak would otherwise
+                      be released from its damping by a decayed lr); 1,000,000 for DONE
            clock      the sender's vector clock (policy.py; layup: the clock of the slice's layer)
   payload  `length` elements of the run's dtype (float32), absent for DONE (header only).
 header_bytes(N) = (HEADER_FIELDS + N) * 8. The header and the payload are views of the buffer.
@@ -26,7 +31,7 @@ Validation (decode): a message is used only if
     offset + length <= the run's payload size, and the slice [offset, offset + length) is the
     whole vector (offset 0, length = payload size) or, when the receiver was given its slices
     (layup: the layer boundaries), exactly one of them; for DONE length 0 and offset 0;
-  - seq, steps, posted_us and every clock entry are >= 0;
+  - seq, steps, posted_us and every clock entry are >= 0, and decay_ppm is within 0 .. 1,000,000;
   - the payload is finite (no NaN, no inf).
 Anything else is malformed: decode returns Malformed(reason) instead of a Message. The transport
 drops it whole (never applied, never in the inbox, never used to index the vector clock or to
@@ -52,6 +57,7 @@ built from this module sends at most header_bytes + payload size, which is the b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +65,9 @@ import torch
 GRAD, PARAMS, FINAL, DONE = 1, 2, 3, 4
 KIND_NAMES = {GRAD: "grad", PARAMS: "params", FINAL: "final", DONE: "done"}
 PAYLOAD_KINDS = frozenset((GRAD, PARAMS, FINAL))  # carry the full payload; DONE is a header only
-HEADER_FIELDS = 7  # sender, seq, kind, length, steps, posted_us, offset; then the clock (N entries)
-SENDER, SEQ, KIND, LENGTH, STEPS, POSTED_US, OFFSET = range(HEADER_FIELDS)  # positions in the header
+HEADER_FIELDS = 8  # sender, seq, kind, length, steps, posted_us, offset, decay_ppm; then the clock (N entries)
+SENDER, SEQ, KIND, LENGTH, STEPS, POSTED_US, OFFSET, DECAY_PPM = range(HEADER_FIELDS)  # positions in the header
+PPM = 1_000_000  # decay_ppm's unit: millionths of the peak lr
 UNSET = -1  # what recv_buffer() puts in the header: never a valid value of any field
 
 
@@ -76,6 +83,7 @@ class Message:
     posted_us: int = 0  # sender's wall clock (microseconds) at post(): latency measurement
     owned: bool = False  # payload belongs to this queue entry only (may be summed into)
     offset: int = 0  # the payload's first element in the flat parameter vector (layup: a layer's slice)
+    decayed: float = 1.0  # the sender's decay_fraction at the payload's first update (--staleness cap)
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,18 @@ def encode(m: Message, n_workers: int, dtype=torch.float32) -> torch.Tensor:
     length = m.payload.numel() if m.payload is not None else 0
     buf = torch.empty(hb + length * itemsize(dtype), dtype=torch.uint8)
     header = buf[:hb].view(torch.int64)
-    header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us, m.offset],
-                                          dtype=torch.int64)
+    header[:HEADER_FIELDS] = torch.tensor([m.sender, m.seq, m.kind, length, m.steps, m.posted_us, m.offset,
+                                           decay_ppm(m.decayed)], dtype=torch.int64)
     header[HEADER_FIELDS:] = m.clock if m.clock is not None else 0
     if length:
         buf[hb:].view(dtype).copy_(m.payload.reshape(-1))
     return buf
+
+
+def decay_ppm(decayed: float) -> int:
+    """A decay fraction (0 .. 1) as the header's integer millionths, rounded up: a rounded value
+    never damps less than the exact one would."""
+    return min(PPM, max(0, math.ceil(decayed * PPM)))
 
 
 def recv_buffer(n_workers: int, numel: int, dtype=torch.float32) -> torch.Tensor:
@@ -129,7 +143,7 @@ def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch
     if buf.dtype != torch.uint8 or buf.dim() != 1 or buf.numel() < hb:
         return Malformed(f"not a message buffer ({buf.dtype}, {buf.numel()} bytes < header {hb})")
     header = buf[:hb].view(torch.int64)
-    sender, seq, kind, length, steps, posted_us, offset = header[:HEADER_FIELDS].tolist()
+    sender, seq, kind, length, steps, posted_us, offset, decayed = header[:HEADER_FIELDS].tolist()
     clock = header[HEADER_FIELDS:]
     if not 0 <= sender < n_workers:
         return Malformed(f"sender {sender} out of range 0..{n_workers - 1}")
@@ -151,6 +165,8 @@ def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch
         return Malformed(f"{KIND_NAMES[kind]} with length {length} at offset {offset} (not one layer's slice)")
     if seq < 0 or steps < 0 or posted_us < 0:
         return Malformed(f"negative seq / steps / posted_us ({seq}, {steps}, {posted_us})")
+    if not 0 <= decayed <= PPM:
+        return Malformed(f"decay_ppm {decayed} out of range 0..{PPM}")
     if bool((clock < 0).any()):
         return Malformed(f"negative vector clock entry ({clock.tolist()})")
     payload = None
@@ -160,4 +176,5 @@ def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch
         payload = buf[hb:hb + length * size].view(dtype)
         if payload.is_floating_point() and not bool(torch.isfinite(payload).all()):
             return Malformed("payload not finite (NaN or inf; or shorter than its length)")
-    return Message(sender, kind, seq, steps, clock, payload, posted_us=posted_us, offset=offset)
+    return Message(sender, kind, seq, steps, clock, payload, posted_us=posted_us, offset=offset,
+                   decayed=decayed / PPM)

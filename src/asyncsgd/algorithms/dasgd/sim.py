@@ -88,8 +88,8 @@ def run(sim) -> None:
     topologies = [Topology(cfg.parsed.topology, N, w, cfg.seed) for w in range(N)]
     V = np.zeros((N, N), np.int32)  # vector clocks
     pending: list[list] = [[] for _ in range(N)]  # per replica: heap of (arrival, seq, message id)
-    messages: dict[int, list] = {}  # id -> [sender, update sum, sender clock, steps, recipients left]
-    acc: list = [None] * N  # per worker: [update sum, clock at its first gradient, steps]
+    messages: dict[int, list] = {}  # id -> [sender, update sum, sender clock, steps, recipients left, decayed]
+    acc: list = [None] * N  # per worker: [update sum, clock at its first gradient, steps, decayed then]
     rounds = [0] * N
     seq = [0]
     header = header_bytes(N)
@@ -135,7 +135,8 @@ def run(sim) -> None:
         stats.updates[i] += len(keep)
         stats.total_updates += len(keep)
         if len(keep):
-            f = policy.factors(s[keep], sim.decay_fraction())
+            # damped by the lr each was made at (the real header's decay_ppm), not the lr now
+            f = policy.factors(s[keep], np.array([ms[j][5] for j in keep]))
             deltas = torch.stack([ms[j][1] for j in keep])
             state[i].add_(torch.from_numpy(f).to(deltas.dtype) @ deltas)  # the senders' updates, as real
         for mid, msg in zip(ids, ms):
@@ -156,10 +157,11 @@ def run(sim) -> None:
 
     def finish(w: int, k: int, g, loss: float, n: int) -> None:
         before = state[w].clone()
-        opts[w].step([g], sim.lr(sim.plan.samples_before(k)))
+        progress = sim.plan.samples_before(k)
+        opts[w].step([g], sim.lr(progress))
         delta = state[w] - before  # exactly the update this step made: what the peers add
         if acc[w] is None:
-            acc[w] = [delta, V[w].copy(), 1]
+            acc[w] = [delta, V[w].copy(), 1, sim.decay_fraction(progress)]
         else:
             acc[w][0].add_(delta)
             acc[w][2] += 1
@@ -172,14 +174,14 @@ def run(sim) -> None:
         start(w)
 
     def send(w: int) -> None:
-        grad, clock, steps = acc[w]
+        grad, clock, steps, decayed = acc[w]
         acc[w] = None
         targets = peers(w)
         rounds[w] += 1
         if not targets:
             return
         mid = seq[0]
-        messages[mid] = [w, grad, clock, steps, len(targets)]
+        messages[mid] = [w, grad, clock, steps, len(targets), decayed]
         for i in targets:
             arrival = sim.net.send(loop.now, w, i, msg_bytes)
             heapq.heappush(pending[i], (arrival, seq[0], mid))

@@ -22,7 +22,8 @@ snapshots (a snapshot may catch a peer's update half-applied, as a Hogwild! read
 
 Staleness (vector clocks, exchange/policy.py) of every applied update is recorded: own updates
 count what the receiver thread applied during their forward/backward, peers' updates what this
-replica had applied that the sender had not. --staleness scales or drops peers' updates.
+replica had applied that the sender had not. --staleness scales or drops peers' updates (cap by
+the lr the sender made the update at, which the message carries: wire.py's decay_ppm).
 With --topology ring or random:M an update reaches its origin and M peers only (gossip without
 forwarding): each replica applies a different subset, so the replicas drift apart. Nothing
 reconciles them during the run; the record shows how far apart they are (consensus_distance)
@@ -67,7 +68,7 @@ def run(ctx) -> None:
         sender_clock = msg.clock.tolist()
         with lock:
             s = staleness(clock, sender_clock)
-            factor = policy.factor(s, ctx.decay_fraction())
+            factor = policy.factor(s, msg.decayed)  # damped by the lr it was made at, not today's
             if factor is not None:
                 flat.add_(delta, alpha=factor)
             # a dropped update enters the clock too (processed, by decision): otherwise every later
@@ -84,7 +85,7 @@ def run(ctx) -> None:
     ex.start()
     try:
         ctx.start()
-        pending, pending_steps, pending_clock, rounds = None, 0, None, 0
+        pending, pending_steps, pending_clock, pending_decayed, rounds = None, 0, None, 1.0, 0
         # Local processes claim the next batch of the shared plan, as Hogwild! does: a straggler
         # simply processes fewer batches, nobody waits for it, and the survivors of a dead worker
         # go on claiming. Under torchrun (strided batches) the survivors take over a lost rank's
@@ -96,21 +97,22 @@ def run(ctx) -> None:
             loss = ctx.loss(model(x), y)
             grads = torch.autograd.grad(loss, params)
             ctx.compute_done()  # a straggler sleeps here, outside the lock
-            lr = ctx.lr(ctx.plan.samples_before(k))
+            progress = ctx.plan.samples_before(k)  # the batch's place in the plan: its lr
+            lr = ctx.lr(progress)
             with lock:
                 before = flat.clone()
                 opt.step(grads, lr)
                 delta = flat.sub(before)  # exactly the update this step applied
                 own_staleness = staleness(clock, seen)
                 if pending_steps == 0:
-                    pending, pending_clock = delta, seen
+                    pending, pending_clock, pending_decayed = delta, seen, ctx.decay_fraction(progress)
                 else:
                     pending += delta
                 clock[rank] += 1
                 pending_steps += 1
             if pending_steps == cfg.send_every:
                 ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
-                        clock=torch.tensor(pending_clock), coalesce=True)
+                        clock=torch.tensor(pending_clock), coalesce=True, decayed=pending_decayed)
                 rounds += 1
                 board.exchange[rank, ExchangeCounter.ROUNDS] = rounds
                 pending_steps = 0
@@ -119,7 +121,7 @@ def run(ctx) -> None:
                            batch=k, grads=grads)
         if pending_steps:
             ex.post(topo.targets(rounds, ex.alive), GRAD, pending, seq=rounds, steps=pending_steps,
-                    clock=torch.tensor(pending_clock), coalesce=True)
+                    clock=torch.tensor(pending_clock), coalesce=True, decayed=pending_decayed)
             board.exchange[rank, ExchangeCounter.ROUNDS] = rounds + 1
         ex.send_last(DONE)
         board.idle_s[rank] += ex.wait_peers(cfg.stall_timeout, stop=lambda: bool(board.stop[0]))

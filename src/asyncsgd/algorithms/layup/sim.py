@@ -112,7 +112,7 @@ def run(sim) -> None:
             V[w, j, w] += 1
             group = groups[w][j]
             if group is None:
-                group = groups[w][j] = [delta, seen[j], 0]
+                group = groups[w][j] = [delta, seen[j], 0, ps["decayed"]]
             else:
                 group[0].add_(delta)
             group[2] += 1
@@ -129,23 +129,23 @@ def run(sim) -> None:
             bstart(w, b)
 
     def send(w: int, j: int) -> None:
-        delta, clock, steps = groups[w][j]
+        delta, clock, steps, decayed = groups[w][j]
         groups[w][j] = None
         targets = topologies[w].targets(int(rounds[w, j]), lambda p: True)
         rounds[w, j] += 1
         sent_to[w, j, targets] += steps
         for i in targets:
-            loop.at(sim.net.send(loop.now, w, i, layer_bytes[j]), arrive, i, w, j, delta, clock, steps)
+            loop.at(sim.net.send(loop.now, w, i, layer_bytes[j]), arrive, i, w, j, delta, clock, steps, decayed)
         sent[w, j] += len(targets)
         stats.bytes_sent[w] += layer_bytes[j] * len(targets)
         stats.messages_sent[w] += len(targets)
 
-    def arrive(i: int, sender: int, j: int, delta, clock, steps: int) -> None:
+    def arrive(i: int, sender: int, j: int, delta, clock, steps: int, decayed: float) -> None:
         s = gossip_staleness(V[i, j], clock, i, sent_to[i, j, sender])
         record(i, j, s)
         recv["sum"] += s
         recv["n"] += 1
-        factor = policy.factor(s, sim.decay_fraction())
+        factor = policy.factor(s, decayed)  # the lr it was made at (the real header's decay_ppm)
         if factor is None:
             stats.dropped[i] += 1
         else:

@@ -26,7 +26,8 @@ others never reach the sender, and counting them made every message staler than 
 in pdasgd, the layer's version now minus when the forward read it: the same rule with the sender
 being this replica, so it counts the peers' updates applied meanwhile too. Both kinds go into the
 staleness histogram and staleness_by_layer. Only a peer's update gets the --staleness factor of
-its staleness (pdasgd's concurrency with N workers), where it arrives; an own update takes its full
+its staleness (pdasgd's concurrency with N workers), where it arrives (cap: at the lr the sender
+made it at, the message's decay_ppm); an own update takes its full
 step (rules.own_update_staleness: damped by its sender too, every peer's update was damped twice,
 which starved the run; docs/layup.md).
 
@@ -78,7 +79,8 @@ class Gossiping(Decoupled):
         self.layer_at = {offset: i for i, (offset, _) in enumerate(self.slices)}
         self.clock = np.zeros((L, n), np.int64)  # clock[l][o]: updates of origin o applied to layer l
         self.locks = [threading.Lock() for _ in range(L)]
-        self.pending: list = [None] * L  # per layer: [update sum, clock at its first update, updates]
+        self.pending: list = [None] * L  # per layer: [update sum, clock at its first update, updates,
+        #                                   decay_fraction at its first update]
         self.rounds = [0] * L  # per layer: groups posted
         self.sent = np.zeros((L, n), np.int64)  # sent[l][p]: own updates of layer l sent to peer p
         self.topo = Topology(cfg.parsed.topology, n, self.rank, cfg.seed)
@@ -126,7 +128,7 @@ class Gossiping(Decoupled):
             self.bump(writer, i)
             group = self.pending[i]
             if group is None:
-                group = self.pending[i] = [delta, item.seen[i], 0]
+                group = self.pending[i] = [delta, item.seen[i], 0, item.decayed]
             else:
                 group[0] += delta
             group[2] += 1
@@ -152,9 +154,9 @@ class Gossiping(Decoupled):
 
     def send(self, i: int, group, targets: list, round_: int) -> None:
         """Post one layer's group to its peers (never blocks: Exchange.post)."""
-        delta, seen, steps = group
+        delta, seen, steps, decayed = group
         self.exchange.post(targets, GRAD, delta, seq=round_, steps=steps, clock=torch.from_numpy(seen),
-                           coalesce=True, offset=self.slices[i][0])
+                           coalesce=True, offset=self.slices[i][0], decayed=decayed)
 
     def flush(self) -> None:
         """After the last backward: send every layer's unfinished group."""
@@ -180,7 +182,7 @@ class Gossiping(Decoupled):
         with self.locks[i]:
             row = self.clock[i]
             s = gossip_staleness(row, sender_clock, self.rank, self.sent[i, msg.sender])
-            factor = self.policy.factor(s, self.ctx.decay_fraction())
+            factor = self.policy.factor(s, msg.decayed)  # damped by the lr it was made at, not today's
             if factor is not None:
                 self.flat[offset:offset + length].add_(delta, alpha=factor)
             # a dropped update enters the clock too (processed, by decision), as in dasgd

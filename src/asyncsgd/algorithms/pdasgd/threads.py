@@ -56,6 +56,7 @@ class Pending:
     own_read: list = None  # the same, counting this worker's own updates only (rules.damped_staleness)
     event: object = None  # CUDA: recorded on the forward stream after the loss
     stale: list = field(default_factory=list)
+    decayed: float = 1.0  # optim.decay_fraction when its backward began (layup's messages carry it)
 
 
 def _deliver(engine_ref, i: int, grad) -> None:
@@ -210,7 +211,7 @@ class Decoupled:
         """Run one pending backward, updating layers (layer mode: as their gradients appear).
         Returns the gradients; item.stale gets (layer, staleness) for every layer updated."""
         lr, opt = self.ctx.lr(), self.opts[writer]
-        decayed = self.ctx.decay_fraction()  # --staleness cap releases its damping by it
+        decayed = item.decayed = self.ctx.decay_fraction()  # --staleness cap releases its damping by it
         layer_mode = self.mode == "layer"
         grads = [None] * len(self.params)
         stale = item.stale
