@@ -101,7 +101,7 @@ BAD_FLAGS = {
     # pdasgd, lpap, dasgd options
     "zero forward threads": (["--algo", "pdasgd", "--forward-threads", "0"], ["--forward-threads 0", ">= 1"]),
     "zero backward threads": (["--algo", "pdasgd", "--backward-threads", "0"], ["--backward-threads 0", ">= 1"]),
-    "zero queue": (["--algo", "pdasgd", "--queue-size", "0"], ["--queue-size 0", ">= 1"]),
+    "negative queue": (["--algo", "pdasgd", "--queue-size", "-1"], ["--queue-size -1", ">= 0 (0: the next forward waits"]),
     "numeric fb ratio": (["--algo", "pdasgd", "--fb-ratio", "2"], ["--fb-ratio '2'", "auto"]),
     "unknown update mode": (["--algo", "pdasgd", "--updates", "whole"], ["'whole'", "layer, block"]),
     "unknown backward weights": (["--algo", "pdasgd", "--backward-weights", "old"], ["'old'", "forward, current"]),

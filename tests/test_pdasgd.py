@@ -428,6 +428,18 @@ def test_queue_depth_never_exceeds_queue_size(tmp_path):
     assert s["backward_passes"] == 125
 
 
+@pytest.mark.parametrize("runtime", ["real", "sim"])
+def test_queue_size_0_runs_no_forward_ahead_of_the_backward(tmp_path, runtime):
+    """--queue-size 0: the next forward starts when the last backward has finished, so with one
+    worker no layer update ever finds a layer changed since its forward read it (staleness 0, no
+    misaligned backward), in the real threads and in the simulated twin alike; 2F:2B only take turns."""
+    code, s = train(tmp_path, f"q0{runtime}", "--workers", 1, "--epochs", 0.5, "--forward-threads", 2,
+                    "--backward-threads", 2, "--queue-size", 0, "--runtime", runtime)
+    assert code == 0 and s["queue_size"] == 0 and s["queue_peak"] == 1
+    assert s["backward_passes"] == 125 and s["staleness"]["count"] == 125 * 8
+    assert s["staleness"]["max"] == 0 and s["misaligned_fraction"] == 0
+
+
 def test_fb_ratio_auto_chooses_and_records(tmp_path, capsys):
     code, s = train(tmp_path, "auto", "--workers", 1, "--epochs", 0.25, "--fb-ratio", "auto")
     err = capsys.readouterr().err

@@ -39,7 +39,8 @@ RUNTIMES = ("real", "sim")
 # Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
 # left None is resolved by settings.resolve() to the algorithm's value, else to this one.
 SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1,
-                   "warmup_epochs": 0.5, "topology": "all", "clip_grad_norm": 0.0}
+                   "warmup_epochs": 0.5, "topology": "all", "clip_grad_norm": 0.0, "forward_threads": 1,
+                   "backward_threads": 2}
 
 
 @dataclass
@@ -78,8 +79,8 @@ class RunConfig:
     stall_timeout: float = 120.0
     tensorboard: bool = False  # TensorBoard event files in the run directory (the tensorboard extra)
     # pdasgd
-    forward_threads: int = 1
-    backward_threads: int = 2
+    forward_threads: int | None = None  # default: SHARED_DEFAULTS (1), or the algorithm's
+    backward_threads: int | None = None  # default: SHARED_DEFAULTS (2), or the algorithm's (layup 1)
     fb_ratio: str | None = None  # "auto": time forward and backward, pick the ratio
     queue_size: int | None = None  # default: algorithms/pdasgd/spec.queue_size (docs/pdasgd.md)
     updates: str = "layer"

@@ -156,9 +156,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.target_accuracy is not None:
         need(_number(cfg.target_accuracy) and 0 < cfg.target_accuracy <= 1, "target_accuracy",
              cfg.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
-    for name in ("num_samples", "threads_per_worker", "queue_size"):
+    for name in ("num_samples", "threads_per_worker"):
         if getattr(cfg, name) is not None:
             _whole(cfg, name)
+    if cfg.queue_size is not None:
+        _whole(cfg, "queue_size", low=0,
+               accepted="a whole number >= 0 (0: the next forward waits until the last backward has finished)")
     if cfg.sim_workers is not None:
         _whole(cfg, "sim_workers", high=65536, accepted="a whole number from 1 to 65536")
     for name in ("sim_forward_s", "sim_backward_s"):

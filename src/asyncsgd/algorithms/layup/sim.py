@@ -126,6 +126,7 @@ def run(sim) -> None:
             stats.step(w, ps["n"], ps["loss"])
             sim.maybe_snapshot()
             sim.done_time(loop.now)
+            passes.finished(w)
             bstart(w, b)
 
     def send(w: int, j: int) -> None:

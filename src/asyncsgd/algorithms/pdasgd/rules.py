@@ -52,8 +52,25 @@ def queue_size(cfg, forward_threads: int) -> int:
     every update one step staler: 2F:2B at a queue of 2 (one per forward thread, the default
     before) ended 0.915 / 0.936 / 0.95 over seeds 0-9 (4 below 0.93, staleness 1.8), at 1 0.96 /
     0.966 / 0.9685 (staleness 0.85) at 5% fewer samples/s on 2 cores (docs/pdasgd.md, "The
-    queue"). Overlapping forwards (--queue-size F) are unmeasured on a GPU."""
-    return cfg.queue_size or 1
+    queue"). Overlapping forwards (--queue-size F) are unmeasured on a GPU. 0: no forward runs
+    ahead at all (slot_count(0) is 1, given back only when the backward has finished: slot_back_at_end)."""
+    return 1 if cfg.queue_size is None else cfg.queue_size
+
+
+def slot_count(queue_size: int) -> int:
+    """The forward slots of a worker (the real engine's semaphore, the simulated PassQueue's
+    count): queue_size, and 1 for --queue-size 0, whose one slot is held through the backward."""
+    return max(1, queue_size)
+
+
+def slot_back_at_end(queue_size: int) -> bool:
+    """When a forward's slot comes back: when a backward takes its pass (the default: the next
+    forward overlaps that backward), or, with --queue-size 0, when that backward has finished, so
+    that the next forward reads every layer after the last update of its worker's own passes: no
+    own pipeline delay, and the forward and backward threads only take turns. For a device whose
+    share of the cores is less than one (4 layup workers on 2 cores) the overlap has no core to run
+    on, and its staleness costs accuracy (docs/layup.md, "A forward that waits for its backward")."""
+    return queue_size == 0
 
 
 def concurrency(queue_depth: int, backward_threads: int, workers: int) -> int:

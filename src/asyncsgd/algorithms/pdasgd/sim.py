@@ -7,15 +7,17 @@ from collections import deque
 import numpy as np
 
 from ...exchange.policy import StalenessPolicy
-from .rules import auto_threads, concurrency, damped_staleness, queue_size
+from .rules import auto_threads, concurrency, damped_staleness, queue_size, slot_back_at_end, slot_count
 
 
 class PassQueue:
     """The bounded queue of computed forwards between each simulated worker's forward and backward
     lanes, as the real engine's (threads.Decoupled: queue.Queue(queue_size) and its slots); one
     implementation for pdasgd's twin and layup's. As in the real engine a forward lane takes one of
-    the worker's qsize slots BEFORE it claims and computes a batch, and a backward lane gives it
-    back when it takes the pass: at most qsize forwards are computed or waiting at once. fstart(w)
+    the worker's rules.slot_count(qsize) slots BEFORE it claims and computes a batch, and a backward
+    lane gives it back when it takes the pass (with --queue-size 0 when it has finished it: the
+    twin calls finished(w); rules.slot_back_at_end): at most qsize (1) forwards are computed or
+    waiting at once. fstart(w)
     starts a forward lane of worker w on its next batch (after start() gave it a slot; a twin's
     fstart that finds no batch left calls release(w)), bstart(w, b) backward lane b on its next
     pass (both the twin's own)."""
@@ -23,7 +25,8 @@ class PassQueue:
     def __init__(self, sim, qsize: int, fstart, bstart, when_idle=lambda w: None):
         self.sim, self.fstart, self.bstart, self.when_idle = sim, fstart, bstart, when_idle
         self.queues = [deque() for _ in range(sim.workers)]
-        self.slots = [qsize] * sim.workers  # free slots per worker
+        self.slots = [slot_count(qsize)] * sim.workers  # free slots per worker
+        self.back_at_end = slot_back_at_end(qsize)
         self.blocked = [deque() for _ in range(sim.workers)]  # since: forward lanes waiting for a slot
         self.idle = [deque() for _ in range(sim.workers)]  # (backward lane, since): lanes waiting for work
 
@@ -62,8 +65,14 @@ class PassQueue:
             self.when_idle(w)
             return None
         item = self.queues[w].popleft()
-        self.release(w)
+        if not self.back_at_end:
+            self.release(w)
         return item
+
+    def finished(self, w: int) -> None:
+        """A backward lane of worker w finished its pass: with --queue-size 0 its slot comes back now."""
+        if self.back_at_end:
+            self.release(w)
 
 
 def run(sim) -> None:
@@ -155,6 +164,7 @@ def run(sim) -> None:
             stats.step(w, ps["n"], ps["loss"])
             sim.maybe_snapshot()
             sim.done_time(loop.now)
+            passes.finished(w)
             bstart(w, b)
 
     passes = PassQueue(sim, qsize, fstart, bstart)

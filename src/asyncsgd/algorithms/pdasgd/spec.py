@@ -96,7 +96,7 @@ def _one_writer_per_model(cfg) -> bool:
     """One forward thread on each model: one process, or replicas (--sharing average)."""
     # runs before the settings are checked: comparisons only, so a bad value fails its own check later
     processes = (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
-    if cfg.forward_threads != 1:
+    if cfg.forward_threads not in (None, 1):  # None: not given, the default of 1
         return False
     return processes == 1 or (isinstance(processes, int) and _replicas(cfg))
 

@@ -5,9 +5,10 @@ Concurrency contract:
 - Decoupled.run() starts every thread and is their only owner: it joins them as they finish,
   and once a stop is asked for (a thread failed, or the launcher set board.stop) gives them
   STOP_JOIN_S to leave, then raises ThreadFailed naming the threads that did not.
-- A forward thread takes a slot (semaphore of queue_size) BEFORE it claims and computes a
-  batch; a backward thread gives the slot back when it takes the item, so at most queue_size
-  computed forwards wait and the queue can never be full.
+- A forward thread takes a slot (semaphore of rules.slot_count(queue_size)) BEFORE it claims and
+  computes a batch; a backward thread gives the slot back when it takes the item (with
+  --queue-size 0: when it has finished that item's backward, rules.slot_back_at_end), so at most
+  queue_size (1) computed forwards wait and the queue can never be full.
 - Every blocking wait polls the stop flags every POLL_S seconds.
 - Layer versions: board.layer_version[w, t, l] has one writer (backward thread t of worker w);
   with more backward threads than rows, threads that share a row bump it under its lock.
@@ -34,7 +35,7 @@ import torch
 from ...config import Staleness
 from ...errors import DivergedError
 from ...exchange.policy import StalenessPolicy
-from .rules import concurrency, damped_staleness
+from .rules import concurrency, damped_staleness, slot_back_at_end, slot_count
 from .views import ReadingReplica
 
 POLL_S = 0.05  # how often blocked queue operations look at the stop flags
@@ -90,14 +91,15 @@ class Decoupled:
         self.F, self.B, self.queue_size, self.mode = forward_threads, backward_threads, queue_size, updates
         self.device = self.params[0].device if self.params else ctx.device
         self.cuda = self.device.type == "cuda"
-        self.q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.q: queue.Queue = queue.Queue(maxsize=slot_count(queue_size))
+        self.slot_back_at_end = slot_back_at_end(queue_size)
         self.stop = threading.Event()
         self.forwards_done = threading.Event()
         self.errors: list = []  # (thread name, exception, traceback), first one wins
         self.lock = threading.Lock()  # errors, queue peak, forward count: small, short
         self.record_lock = threading.Lock()  # ctx.record is called by one thread at a time
         self.forwards_left = forward_threads
-        self.slots = threading.Semaphore(queue_size)  # taken by a forward, given back when its item is taken
+        self.slots = threading.Semaphore(slot_count(queue_size))  # taken by a forward, given back when its item is taken
         self.peak = 0
         lv = self.board.layer_version
         self.layer_version = lv
@@ -349,10 +351,15 @@ class Decoupled:
                     if self.forwards_done.is_set() and self.q.empty():
                         return
                     continue
-                self.slots.release()
+                if not self.slot_back_at_end:
+                    self.slots.release()
                 k = item.batch
-                grads = self.backward(item, index, stream)
-                self.book(item, grads, self.opts[index])
+                try:
+                    grads = self.backward(item, index, stream)
+                    self.book(item, grads, self.opts[index])
+                finally:
+                    if self.slot_back_at_end:
+                        self.slots.release()
                 del item, grads
         except BaseException as e:
             self._fail(f"backward thread {index}", e, k)
