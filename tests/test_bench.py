@@ -222,7 +222,7 @@ def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, m
     # None: not given, the algorithm's default applies when the run resolves its settings
     layouts = {"sequential": ("sequential", 1, None, None, None), "sequential threads=1": ("sequential", 1, None, None, 1),
                "hogwild": ("hogwild", 2, None, None, None),
-               "pdasgd (default)": ("pdasgd", 1, None, None, None),  # one process
+               "pdasgd (default)": ("pdasgd", 2, None, None, None),  # a process per core (the CPU default)
                "pdasgd 1x1F:2B": ("pdasgd", 1, 1, 2, None), "pdasgd 1x1F:1B": ("pdasgd", 1, 1, 1, None),
                "pdasgd 1x1F:1B threads=1": ("pdasgd", 1, 1, 1, 1),
                "pdasgd 2x1F:1B": ("pdasgd", 2, 1, 1, None), "pdasgd 2x1F:2B": ("pdasgd", 2, 1, 2, None)}

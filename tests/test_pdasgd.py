@@ -25,7 +25,9 @@ from asyncsgd.board import Board
 from asyncsgd.optim import LayerSGD
 from conftest import read_run, run_cli
 
-SMALL = ("--threads-per-worker", "1", "--progress", "none", "--eval-points", "2")
+# one process unless a test says otherwise (a later --workers wins): the tests below look at one
+# model's threads; the CPU default layout (a process per core) has its own tests
+SMALL = ("--workers", "1", "--threads-per-worker", "1", "--progress", "none", "--eval-points", "2")
 
 
 def train(tmp_path, name, *args):
@@ -315,15 +317,26 @@ def test_auto_threads_ratio_and_clamp():
     assert rules.auto_threads(3, 1.0, 9.0) == (3, 8)
 
 
-def test_default_workers_is_one_process_with_its_reason(monkeypatch, tmp_path):
-    """--workers unset: one process on a CPU, on a GPU and in the simulator, each with its reason
-    in the config's workers_from. A given --workers wins and has none, and workers_from is not a
-    setting anyone can give."""
+def test_default_workers_follow_the_device_and_the_layout_with_their_reason(monkeypatch, tmp_path):
+    """--workers unset: on a CPU one process per core (2), each 1F:1B at a queue of 0, unless a
+    thread layout is given (then one process of it); one process on a GPU and in the simulator;
+    each with its reason in the config's workers_from. A given --workers wins and has none, and
+    workers_from is not a setting anyone can give."""
     from asyncsgd.config import RunConfig, load_toml
     from asyncsgd.errors import ConfigError
     from asyncsgd.settings import resolve, replayable
     cpu = resolve(RunConfig(algorithm="pdasgd", device="cpu"))
-    assert (cpu.workers, cpu.workers_from) == (1, "one process: one per CPU core is faster but does not converge in every run")
+    why = "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+    assert (cpu.workers, cpu.workers_from, cpu.forward_threads, cpu.backward_threads) == (2, why, 1, 1)
+    assert rules.queue_size(cpu, 1) == 0 and cpu.staleness == "cap" and cpu.clip_grad_norm == 1.0
+    for layout in ({"backward_threads": 2}, {"forward_threads": 1, "backward_threads": 1}, {"fb_ratio": "auto"}):
+        one = resolve(RunConfig(algorithm="pdasgd", device="cpu", **layout))
+        assert (one.workers, one.workers_from) == (1, "one process: the thread layout given is one model's"), layout
+        assert rules.queue_size(one, 1) == 1 and one.staleness == "none", layout
+    two = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=2, forward_threads=1, backward_threads=1))
+    assert rules.queue_size(two, 1) == 0  # several processes on one model, one backward thread each
+    avg = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=2, sharing="average"))
+    assert avg.backward_threads == 2 and rules.queue_size(avg, 1) == 1  # replicas: 1F:2B, as measured
     sim = resolve(RunConfig(algorithm="pdasgd", device="cpu", runtime="sim"))
     assert (sim.workers, sim.workers_from) == (1, "one process: the simulator's default, the same on every machine")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -331,7 +344,7 @@ def test_default_workers_is_one_process_with_its_reason(monkeypatch, tmp_path):
     assert (gpu.workers, gpu.workers_from) == (1, "one process on the GPU: its forward and backward threads share the device")
     given = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=3))
     assert (given.workers, given.workers_from) == (3, None)
-    assert replayable(cpu)["workers"] == 1 and "workers_from" not in replayable(cpu)
+    assert replayable(cpu)["workers"] == 2 and "workers_from" not in replayable(cpu)
     assert resolve(RunConfig(algorithm="hogwild", device="cpu")).workers_from is None  # pdasgd's rule only
     (tmp_path / "c.toml").write_text('workers_from = "me"\n')
     with pytest.raises(ConfigError, match="unknown setting 'workers_from'"):
@@ -354,22 +367,24 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     One run, no retry: until 2026-12-01 about 1 default run in 16 collapsed near the peak lr
     (0.272, 0.783, 0.7365); the scale + 2-epoch warm-up defaults (docs/pdasgd.md, "Stale updates")
     ended 16 of 16 measured runs at 0.9415 or more. Then one process per core (2 x 1F:2B) was the
-    default for a day, and a fresh-clone CI run of this test ended at 0.8445: the default is one
-    process again (rules.auto_processes; 20 of 20 busy-core runs 0.922 or more)."""
+    default for a day, and a fresh-clone CI run of this test ended at 0.8445: the default was one
+    process again. Since 2026-12-06 it is one process per core of 1F:1B taking turns (--queue-size
+    0), whose own pipeline adds no delay (rules.auto_processes; docs/pdasgd.md, "One process per
+    core, taking turns")."""
     t = time.time()
     out = tmp_path / "run"
     r = run_cli("train", "--progress", "none", "--out", out, timeout=240)
     assert r.returncode == 0, r.stderr
     s, _ = read_run(out)
-    # the layout: one process of 1F:2B, printed and recorded with its reason
-    why = "one process: one per CPU core is faster but does not converge in every run"
-    assert s["algorithm"] == "pdasgd" and s["workers"] == 1
-    assert s["layout"]["processes"] == 1 and s["layout"]["workers_from"] == why
-    assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 2)
-    assert f"pdasgd: 1 process(es) x (1 forward + 2 backward threads), {why}" in r.stderr
-    # what --staleness scale acted on: this process's own updates, with one process all of them
+    # the layout: 2 processes of 1F:1B, printed and recorded with its reason
+    why = "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+    assert s["algorithm"] == "pdasgd" and s["workers"] == 2
+    assert s["layout"]["processes"] == 2 and s["layout"]["workers_from"] == why
+    assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 1)
+    assert f"pdasgd: 2 process(es) x (1 forward + 1 backward threads), {why}" in r.stderr
+    # what cap acted on: each process's own updates, which at a queue of 0 are never stale
     layers = s["staleness_by_layer"]
-    assert all(abs(d["own_mean"] - d["mean"]) < 1e-9 for d in layers)
+    assert all(d["own_mean"] == 0 and d["mean"] > 0 for d in layers)
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert s["wall_time_s"] < 120 and time.time() - t < 240
     # whether a * lr * tau_max < 1 depends on the largest staleness seen, which a busy machine
@@ -377,8 +392,8 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     th = s["theory"]
     assert th["staleness_max"] == s["staleness"]["max"]
     assert th["in_regime"] == (th["a_lr_tau_max"] < 1) and (th["bias_bound"] is not None) == th["in_regime"]
-    assert s["forward_threads"] == 1 and s["backward_threads"] == 2 and s["updates_mode"] == "layer"
-    assert 1 <= s["queue_peak"] <= s["queue_size"]
+    assert s["forward_threads"] == 1 and s["backward_threads"] == 1 and s["updates_mode"] == "layer"
+    assert s["queue_size"] == 0 and s["queue_peak"] == 1  # one slot, held through the backward
     n_layers = len(s["staleness_by_layer"])
     assert n_layers == 8 and s["backward_passes"] == s["updates"] == 2500
     assert sum(d["count"] for d in s["staleness_by_layer"]) == s["staleness"]["count"] == 2500 * n_layers
@@ -595,17 +610,20 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
 
 
 @pytest.mark.parametrize("flags, staleness, clip", [
-    ([], "none", 1.0),                                                    # 1F:2B, one process
+    (["--device", "cpu"], "cap", 1.0),                                    # 2 x 1F:1B taking turns, a process per core
+    (["--backward-threads", "2"], "none", 1.0),                           # 1F:2B, one process
     (["--backward-threads", "4"], "none", 1.0),                           # 1F:4B
     (["--forward-threads", "2", "--backward-threads", "2"], "cap", 0.0),  # two writers of each layer's input
-    (["--workers", "2", "--backward-threads", "1"], "cap", 0.0),          # 2 processes on one model
+    (["--workers", "2", "--backward-threads", "1"], "cap", 1.0),          # the same, given: queue 0
+    (["--workers", "2", "--backward-threads", "1", "--queue-size", "1"], "cap", 0.0),  # 2 pipelined processes, one model
     (["--workers", "2", "--sharing", "average"], "none", 1.0),            # a replica (model) per process
     (["--workers", "2", "--staleness", "scale", "--clip-grad-norm", "2"], "scale", 2.0),  # given: kept
 ])
 def test_staleness_and_clip_defaults_follow_the_writers_per_model(flags, staleness, clip):
     """pdasgd clips and leaves stale updates undamped with one forward thread per model, and damps
-    (cap) without clipping where several forward threads or processes share one (docs/pdasgd.md,
-    "Clipping instead of damping")."""
+    (cap) without clipping where several forward threads or pipelined processes share one
+    (docs/pdasgd.md, "Clipping instead of damping"). Processes taking turns (a queue of 0) clip, and
+    cap has nothing to damp there: no process's own update is stale ("One process per core")."""
     from asyncsgd.cli import build_parser, config_from_args
     from asyncsgd.settings import resolve
     cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))
@@ -618,7 +636,7 @@ def test_staleness_and_clip_defaults_follow_the_writers_per_model(flags, stalene
     ["--forward-threads", "1", "--backward-threads", "2"],
     ["--forward-threads", "2", "--backward-threads", "2"],
     ["--forward-threads", "1", "--backward-threads", "4"],
-    ["--workers", "2", "--forward-threads", "1", "--backward-threads", "1"],  # misses the bar: docs/pdasgd.md
+    ["--workers", "2", "--forward-threads", "1", "--backward-threads", "1"],  # at a queue of 0 since 2026-12-06
 ], ids=["1F:1B", "1F:2B", "2F:2B", "1F:4B", "2x1F:1B"])
 def test_every_layout_converges_in_ten_seeds(tmp_path, layout):
     """The convergence issue's bar for pdasgd's layouts: seeds 0-9, mnist1d, 10 epochs, each at

@@ -56,7 +56,7 @@ SUITES: dict[str, dict] = {
         # under delays, against 3.4x for 2 x 2); pdasgd as 2 processes of 1F:2B threads (4
         # processes of 3 threads would be 12 on the cores)
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 2},
-        "per_algorithm": {"pdasgd": {"workers": 2}},
+        "per_algorithm": {"pdasgd": {"workers": 2, "backward_threads": 2}},
         "scenarios": {"no-delay": {},
                       "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
     },

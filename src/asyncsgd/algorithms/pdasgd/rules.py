@@ -14,18 +14,44 @@ MAX_AUTO_THREADS = 8
 MOMENTUM_PER = "backward thread"
 
 
+def _layout_given(cfg) -> bool:
+    """The user chose a thread layout (--forward-threads, --backward-threads or --fb-ratio): one model's."""
+    return cfg.fb_ratio is not None or cfg.forward_threads is not None or cfg.backward_threads is not None
+
+
 def auto_processes(cfg) -> tuple[int, str]:
-    """pdasgd's --workers when none is given: (processes, why). One process, on a CPU as on a GPU.
-    One process per CPU core (2 x 1F:2B, one shared model) runs 1.42x the samples/s on 2 cores,
-    but it does not converge in every run: with a core kept busy, 6 of 27 runs ended below 0.94
-    (0.889 the worst) against 2 of 20 for one process (0.922 the worst), and a fresh-clone CI run
-    of it ended at 0.8445 (docs/pdasgd.md, "Layout"). `--workers N` chooses it."""
+    """pdasgd's --workers when none is given: (processes, why). On a CPU, one process per core
+    (2, as Hogwild!'s default) on one shared model, each with one forward and one backward thread
+    that take turns (backward_default, queue_size 0). On 2 cores that layout runs 1.9x the
+    samples/s of one 1F:2B process and reaches 0.95 in half the time, at 0.81-0.86x Hogwild!'s
+    samples/s, and its median accuracy is sequential's (docs/pdasgd.md, "One process per core,
+    taking turns"). A thread layout given (--forward-threads, --backward-threads or --fb-ratio) is
+    one model's: one process, as the docs' layout tables (1F:1B, 1F:2B, 2F:2B, 1F:4B) measure it.
+    On a GPU: one process of 1F:2B (the per-core layout is unmeasured there)."""
     if cfg.runtime == "sim":
         return 1, "one process: the simulator's default, the same on every machine"
     on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if on_gpu:
         return 1, "one process on the GPU: its forward and backward threads share the device"
-    return 1, "one process: one per CPU core is faster but does not converge in every run"
+    if _layout_given(cfg):
+        return 1, "one process: the thread layout given is one model's"
+    return 2, "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+
+
+def several_on_one_model(cfg) -> bool:
+    """Several processes write one shared model (not --sharing average's replicas: the caller checks)."""
+    processes = (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
+    return isinstance(processes, int) and processes > 1
+
+
+def backward_default(cfg, replicas: bool) -> int:
+    """--backward-threads when not given: 1 where several processes share one model with one forward
+    thread each (a process per core: its one core has no room for a second backward, and with
+    --queue-size 0 two backward threads would only alternate, each momentum buffer seeing half the
+    updates: 2 x 1F:2B at queue 0 ended 0.9295 at seed 0), else 2, the paper's 1F:2B."""
+    if several_on_one_model(cfg) and not replicas and cfg.forward_threads in (None, 1):
+        return 1
+    return 2
 
 
 def auto_threads(forward_threads: int, t_forward: float, t_backward: float) -> tuple[int, int]:
@@ -47,14 +73,23 @@ def damped_staleness(total: int, own: int) -> int:
 
 
 def queue_size(cfg, forward_threads: int) -> int:
-    """--queue-size, default 1 whatever the forward threads: at most one forward computed or
-    waiting at a time, so with 2 forward threads they take turns. Every extra pending forward makes
-    every update one step staler: 2F:2B at a queue of 2 (one per forward thread, the default
-    before) ended 0.915 / 0.936 / 0.95 over seeds 0-9 (4 below 0.93, staleness 1.8), at 1 0.96 /
-    0.966 / 0.9685 (staleness 0.85) at 5% fewer samples/s on 2 cores (docs/pdasgd.md, "The
-    queue"). Overlapping forwards (--queue-size F) are unmeasured on a GPU. 0: no forward runs
-    ahead at all (slot_count(0) is 1, given back only when the backward has finished: slot_back_at_end)."""
-    return 1 if cfg.queue_size is None else cfg.queue_size
+    """--queue-size when not given. 0 (no forward runs ahead of its own backward) where several
+    processes write one model with one backward thread each: there the backward is each process's
+    bottleneck, so at a queue of 1 every forward waited a whole backward while the other process
+    updated every layer again (staleness 2.35); 2 x 1F:1B ended 0.48-0.915 at a queue of 1 and
+    0.97-0.9735 at 0, at the same samples/s (seeds 0-4, docs/pdasgd.md, "One process per core,
+    taking turns"). Else 1 whatever the forward threads: at most one forward computed or waiting
+    at a time, so with 2 forward threads they take turns. Every extra pending forward makes every
+    update one step staler: 2F:2B at a queue of 2 ended 0.915 / 0.936 / 0.95 over seeds 0-9 (4
+    below 0.93, staleness 1.8), at 1 0.96 / 0.966 / 0.9685 (staleness 0.85) at 5% fewer
+    samples/s on 2 cores (docs/pdasgd.md, "The queue"). One process of 1F:1B keeps 1: at 0 it
+    ran at two thirds of the samples/s. Overlapping forwards (--queue-size F) are unmeasured on a
+    GPU. 0: slot_count(0) is 1, given back only when the backward has finished (slot_back_at_end)."""
+    if cfg.queue_size is not None:
+        return cfg.queue_size
+    one_backward = cfg.backward_threads == 1 and forward_threads == 1
+    shared = several_on_one_model(cfg) and resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
+    return 0 if one_backward and shared else 1
 
 
 def slot_count(queue_size: int) -> int:

@@ -10,7 +10,7 @@ from ...config import SHARING, need
 from ...errors import ConfigError
 from ..base import Algorithm
 from . import sim, worker
-from .rules import auto_processes, queue_size, resolve_sharing
+from .rules import auto_processes, backward_default, queue_size, resolve_sharing, several_on_one_model
 
 def _replicas(cfg) -> bool:
     """A replica per process (--sharing average, or auto on several GPUs)."""
@@ -106,9 +106,22 @@ def staleness_default(cfg) -> str:
     return "none" if _one_writer_per_model(cfg) else "cap"
 
 
+def _taking_turns(cfg) -> bool:
+    """Several processes on one model at a queue of 0 (the CPU default layout): no process's own
+    update is ever stale, so cap (which damps the own pipeline's staleness) never damps."""
+    backward = cfg.backward_threads if cfg.backward_threads is not None else backward_threads_default(cfg)
+    at_zero = queue_size(cfg.replace(backward_threads=backward), cfg.forward_threads or 1) == 0
+    return at_zero and several_on_one_model(cfg) and not _replicas(cfg)
+
+
 def clip_default(cfg) -> float:
-    """1.0 with one forward thread per model, 0.0 (off) with more writers"""
-    return 1.0 if _one_writer_per_model(cfg) else 0.0
+    """1.0 with one forward thread per model or processes taking turns (--queue-size 0), else 0.0 (off)"""
+    return 1.0 if _one_writer_per_model(cfg) or _taking_turns(cfg) else 0.0
+
+
+def backward_threads_default(cfg) -> int:
+    """1 where several processes share one model (a process per CPU core), else 2 (1F:2B)"""
+    return backward_default(cfg, _replicas(cfg))
 
 
 PDASGD = Algorithm(
@@ -132,7 +145,10 @@ PDASGD = Algorithm(
     # longer to 0.90 under the delays scenario (docs/pdasgd.md, "Clipping instead of damping").
     # 2F:2B keeps cap unclipped too: at its queue of 1 (rules.queue_size, staleness 0.85) none with
     # the clip ended a quarter point higher at 15% fewer samples/s (docs/pdasgd.md, "The queue")
-    defaults={"staleness": staleness_default, "clip_grad_norm": clip_default, "warmup_epochs": 2.0},
+    # On a CPU with no layout given: a process per core, each 1F:1B with --queue-size 0
+    # (rules.auto_processes, backward_default, queue_size).
+    defaults={"staleness": staleness_default, "clip_grad_norm": clip_default, "warmup_epochs": 2.0,
+              "backward_threads": backward_threads_default},
     default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),
