@@ -443,13 +443,14 @@ def test_queue_depth_never_exceeds_queue_size(tmp_path):
     assert s["backward_passes"] == 125
 
 
-@pytest.mark.parametrize("runtime", ["real", "sim"])
-def test_queue_size_0_runs_no_forward_ahead_of_the_backward(tmp_path, runtime):
+@pytest.mark.parametrize("runtime,threads", [("real", 2), ("sim", 2), ("real", 1)])
+def test_queue_size_0_runs_no_forward_ahead_of_the_backward(tmp_path, runtime, threads):
     """--queue-size 0: the next forward starts when the last backward has finished, so with one
     worker no layer update ever finds a layer changed since its forward read it (staleness 0, no
-    misaligned backward), in the real threads and in the simulated twin alike; 2F:2B only take turns."""
-    code, s = train(tmp_path, f"q0{runtime}", "--workers", 1, "--epochs", 0.5, "--forward-threads", 2,
-                    "--backward-threads", 2, "--queue-size", 0, "--runtime", runtime)
+    misaligned backward), in the real threads and in the simulated twin alike; 2F:2B only take
+    turns, and 1F:1B runs both roles on one thread (Decoupled._turns_loop) with the same counters."""
+    code, s = train(tmp_path, f"q0{runtime}{threads}", "--workers", 1, "--epochs", 0.5, "--forward-threads", threads,
+                    "--backward-threads", threads, "--queue-size", 0, "--runtime", runtime)
     assert code == 0 and s["queue_size"] == 0 and s["queue_peak"] == 1
     assert s["backward_passes"] == 125 and s["staleness"]["count"] == 125 * 8
     assert s["staleness"]["max"] == 0 and s["misaligned_fraction"] == 0
@@ -545,8 +546,11 @@ FAILING_MAIN = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("where,workers", [("backward", 2), ("forward", 1)])
-def test_thread_failure_exits_1_with_the_error(tmp_path, where, workers):
+# 2 workers: the CPU default's 1F:1B taking turns, one thread per process plays both roles;
+# 1 worker: 1F:2B, a thread per role
+@pytest.mark.parametrize("where,workers,thread", [("backward", 2, "backward on the forward/backward thread"),
+                                                  ("forward", 1, "forward thread 0")])
+def test_thread_failure_exits_1_with_the_error(tmp_path, where, workers, thread):
     (tmp_path / "pdfail.py").write_text(FAILING_MODEL)
     (tmp_path / "failmain.py").write_text(FAILING_MAIN)
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
@@ -557,7 +561,7 @@ def test_thread_failure_exits_1_with_the_error(tmp_path, where, workers):
                        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     took = time.time() - t
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
-    assert f"pdasgd {where} thread" in r.stderr and f"RuntimeError: injected {where} failure" in r.stderr
+    assert f"pdasgd {thread} of worker " in r.stderr and f"RuntimeError: injected {where} failure" in r.stderr
     assert "(batch " in r.stderr and "Traceback" not in r.stderr  # one clear line, no traceback dump
     assert took < 60, took
     assert "injected" in (tmp_path / "run" / "error.log").read_text()  # the traceback is kept there
