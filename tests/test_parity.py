@@ -38,9 +38,9 @@ def test_pdasgd_queue_depth_and_threads_follow_the_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(simulation.Simulation, "momentum_rows", lambda self, n: rows.append(n) or original(self, n))
     s = sim(tmp_path, "pd", algorithm="pdasgd", forward_threads=2, backward_threads=3, workers=2)
     cfg = resolve(RunConfig(algorithm="pdasgd", forward_threads=2, backward_threads=3))
-    assert s["queue_size"] == rules.queue_size(cfg, 2) == 1  # default: one pending forward, whatever F
+    assert s["queue_size"] == cfg.queue_size == 1  # default: one pending forward, whatever F
     assert rows == [2 * 3]  # momentum: one buffer set per backward thread of every worker, as real:
-    real = threads.Decoupled(fake_ctx(Sandwich()), 2, 3, rules.queue_size(cfg, 2), "layer")
+    real = threads.Decoupled(fake_ctx(Sandwich()), 2, 3, cfg.queue_size, "layer")
     assert rules.MOMENTUM_PER == "backward thread" and len(real.opts) == 3 and len({id(o) for o in real.opts}) == 3
     auto = sim(tmp_path, "auto", algorithm="pdasgd", fb_ratio="auto")
     t = auto["sim"]

@@ -328,15 +328,19 @@ def test_default_workers_follow_the_device_and_the_layout_with_their_reason(monk
     cpu = resolve(RunConfig(algorithm="pdasgd", device="cpu"))
     why = "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
     assert (cpu.workers, cpu.workers_from, cpu.forward_threads, cpu.backward_threads) == (2, why, 1, 1)
-    assert rules.queue_size(cpu, 1) == 0 and cpu.staleness == "cap" and cpu.clip_grad_norm == 1.0
+    assert cpu.queue_size == 0 and cpu.staleness == "cap" and cpu.clip_grad_norm == 1.0
+    assert (cpu.lr, cpu.warmup_epochs) == (0.075, 0.5)  # taking turns: Hogwild!'s lr and warm-up
     for layout in ({"backward_threads": 2}, {"forward_threads": 1, "backward_threads": 1}, {"fb_ratio": "auto"}):
         one = resolve(RunConfig(algorithm="pdasgd", device="cpu", **layout))
         assert (one.workers, one.workers_from) == (1, "one process: the thread layout given is one model's"), layout
-        assert rules.queue_size(one, 1) == 1 and one.staleness == "none", layout
+        assert one.queue_size == 1 and one.staleness == "none", layout
+        assert (one.lr, one.warmup_epochs, one.clip_grad_norm) == (0.05, 2.0, 1.0), layout
     two = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=2, forward_threads=1, backward_threads=1))
-    assert rules.queue_size(two, 1) == 0  # several processes on one model, one backward thread each
+    assert two.queue_size == 0 and two.lr == 0.075  # several processes on one model, one backward thread each
+    given = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=2, queue_size=1))
+    assert (given.queue_size, given.lr, given.warmup_epochs, given.clip_grad_norm) == (1, 0.05, 2.0, 0.0)
     avg = resolve(RunConfig(algorithm="pdasgd", device="cpu", workers=2, sharing="average"))
-    assert avg.backward_threads == 2 and rules.queue_size(avg, 1) == 1  # replicas: 1F:2B, as measured
+    assert avg.backward_threads == 2 and avg.queue_size == 1 and avg.lr == 0.05  # replicas: 1F:2B, as measured
     sim = resolve(RunConfig(algorithm="pdasgd", device="cpu", runtime="sim"))
     assert (sim.workers, sim.workers_from) == (1, "one process: the simulator's default, the same on every machine")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -613,25 +617,33 @@ def test_staleness_policy_applies_to_layer_updates(tmp_path):
     assert default["dropped_updates"] == 0 and default["final_test_accuracy"] > 0.3  # 3x chance after 2 epochs
 
 
-@pytest.mark.parametrize("flags, staleness, clip", [
-    (["--device", "cpu"], "cap", 1.0),                                    # 2 x 1F:1B taking turns, a process per core
-    (["--backward-threads", "2"], "none", 1.0),                           # 1F:2B, one process
-    (["--backward-threads", "4"], "none", 1.0),                           # 1F:4B
-    (["--forward-threads", "2", "--backward-threads", "2"], "cap", 0.0),  # two writers of each layer's input
-    (["--workers", "2", "--backward-threads", "1"], "cap", 1.0),          # the same, given: queue 0
-    (["--workers", "2", "--backward-threads", "1", "--queue-size", "1"], "cap", 0.0),  # 2 pipelined processes, one model
-    (["--workers", "2", "--sharing", "average"], "none", 1.0),            # a replica (model) per process
-    (["--workers", "2", "--staleness", "scale", "--clip-grad-norm", "2"], "scale", 2.0),  # given: kept
+TURNS, PIPELINE = (0.075, 0.5), (0.05, 2.0)  # (lr, warm-up epochs) of two processes taking turns, and of the rest
+
+
+@pytest.mark.parametrize("flags, staleness, clip, lr_warmup", [
+    (["--device", "cpu"], "cap", 1.0, TURNS),                                    # 2 x 1F:1B taking turns, a process per core
+    (["--backward-threads", "2"], "none", 1.0, PIPELINE),                        # 1F:2B, one process
+    (["--backward-threads", "4"], "none", 1.0, PIPELINE),                        # 1F:4B
+    (["--forward-threads", "2", "--backward-threads", "2"], "cap", 0.0, PIPELINE),  # two writers of each layer's input
+    (["--workers", "2", "--backward-threads", "1"], "cap", 1.0, TURNS),          # the same, given: queue 0
+    (["--workers", "2", "--backward-threads", "1", "--queue-size", "1"], "cap", 0.0, PIPELINE),  # 2 pipelined processes
+    (["--workers", "2", "--sharing", "average"], "none", 1.0, PIPELINE),         # a replica (model) per process
+    (["--workers", "4"], "cap", 1.0, PIPELINE),                                  # 4 taking turns: staleness 1.6
+    (["--runtime", "sim", "--sim-workers", "2"], "cap", 1.0, TURNS),             # the simulated twin of the default
+    (["--runtime", "sim", "--sim-workers", "4"], "cap", 1.0, PIPELINE),          # collapsed at Hogwild!'s lr
+    (["--workers", "2", "--staleness", "scale", "--clip-grad-norm", "2", "--lr", "0.05"], "scale", 2.0,
+     (0.05, 0.5)),                                                               # given: kept
 ])
-def test_staleness_and_clip_defaults_follow_the_writers_per_model(flags, staleness, clip):
+def test_staleness_clip_and_lr_defaults_follow_the_writers_per_model(flags, staleness, clip, lr_warmup):
     """pdasgd clips and leaves stale updates undamped with one forward thread per model, and damps
     (cap) without clipping where several forward threads or pipelined processes share one
     (docs/pdasgd.md, "Clipping instead of damping"). Processes taking turns (a queue of 0) clip, and
-    cap has nothing to damp there: no process's own update is stale ("One process per core")."""
+    cap has nothing to damp there: no process's own update is stale ("One process per core"); they
+    take Hogwild!'s lr and warm-up ("Hogwild!'s lr for processes taking turns")."""
     from asyncsgd.cli import build_parser, config_from_args
     from asyncsgd.settings import resolve
     cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))
-    assert (cfg.staleness, cfg.clip_grad_norm, cfg.warmup_epochs) == (staleness, clip, 2.0)
+    assert (cfg.staleness, cfg.clip_grad_norm, (cfg.lr, cfg.warmup_epochs)) == (staleness, clip, lr_warmup)
 
 
 @pytest.mark.acceptance

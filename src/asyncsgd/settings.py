@@ -21,6 +21,7 @@ from .config import (BACKWARD_WEIGHTS, DERIVED, DEVICES, PROGRESS, RUNTIMES, SCH
 from .errors import ConfigError
 
 SIM_TIMES = ("flops", "measured")
+LAYOUT_FIRST = ("forward_threads", "backward_threads", "queue_size")  # the defaults that others depend on
 
 # Upper limits of the sizes a run allocates (threads, shared memory, samples, time), with why.
 LIMITS = {"forward_threads": 64, "backward_threads": 64, "queue_size": 1024, "groups": 256, "workers_per_group": 64,
@@ -128,9 +129,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
         workers, why = algo.default_workers(cfg)
         cfg = cfg.replace(workers=workers, workers_from=why)
     resolved = {**SHARED_DEFAULTS, **algo.defaults}
-    # a default may depend on the layout (pdasgd's staleness and clip): then it is a function of the config
-    # as given, with the workers decided above
-    cfg = cfg.replace(**{k: v(cfg) if callable(v) else v for k, v in resolved.items() if getattr(cfg, k) is None})
+    # A default may depend on the layout (pdasgd's queue, staleness, clip and lr): then it is a function
+    # of the config, called with the workers decided above and every default before it in this order
+    # applied: the thread counts, then the queue, then the rest.
+    order = [k for k in LAYOUT_FIRST if k in resolved] + [k for k in resolved if k not in LAYOUT_FIRST]
+    for k in order:
+        if getattr(cfg, k) is None:
+            v = resolved[k]
+            cfg = cfg.replace(**{k: v(cfg) if callable(v) else v})
     for name in ("workers", "batch_size", "eval_points", "forward_threads", "backward_threads",
                  "groups", "workers_per_group", "average_every", "send_every"):
         _whole(cfg, name)

@@ -8,7 +8,7 @@ import numpy as np
 from ...exchange.policy import StalenessPolicy, Topology, gossip_staleness
 from ...exchange.wire import header_bytes
 from ..dasgd.sim import shutdown
-from ..pdasgd.rules import concurrency, queue_size
+from ..pdasgd.rules import concurrency
 from ..pdasgd.sim import PassQueue
 from .rules import own_update_staleness
 
@@ -19,8 +19,8 @@ def run(sim) -> None:
 
     forward lane: claim the next batch of the plan, compute the REAL loss and gradient of that
       batch on the worker's replica as it is now, note the replica's per-layer clocks (what the
-      forward read), and after the simulated forward time queue the pass (--queue-size,
-      rules.queue_size: the slots of pdasgd's PassQueue; a lane without a slot waits: idle time).
+      forward read), and after the simulated forward time queue the pass (--queue-size, layup's
+      default 0: the slots of pdasgd's PassQueue; a lane without a slot waits: idle time).
     backward lane: take the oldest pass; its layer updates land during the simulated backward time,
       last layer first, each after the backward has covered the layers after it (time shares by
       size, as pdasgd's twin). A landing applies the layer's update with the lane's own optimizer
@@ -47,7 +47,7 @@ def run(sim) -> None:
     mom = sim.momentum_rows(N * B_)  # one set per backward lane (rules.MOMENTUM_PER)
     opts = [sim.optimizer(fm.layer_views(state[t // B_]), None if mom is None else fm.layer_views(mom[t]))
             for t in range(N * B_)]
-    qsize = queue_size(cfg, F_)
+    qsize = cfg.queue_size
     policy = StalenessPolicy(cfg.parsed.staleness, concurrency(qsize, B_, N))  # as worker.Gossiping
     topologies = [Topology(cfg.parsed.topology, N, w, cfg.seed) for w in range(N)]
     V = np.zeros((N, L, N), np.int64)  # V[i][l][o]: updates of origin o applied to layer l of replica i

@@ -52,7 +52,6 @@ from ...board import ExchangeCounter
 from ...exchange import DONE, GRAD, Exchange, Topology
 from ...exchange.policy import gossip_staleness
 from ...tensors import flatten_params
-from ..pdasgd.rules import queue_size
 from ..pdasgd.threads import Decoupled
 from .rules import own_update_staleness
 
@@ -71,7 +70,7 @@ class Gossiping(Decoupled):
 
     def __init__(self, ctx, forward_threads: int, backward_threads: int, model, flat: torch.Tensor):
         cfg = ctx.cfg
-        super().__init__(ctx, forward_threads, backward_threads, queue_size(cfg, forward_threads), "layer",
+        super().__init__(ctx, forward_threads, backward_threads, cfg.queue_size, "layer",
                          cfg.parsed.staleness, ctx.world_size, model=model, replica=True)
         n, L = ctx.world_size, len(self.params)
         self.flat, self.k = flat, cfg.send_every

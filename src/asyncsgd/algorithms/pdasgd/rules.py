@@ -38,10 +38,14 @@ def auto_processes(cfg) -> tuple[int, str]:
     return 2, "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
 
 
+def processes(cfg):
+    """The worker processes of the run (the simulated ones with --runtime sim); None before resolved."""
+    return (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
+
+
 def several_on_one_model(cfg) -> bool:
     """Several processes write one shared model (not --sharing average's replicas: the caller checks)."""
-    processes = (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
-    return isinstance(processes, int) and processes > 1
+    return isinstance(processes(cfg), int) and processes(cfg) > 1
 
 
 def backward_default(cfg, replicas: bool) -> int:
@@ -72,24 +76,40 @@ def damped_staleness(total: int, own: int) -> int:
     return own
 
 
-def queue_size(cfg, forward_threads: int) -> int:
-    """--queue-size when not given. 0 (no forward runs ahead of its own backward) where several
-    processes write one model with one backward thread each: there the backward is each process's
-    bottleneck, so at a queue of 1 every forward waited a whole backward while the other process
-    updated every layer again (staleness 2.35); 2 x 1F:1B ended 0.48-0.915 at a queue of 1 and
-    0.97-0.9735 at 0, at the same samples/s (seeds 0-4, docs/pdasgd.md, "One process per core,
-    taking turns"). Else 1 whatever the forward threads: at most one forward computed or waiting
-    at a time, so with 2 forward threads they take turns. Every extra pending forward makes every
-    update one step staler: 2F:2B at a queue of 2 ended 0.915 / 0.936 / 0.95 over seeds 0-9 (4
-    below 0.93, staleness 1.8), at 1 0.96 / 0.966 / 0.9685 (staleness 0.85) at 5% fewer
-    samples/s on 2 cores (docs/pdasgd.md, "The queue"). One process of 1F:1B keeps 1: at 0 it
-    ran at two thirds of the samples/s. Overlapping forwards (--queue-size F) are unmeasured on a
-    GPU. 0: slot_count(0) is 1, given back only when the backward has finished (slot_back_at_end)."""
-    if cfg.queue_size is not None:
-        return cfg.queue_size
-    one_backward = cfg.backward_threads == 1 and forward_threads == 1
+def queue_default(cfg) -> int:
+    """0 where several processes share one model with one forward and one backward thread each (they
+    take turns), else 1"""
+    # 0: no forward runs ahead of its own backward. There the backward is each process's bottleneck,
+    # so at a queue of 1 every forward waited a whole backward while the other process updated every
+    # layer again (staleness 2.35): 2 x 1F:1B ended 0.48-0.915 at a queue of 1 and 0.97-0.9735 at 0,
+    # at the same samples/s (seeds 0-4, docs/pdasgd.md, "One process per core, taking turns").
+    # Else 1 whatever the forward threads: at most one forward computed or waiting at a time, so with
+    # 2 forward threads they take turns. Every extra pending forward makes every update one step
+    # staler: 2F:2B at a queue of 2 ended 0.915 / 0.936 / 0.95 over seeds 0-9 (4 below 0.93,
+    # staleness 1.8), at 1 0.96 / 0.966 / 0.9685 (staleness 0.85) at 5% fewer samples/s on 2 cores
+    # (docs/pdasgd.md, "The queue"). One process of 1F:1B keeps 1: its forward and backward threads
+    # overlap. Overlapping forwards (--queue-size F) are unmeasured on a GPU. settings.resolve
+    # applies it after the thread counts, and the defaults that follow (taking_turns) see it.
+    one_backward = cfg.backward_threads == 1 and cfg.forward_threads == 1
     shared = several_on_one_model(cfg) and resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
     return 0 if one_backward and shared else 1
+
+
+def taking_turns(cfg) -> bool:
+    """Several processes on one shared model, each at a queue of 0 (the CPU default's layout, with
+    --queue-size resolved): no process's own update is ever stale, and the run is Hogwild!-like,
+    several writers of one model with fresh reads, each layer updated as its gradient appears."""
+    shared = resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
+    return cfg.queue_size == 0 and several_on_one_model(cfg) and shared
+
+
+def hogwild_like(cfg) -> bool:
+    """Two processes taking turns (the CPU default's layout): one other writer, staleness about 0.5,
+    as Hogwild!'s two processes. They take Hogwild!'s lr and warm-up (spec.lr_default). Four
+    simulated ones (staleness 2.2, undamped: cap damps only a process's own delay, 0 here) collapsed
+    at that lr in 3 of 3 seeds (median 0.706) and ended 0.9265 / 0.9435 / 0.964 at the lr of the
+    rest (docs/pdasgd.md, "Hogwild!'s lr and warm-up")."""
+    return taking_turns(cfg) and processes(cfg) == 2
 
 
 def slot_count(queue_size: int) -> int:

@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 
 from ...exchange.policy import StalenessPolicy
-from .rules import auto_threads, concurrency, damped_staleness, queue_size, slot_back_at_end, slot_count
+from .rules import auto_threads, concurrency, damped_staleness, slot_back_at_end, slot_count
 
 
 class PassQueue:
@@ -82,7 +82,7 @@ def run(sim) -> None:
 
     forward thread: claim a batch, run the REAL forward on the shared parameters as they are (the
       autograd graph is kept), after the simulated forward time put it on the worker's queue
-      (--queue-size, default rules.queue_size: the slots; a lane without a slot waits: idle time).
+      (--queue-size, default rules.queue_default: the slots; a lane without a slot waits: idle time).
     backward thread: take the oldest pending forward, run the REAL backward through the kept graph
       on the parameters as they are NOW (weights may be newer than the forward's: misalignment,
       exactly as a real shared-memory backward), with the lr of that moment; the layer updates
@@ -102,7 +102,7 @@ def run(sim) -> None:
     mom = sim.momentum_rows(sim.workers * B_)  # one set per backward thread (rules.MOMENTUM_PER)
     opts = [sim.optimizer(fm.layer_views(W), None if mom is None else fm.layer_views(mom[t]))
             for t in range(sim.workers * B_)]
-    qsize = queue_size(cfg, F_)
+    qsize = cfg.queue_size
     layer_mode = cfg.updates == "layer"
     order = list(reversed(range(layers)))  # backward order: last tensor first
     frac, covered = [1.0] * layers, 0

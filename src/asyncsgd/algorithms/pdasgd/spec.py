@@ -10,7 +10,8 @@ from ...config import SHARING, need
 from ...errors import ConfigError
 from ..base import Algorithm
 from . import sim, worker
-from .rules import auto_processes, backward_default, queue_size, resolve_sharing, several_on_one_model
+from .rules import (auto_processes, backward_default, hogwild_like, processes, queue_default, resolve_sharing,
+                    taking_turns)
 
 def _replicas(cfg) -> bool:
     """A replica per process (--sharing average, or auto on several GPUs)."""
@@ -67,7 +68,7 @@ def layer_summary(record, out: dict) -> None:
     # the process x thread layout that ran, and what chose its process count
     out["layout"] = {"processes": b.workers, "forward_threads": fb[0], "backward_threads": fb[1],
                      "workers_from": cfg.workers_from or "--workers"}
-    out["queue_size"] = queue_size(cfg, fb[0])
+    out["queue_size"] = cfg.queue_size
     out["queue_peak"] = int(b.queue_peak.max())
 
 
@@ -95,10 +96,9 @@ def summary_extra(record, out: dict) -> None:
 def _one_writer_per_model(cfg) -> bool:
     """One forward thread on each model: one process, or replicas (--sharing average)."""
     # runs before the settings are checked: comparisons only, so a bad value fails its own check later
-    processes = (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
     if cfg.forward_threads not in (None, 1):  # None: not given, the default of 1
         return False
-    return processes == 1 or (isinstance(processes, int) and _replicas(cfg))
+    return processes(cfg) == 1 or (isinstance(processes(cfg), int) and _replicas(cfg))
 
 
 def staleness_default(cfg) -> str:
@@ -106,17 +106,19 @@ def staleness_default(cfg) -> str:
     return "none" if _one_writer_per_model(cfg) else "cap"
 
 
-def _taking_turns(cfg) -> bool:
-    """Several processes on one model at a queue of 0 (the CPU default layout): no process's own
-    update is ever stale, so cap (which damps the own pipeline's staleness) never damps."""
-    backward = cfg.backward_threads if cfg.backward_threads is not None else backward_threads_default(cfg)
-    at_zero = queue_size(cfg.replace(backward_threads=backward), cfg.forward_threads or 1) == 0
-    return at_zero and several_on_one_model(cfg) and not _replicas(cfg)
-
-
 def clip_default(cfg) -> float:
     """1.0 with one forward thread per model or processes taking turns (--queue-size 0), else 0.0 (off)"""
-    return 1.0 if _one_writer_per_model(cfg) or _taking_turns(cfg) else 0.0
+    return 1.0 if _one_writer_per_model(cfg) or taking_turns(cfg) else 0.0
+
+
+def lr_default(cfg) -> float:
+    """0.075 with two processes taking turns (--queue-size 0, the CPU default), else 0.05"""
+    return 0.075 if hogwild_like(cfg) else 0.05
+
+
+def warmup_default(cfg) -> float:
+    """0.5 with two processes taking turns (--queue-size 0, the CPU default), else 2.0"""
+    return 0.5 if hogwild_like(cfg) else 2.0
 
 
 def backward_threads_default(cfg) -> int:
@@ -143,12 +145,17 @@ PDASGD = Algorithm(
     # collapse in 64 seeds of the npz example (cap: 4). With 2 processes on one model (staleness
     # about 2) undamped updates diverge, so cap stays there, unclipped: the clip took 2 x 1F:2B 22%
     # longer to 0.90 under the delays scenario (docs/pdasgd.md, "Clipping instead of damping").
-    # 2F:2B keeps cap unclipped too: at its queue of 1 (rules.queue_size, staleness 0.85) none with
+    # 2F:2B keeps cap unclipped too: at its queue of 1 (rules.queue_default, staleness 0.85) none with
     # the clip ended a quarter point higher at 15% fewer samples/s (docs/pdasgd.md, "The queue")
     # On a CPU with no layout given: a process per core, each 1F:1B with --queue-size 0
-    # (rules.auto_processes, backward_default, queue_size).
-    defaults={"staleness": staleness_default, "clip_grad_norm": clip_default, "warmup_epochs": 2.0,
-              "backward_threads": backward_threads_default},
+    # (rules.auto_processes, backward_default, queue_default).
+    # Two processes taking turns (the CPU default) are Hogwild!-like and take Hogwild!'s lr and warm-up,
+    # clipped: seeds 0-39 ended 0.9665 / 0.9728 / 0.9805 against 0.9635 / 0.9692 / 0.9755 at lr 0.05
+    # with a 2-epoch warm-up, and reached 0.95 in 1.10 s against 1.38 s (seeds 0-5; docs/pdasgd.md,
+    # "Hogwild!'s lr for processes taking turns").
+    defaults={"backward_threads": backward_threads_default, "queue_size": queue_default,
+              "staleness": staleness_default, "clip_grad_norm": clip_default, "lr": lr_default,
+              "warmup_epochs": warmup_default},
     default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),

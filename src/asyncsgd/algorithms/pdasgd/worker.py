@@ -49,7 +49,7 @@ import torch
 
 from ...exchange.averaging import BackgroundAverager
 from ...tensors import flatten_params
-from .rules import auto_threads, queue_size
+from .rules import auto_threads
 from .threads import Decoupled, ThreadFailed
 
 
@@ -107,7 +107,7 @@ def run(ctx) -> None:
     if rank == 0 and cfg.workers_from:  # the machine chose the process count: say what it chose
         print(f"pdasgd: {cfg.workers} process(es) x ({F} forward + {B} backward threads), {cfg.workers_from}; "
               "--workers N to choose", file=sys.stderr, flush=True)
-    depth = queue_size(cfg, F)
+    depth = cfg.queue_size  # resolved once (rules.queue_default, or given)
     board.fb_threads[rank, 0], board.fb_threads[rank, 1] = F, B
     # set_threads gave this process its share of the cores; its F + B threads split it.
     torch.set_num_threads(max(1, torch.get_num_threads() // (F + B)))
