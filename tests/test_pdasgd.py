@@ -326,7 +326,7 @@ def test_default_workers_follow_the_device_and_the_layout_with_their_reason(monk
     from asyncsgd.errors import ConfigError
     from asyncsgd.settings import resolve, replayable
     cpu = resolve(RunConfig(algorithm="pdasgd", device="cpu"))
-    why = "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+    why = "2 processes (as Hogwild!'s default; one per core on 2 cores), each 1F:1B taking turns (--queue-size 0), on one shared model"
     assert (cpu.workers, cpu.workers_from, cpu.forward_threads, cpu.backward_threads) == (2, why, 1, 1)
     assert cpu.queue_size == 0 and cpu.staleness == "cap" and cpu.clip_grad_norm == 1.0
     assert (cpu.lr, cpu.warmup_epochs) == (0.075, 0.5)  # taking turns: Hogwild!'s lr and warm-up
@@ -381,11 +381,11 @@ def test_default_settings_reach_90_percent_on_mnist1d(tmp_path):
     assert r.returncode == 0, r.stderr
     s, _ = read_run(out)
     # the layout: 2 processes of 1F:1B, printed and recorded with its reason
-    why = "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+    why = "2 processes (as Hogwild!'s default; one per core on 2 cores), each 1F:1B taking turns (--queue-size 0), on one shared model"
     assert s["algorithm"] == "pdasgd" and s["workers"] == 2
     assert s["layout"]["processes"] == 2 and s["layout"]["workers_from"] == why
     assert (s["layout"]["forward_threads"], s["layout"]["backward_threads"]) == (1, 1)
-    assert f"pdasgd: 2 process(es) x (1 forward + 1 backward threads), {why}" in r.stderr
+    assert f"pdasgd: 2 process(es) x (1 forward + 1 backward, on one thread), {why}" in r.stderr
     # what cap acted on: each process's own updates, which at a queue of 0 are never stale
     layers = s["staleness_by_layer"]
     assert all(d["own_mean"] == 0 and d["mean"] > 0 for d in layers)
@@ -665,3 +665,10 @@ def test_every_layout_converges_in_ten_seeds(tmp_path, layout):
         assert r.returncode == 0, r.stderr
         finals.append(read_run(out)[0]["final_test_accuracy"])
     assert min(finals) >= 0.93, finals
+
+
+def test_one_thread_plays_both_roles_only_when_they_take_turns():
+    """1F:1B at a queue of 0 runs on one thread (its forward waits for the last backward anyway),
+    which gets the process's whole share of the cores; any other layout runs a thread per role."""
+    assert rules.one_thread(1, 1, 0)
+    assert not rules.one_thread(1, 1, 1) and not rules.one_thread(1, 2, 0) and not rules.one_thread(2, 2, 0)

@@ -20,9 +20,10 @@ def _layout_given(cfg) -> bool:
 
 
 def auto_processes(cfg) -> tuple[int, str]:
-    """pdasgd's --workers when none is given: (processes, why). On a CPU, one process per core
-    (2, as Hogwild!'s default) on one shared model, each with one forward and one backward thread
-    that take turns (backward_default, queue_size 0). On 2 cores that layout runs 1.9x the
+    """pdasgd's --workers when none is given: (processes, why). On a CPU, 2 processes (as Hogwild!'s
+    default, whatever the cores; one per core on 2) on one shared model, each with one forward and
+    one backward role that take turns on one thread (backward_default, queue_default 0,
+    threads.Decoupled._turns_loop); each process gets half the cores. On 2 cores that layout runs 1.9x the
     samples/s of one 1F:2B process and reaches 0.95 in half the time, at 0.81-0.86x Hogwild!'s
     samples/s, and its median accuracy is sequential's (docs/pdasgd.md, "One process per core,
     taking turns"). A thread layout given (--forward-threads, --backward-threads or --fb-ratio) is
@@ -35,7 +36,7 @@ def auto_processes(cfg) -> tuple[int, str]:
         return 1, "one process on the GPU: its forward and backward threads share the device"
     if _layout_given(cfg):
         return 1, "one process: the thread layout given is one model's"
-    return 2, "one process per CPU core (2), each 1F:1B taking turns (--queue-size 0), on one shared model"
+    return 2, "2 processes (as Hogwild!'s default; one per core on 2 cores), each 1F:1B taking turns (--queue-size 0), on one shared model"
 
 
 def processes(cfg):
@@ -126,6 +127,12 @@ def slot_back_at_end(queue_size: int) -> bool:
     share of the cores is less than one (4 layup workers on 2 cores) the overlap has no core to run
     on, and its staleness costs accuracy (docs/layup.md, "A forward that waits for its backward")."""
     return queue_size == 0
+
+
+def one_thread(forward_threads: int, backward_threads: int, queue_size: int) -> bool:
+    """1F:1B at a queue of 0: the next forward waits for the last backward anyway, so one thread
+    plays both roles (threads.Decoupled._turns_loop) and gets the process's whole share of the cores."""
+    return forward_threads == 1 and backward_threads == 1 and slot_back_at_end(queue_size)
 
 
 def concurrency(queue_depth: int, backward_threads: int, workers: int) -> int:

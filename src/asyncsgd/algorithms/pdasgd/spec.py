@@ -128,7 +128,7 @@ def backward_threads_default(cfg) -> int:
 
 PDASGD = Algorithm(
     "pdasgd", "PD-ASGD: decoupled forward and backward threads, each layer updated as soon as its "
-    "gradient exists (by default one process per CPU core, or one on a GPU, all on one shared model; "
+    "gradient exists (by default 2 processes on a CPU, or one on a GPU, all on one shared model; "
     "--workers N chooses, and with --sharing average the processes keep replicas averaged in the "
     "background, one per GPU)",
     worker=worker.run, sim=sim.run, shared_model=lambda cfg: not _replicas(cfg), distributed=_replicas,

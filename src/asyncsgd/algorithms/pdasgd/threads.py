@@ -38,7 +38,7 @@ import torch
 from ...config import Staleness
 from ...errors import DivergedError
 from ...exchange.policy import StalenessPolicy
-from .rules import concurrency, damped_staleness, slot_back_at_end, slot_count
+from .rules import concurrency, damped_staleness, one_thread, slot_back_at_end, slot_count
 from .views import ReadingReplica
 
 POLL_S = 0.05  # how often blocked queue operations look at the stop flags
@@ -414,7 +414,7 @@ class Decoupled:
             self.close()
 
     def _run(self) -> None:
-        if self.F == 1 and self.B == 1 and self.slot_back_at_end:
+        if one_thread(self.F, self.B, self.queue_size):
             threads = [threading.Thread(target=self._turns_loop, daemon=True, name=f"pdasgd-w{self.rank}-turns")]
         else:
             threads = self._role_threads()

@@ -49,7 +49,7 @@ import torch
 
 from ...exchange.averaging import BackgroundAverager
 from ...tensors import flatten_params
-from .rules import auto_threads
+from .rules import auto_threads, one_thread
 from .threads import Decoupled, ThreadFailed
 
 
@@ -104,13 +104,15 @@ def run(ctx) -> None:
         if rank == 0:
             print(f"pdasgd: --fb-ratio auto: forward {tf * 1e3:.2f} ms, backward {tb * 1e3:.2f} ms per batch "
                   f"-> {F} forward thread(s), {B} backward thread(s) per worker", file=sys.stderr, flush=True)
-    if rank == 0 and cfg.workers_from:  # the machine chose the process count: say what it chose
-        print(f"pdasgd: {cfg.workers} process(es) x ({F} forward + {B} backward threads), {cfg.workers_from}; "
-              "--workers N to choose", file=sys.stderr, flush=True)
     depth = cfg.queue_size  # resolved once (rules.queue_default, or given)
+    single = one_thread(F, B, depth)
+    if rank == 0 and cfg.workers_from:  # the machine chose the process count: say what it chose
+        threads = "1 forward + 1 backward, on one thread" if single else f"{F} forward + {B} backward threads"
+        print(f"pdasgd: {cfg.workers} process(es) x ({threads}), {cfg.workers_from}; "
+              "--workers N to choose", file=sys.stderr, flush=True)
     board.fb_threads[rank, 0], board.fb_threads[rank, 1] = F, B
-    # set_threads gave this process its share of the cores; its F + B threads split it.
-    torch.set_num_threads(max(1, torch.get_num_threads() // (F + B)))
+    # set_threads gave this process its share of the cores; its computing threads split it.
+    torch.set_num_threads(max(1, torch.get_num_threads() // (1 if single else F + B)))
     if not replicas:
         worker = Decoupled(ctx, F, B, depth, cfg.updates, cfg.parsed.staleness, cfg.workers,
                            backward_weights=cfg.backward_weights)
