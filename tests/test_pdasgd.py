@@ -639,7 +639,7 @@ def test_staleness_clip_and_lr_defaults_follow_the_writers_per_model(flags, stal
     (cap) without clipping where several forward threads or pipelined processes share one
     (docs/pdasgd.md, "Clipping instead of damping"). Processes taking turns (a queue of 0) clip, and
     cap has nothing to damp there: no process's own update is stale ("One process per core"); they
-    take Hogwild!'s lr and warm-up ("Hogwild!'s lr for processes taking turns")."""
+    take Hogwild!'s lr and warm-up (docs/pdasgd.md, "Later on 2026-12-06")."""
     from asyncsgd.cli import build_parser, config_from_args
     from asyncsgd.settings import resolve
     cfg = resolve(config_from_args(build_parser().parse_args(["train", *flags])))

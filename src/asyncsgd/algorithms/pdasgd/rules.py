@@ -109,7 +109,7 @@ def hogwild_like(cfg) -> bool:
     as Hogwild!'s two processes. They take Hogwild!'s lr and warm-up (spec.lr_default). Four
     simulated ones (staleness 2.2, undamped: cap damps only a process's own delay, 0 here) collapsed
     at that lr in 3 of 3 seeds (median 0.706) and ended 0.9265 / 0.9435 / 0.964 at the lr of the
-    rest (docs/pdasgd.md, "Hogwild!'s lr and warm-up")."""
+    rest (docs/pdasgd.md, "Later on 2026-12-06")."""
     return taking_turns(cfg) and processes(cfg) == 2
 
 

@@ -147,12 +147,12 @@ PDASGD = Algorithm(
     # longer to 0.90 under the delays scenario (docs/pdasgd.md, "Clipping instead of damping").
     # 2F:2B keeps cap unclipped too: at its queue of 1 (rules.queue_default, staleness 0.85) none with
     # the clip ended a quarter point higher at 15% fewer samples/s (docs/pdasgd.md, "The queue")
-    # On a CPU with no layout given: a process per core, each 1F:1B with --queue-size 0
+    # On a CPU with no layout given: 2 processes, each 1F:1B with --queue-size 0 on one thread
     # (rules.auto_processes, backward_default, queue_default).
     # Two processes taking turns (the CPU default) are Hogwild!-like and take Hogwild!'s lr and warm-up,
     # clipped: seeds 0-39 ended 0.9665 / 0.9728 / 0.9805 against 0.9635 / 0.9692 / 0.9755 at lr 0.05
-    # with a 2-epoch warm-up, and reached 0.95 in 1.10 s against 1.38 s (seeds 0-5; docs/pdasgd.md,
-    # "Hogwild!'s lr for processes taking turns").
+    # with a 2-epoch warm-up, and reached 0.95 in 1.10 s (seeds 0-5) against 1.38 s (seeds 0-4)
+    # (docs/pdasgd.md, "Later on 2026-12-06").
     defaults={"backward_threads": backward_threads_default, "queue_size": queue_default,
               "staleness": staleness_default, "clip_grad_norm": clip_default, "lr": lr_default,
               "warmup_epochs": warmup_default},
