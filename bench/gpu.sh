@@ -10,8 +10,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/machine.txt"
-for algo in sequential sync hogwild pdasgd dasgd lpap; do
-  timeout 120 python3 -m asyncsgd train --algo "$algo" --device cuda --epochs 3 --progress none \
+# name|flags: pdasgd-turns is the CPU default's layout on one GPU (2 processes, 1F:1B at a queue of
+# 0, each on one thread with one CUDA stream: threads.Decoupled._turns_loop), untested on a GPU so far
+for run in "sequential|--algo sequential" "sync|--algo sync" "hogwild|--algo hogwild" "pdasgd|--algo pdasgd" \
+           "pdasgd-turns|--algo pdasgd --workers 2 --backward-threads 1" "dasgd|--algo dasgd" "lpap|--algo lpap"; do
+  algo=${run%%|*}
+  timeout 120 python3 -m asyncsgd train ${run#*|} --device cuda --epochs 3 --progress none \
       --out "/tmp/gpu-smoke/$algo" > "/tmp/gpu-smoke-$algo.log" 2>&1
   rc=$?
   python3 - "$algo" "$rc" <<'PY' | tee -a "$OUT/smoke.txt"
