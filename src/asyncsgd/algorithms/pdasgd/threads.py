@@ -303,12 +303,17 @@ class Decoupled:
                 return True
         return False
 
+    def _thread_stream(self):
+        """A compute thread's own CUDA stream on the engine's device (None on the CPU)."""
+        if not self.cuda:
+            return None
+        torch.cuda.set_device(self.device)
+        return torch.cuda.Stream(self.device)
+
     def _forward_loop(self, index: int) -> None:
         k = None
         try:
-            if self.cuda:
-                torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            stream = self._thread_stream()
             replica = self.replica()
             # A slot is taken BEFORE claiming and computing a batch and given back when a
             # backward thread takes the item: the forward reads the weights as late as it can,
@@ -342,9 +347,7 @@ class Decoupled:
     def _backward_loop(self, index: int) -> None:
         k = None
         try:
-            if self.cuda:
-                torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            stream = self._thread_stream()
             while not self._stopping():
                 try:
                     item = self.q.get(timeout=POLL_S)
@@ -374,9 +377,7 @@ class Decoupled:
         batch. Same reads, same updates, same counters as the two threads."""
         k, phase = None, "forward"
         try:
-            if self.cuda:
-                torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device) if self.cuda else None
+            stream = self._thread_stream()
             replica = self.replica()
             while not self._stopping():
                 k, phase = self.take(), "forward"
