@@ -2,8 +2,10 @@
 """Where pdasgd's threads spend their time: a py-spy raw profile (--threads --idle) aggregated by
 category (bookkeeping, autograd engine, waiting, module forward, LayerSGD.update, ...).
 
-    py-spy record -f raw --threads --idle -o prof.txt -- python -m asyncsgd train --progress none
+    py-spy record -f raw --threads --idle --subprocesses -o prof.txt -- python -m asyncsgd train --progress none
     python bench/pdasgd_profile.py prof.txt
+
+(--subprocesses: the default's worker processes; without it only one-process runs are seen).
 
 or of the engine alone: `... -- python bench/pipeline_ceiling.py "engine 1F:1B"`.
 """
@@ -36,10 +38,15 @@ for line in open(sys.argv[1]):
     if not m: continue
     stack, n = m.group(1), int(m.group(2))
     frames = stack.split(";")
+    # with --subprocesses each stack starts with its processes' frames (whose command lines may hold
+    # ';'): the thread's frame is the first "thread (" one
+    start = next((i for i, f in enumerate(frames) if f.startswith("thread (")), 0)
+    frames = frames[start:]
+    stack = ";".join(frames)
     if "pdasgd-" not in frames[0]: continue
     frames = frames[1:]
     c = cat(frames); tot[c] += n
-    role = "forward" if "forward" in stack.split(";")[0] else "backward"
+    role = "forward" if "forward" in stack.split(";")[0] else "backward"  # a turns thread counts as backward
     roles[role]["wait" if c == "wait" else "active"] += n
     for f in set(fr.split(" (")[0] for fr in frames): funcs[f] += n
 T = sum(tot.values()); A = T - tot["wait"]

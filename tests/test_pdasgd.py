@@ -629,6 +629,7 @@ TURNS, PIPELINE = (0.075, 0.5), (0.05, 2.0)  # (lr, warm-up epochs) of two proce
     (["--workers", "2", "--backward-threads", "1", "--queue-size", "1"], "cap", 0.0, PIPELINE),  # 2 pipelined processes
     (["--workers", "2", "--sharing", "average"], "none", 1.0, PIPELINE),         # a replica (model) per process
     (["--workers", "4"], "cap", 1.0, PIPELINE),                                  # 4 taking turns: staleness 1.6
+    (["--workers", "2", "--fb-ratio", "auto"], "cap", 0.0, PIPELINE),            # threads chosen at run time: queue 1
     (["--runtime", "sim", "--sim-workers", "2"], "cap", 1.0, TURNS),             # the simulated twin of the default
     (["--runtime", "sim", "--sim-workers", "4"], "cap", 1.0, PIPELINE),          # collapsed at Hogwild!'s lr
     (["--workers", "2", "--staleness", "scale", "--clip-grad-norm", "2", "--lr", "0.05"], "scale", 2.0,

@@ -91,17 +91,22 @@ def queue_default(cfg) -> int:
     # (docs/pdasgd.md, "The queue"). One process of 1F:1B keeps 1: its forward and backward threads
     # overlap. Overlapping forwards (--queue-size F) are unmeasured on a GPU. settings.resolve
     # applies it after the thread counts, and the defaults that follow (taking_turns) see it.
-    one_backward = cfg.backward_threads == 1 and cfg.forward_threads == 1
-    shared = several_on_one_model(cfg) and resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
-    return 0 if one_backward and shared else 1
+    # --fb-ratio auto chooses the backward threads at run time, so they are not known to be one here.
+    one_backward = cfg.backward_threads == 1 and cfg.forward_threads == 1 and cfg.fb_ratio is None
+    return 0 if one_backward and several_share_one_model(cfg) else 1
+
+
+def several_share_one_model(cfg) -> bool:
+    """Several processes on one shared model: not replicas (--sharing memory, or auto resolving to it)."""
+    memory = resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
+    return several_on_one_model(cfg) and memory
 
 
 def taking_turns(cfg) -> bool:
     """Several processes on one shared model, each at a queue of 0 (the CPU default's layout, with
     --queue-size resolved): no process's own update is ever stale, and the run is Hogwild!-like,
     several writers of one model with fresh reads, each layer updated as its gradient appears."""
-    shared = resolve_sharing(cfg.sharing, cfg.device, cfg.workers, cfg.runtime) == "memory"
-    return cfg.queue_size == 0 and several_on_one_model(cfg) and shared
+    return cfg.queue_size == 0 and several_share_one_model(cfg)
 
 
 def hogwild_like(cfg) -> bool:
