@@ -45,6 +45,29 @@ def test_block_step_is_torch_sgd_after_clip_grad_norm(sgd, clip):
         torch.testing.assert_close(mine.detach(), ref)
 
 
+@pytest.mark.parametrize("sgd", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.01), {}])
+@pytest.mark.parametrize("layer_wise", [False, True])
+def test_the_update_is_torch_fused_sgd_bit_for_bit(sgd, layer_wise):
+    """LayerSGD calls torch.optim.SGD(fused=True)'s kernel, per layer or once per block step: the
+    same bits, not only close ones."""
+    model, grads = model_and_grads(3)
+    opt = LayerSGD(model.parameters(), **sgd)
+    ref_model, _ = model_and_grads(3)
+    ref_params = list(ref_model.parameters())
+    ref = torch.optim.SGD(ref_params, lr=0.1, fused=True, **sgd)
+    for step in grads:
+        if layer_wise:
+            for i, g in reversed(list(enumerate(step))):
+                opt.update(i, g, 0.1)
+        else:
+            opt.step(step, 0.1)
+        for p, g in zip(ref_params, step):
+            p.grad = g.clone()
+        ref.step()
+    for mine, theirs in zip(model.parameters(), ref_params):
+        assert torch.equal(mine.detach(), theirs.detach())
+
+
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_layer_update_clips_each_layer_by_its_own_norm(clip):
     model, grads = model_and_grads(2)

@@ -23,16 +23,32 @@ import torch
 
 
 class LayerSGD:
-    """Momentum SGD over a list of parameters, updated one index at a time, lock-free."""
+    """Momentum SGD over a list of parameters, updated one index at a time, lock-free.
+
+    One thread uses a LayerSGD at a time (each Hogwild! process, pdasgd backward thread and lpap
+    thread makes its own, as each keeps its own momentum): it keeps a scratch tensor (_norm)."""
 
     def __init__(self, params, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  buffers: list[torch.Tensor] | None = None, clip_grad_norm: float = 0.0):
         self.params = list(params)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.clip_grad_norm = clip_grad_norm  # 0: no clipping
+        self._norm_out = None  # a CPU layer's gradient norm is written here (_norm)
         # Momentum buffers may live in shared memory (given) so a checkpoint can save them.
         self.buffers = buffers if buffers is not None else (
             [torch.zeros_like(p.data) for p in self.params] if momentum > 0 else [])
+
+    def _norm(self, grad: torch.Tensor) -> torch.Tensor:
+        """One layer's gradient norm. On the CPU it is written into a 0-d tensor this optimizer keeps
+        (its one thread's: see the class): a new one per layer update is an allocation
+        (posix_memalign) between autograd's kernels, which a py-spy --native profile of the engine
+        pass showed as a third of the norm's samples. bench/update_kernel.py times it together with
+        the one-kernel update (_fused)."""
+        if grad.device.type != "cpu":
+            return torch.linalg.vector_norm(grad)
+        if self._norm_out is None or self._norm_out.dtype != grad.dtype:
+            self._norm_out = torch.empty((), dtype=grad.dtype)
+        return torch.linalg.vector_norm(grad, out=self._norm_out)
 
     def _clip_factor(self, norm: torch.Tensor):
         """torch.nn.utils.clip_grad_norm_'s factor for a gradient of this norm, or None for "leave
@@ -49,21 +65,26 @@ class LayerSGD:
     # the decorator's context cost a few microseconds per call, 8 calls per pdasgd pass on cnn1d.
     def update(self, index: int, grad: torch.Tensor, lr: float) -> None:
         """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm)."""
-        if self.clip_grad_norm and (factor := self._clip_factor(torch.linalg.vector_norm(grad))) is not None:
+        if self.clip_grad_norm and (factor := self._clip_factor(self._norm(grad))) is not None:
             grad = grad * factor
         self._apply(index, grad, lr)
 
     def _apply(self, index: int, grad: torch.Tensor, lr: float) -> None:
         """p -= lr * d, d from grad, decay and momentum."""
-        p = self.params[index].data
-        d = grad
-        if self.weight_decay:
-            d = d.add(p, alpha=self.weight_decay)
-        if self.momentum:
-            buf = self.buffers[index]
-            buf.mul_(self.momentum).add_(d)
-            d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
-        p.add_(d, alpha=-lr)
+        self._fused([self.params[index].data], [grad], self.buffers[index:index + 1], lr)
+
+    def _fused(self, params: list, grads: list, buffers: list, lr: float) -> None:
+        """torch.optim.SGD(fused=True)'s kernel (torch._fused_sgd_), called directly: the functional
+        torch.optim.sgd path first groups the tensors by device and dtype in Python, which costs more
+        than the update itself for one layer. One kernel does decay, momentum (dampening 0, optional
+        Nesterov) and the step, bit for bit torch.optim.SGD(fused=True) (test_optim.py; the
+        three in-place ops it replaced round differently in the last bit), and a block step makes
+        one call for the whole model. `python
+        bench/update_kernel.py` (cnn1d, one thread, three runs): a plain pass with a block step
+        takes 0.958-0.977x the time of the three-op form; pdasgd's layer-wise engine pass
+        0.916-1.007x, inside its noise (docs/pdasgd.md, "One kernel per update")."""
+        torch._fused_sgd_(params, grads, buffers, weight_decay=self.weight_decay, momentum=self.momentum,
+                          lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
 
     def step(self, grads, lr: float, scale: float = 1.0) -> None:
         """Update every layer (a whole-model, "block" update); grads in parameter order, clipped
@@ -73,9 +94,14 @@ class LayerSGD:
             factor = self._clip_factor(total_norm([g for g in grads if g is not None]))
             if factor is not None:
                 grads = [g if g is None else g * factor for g in grads]
-        for i, g in enumerate(grads):
-            if g is not None:
-                self._apply(i, g, lr)
+        given = [i for i, g in enumerate(grads) if g is not None]
+        params, buffers = [self.params[i].data for i in given], [self.buffers[i] for i in given] if self.momentum else []
+        grads = [grads[i] for i in given]
+        if len({(g.device, g.dtype) for g in grads}) == 1:  # one kernel call for the whole model
+            self._fused(params, grads, buffers, lr)
+        else:  # the kernel takes tensors of one device and dtype
+            for i, (p, g) in enumerate(zip(params, grads)):
+                self._fused([p], [g], buffers[i:i + 1], lr)
 
     def state(self) -> list[torch.Tensor]:
         return [b.clone() for b in self.buffers]

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""What LayerSGD's one-kernel update saves per pass, cnn1d (mnist1d's model), batch 32, one torch
+thread, momentum 0.9 and clip 1 (bench/cnn1d_engine.py). Two optimizers, four arms interleaved
+over rounds in one process (medians of microseconds per pass):
+
+- ops: the update as torch.optim.SGD's single-tensor path writes it, three in-place ops
+  (buf.mul_(momentum).add_(d); p.add_(buf, alpha=-lr)), and a new 0-d tensor for each layer's
+  gradient norm: LayerSGD before 2026-12-06 (late);
+- kernel: LayerSGD now, one torch._fused_sgd_ call per layer update (per block step: one for the
+  whole model) and the norm written into a kept 0-d tensor;
+
+each in a plain pass (forward, torch.autograd.grad, a block step: Hogwild!'s and sequential's)
+and in pdasgd's engine pass (each layer updated from its parameter hook as its gradient appears).
+
+    python bench/update_kernel.py
+"""
+import statistics
+import sys
+import time
+
+import torch
+
+if sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
+if sys.argv[1:]:
+    print(f"update_kernel.py: unexpected argument {sys.argv[1]!r}; accepted: none, or --help", file=sys.stderr)
+    sys.exit(2)
+
+import copy
+
+import cnn1d_engine
+from asyncsgd.optim import LayerSGD, total_norm
+
+
+class ThreeOps(LayerSGD):
+    """The update as three in-place ops and a freshly allocated norm (no weight decay, Nesterov)."""
+
+    def _norm(self, grad):
+        return torch.linalg.vector_norm(grad)
+
+    def _apply(self, index, grad, lr):
+        buf = self.buffers[index]
+        buf.mul_(self.momentum).add_(grad)
+        self.params[index].data.add_(buf, alpha=-lr)
+
+    def step(self, grads, lr, scale=1.0):
+        factor = self._clip_factor(total_norm(list(grads)))
+        for i, g in enumerate(grads):
+            self._apply(i, g if factor is None else g * factor, lr)
+
+
+def arms_for(name: str, cls) -> dict:
+    """A plain pass and an engine pass, each on its own copy of the model, with optimizer class cls."""
+    cnn1d_engine.make_opt = lambda ps: cls(ps, momentum=0.9, clip_grad_norm=1.0)
+    cnn1d_engine.model = model = copy.deepcopy(cnn1d_engine.model)
+    cnn1d_engine.params = params = list(model.parameters())
+    opt = cnn1d_engine.make_opt(params)
+    engine = cnn1d_engine.engine()
+    replica = engine.replica()
+    x, y, loss_fn, lr = cnn1d_engine.x, cnn1d_engine.y, cnn1d_engine.loss_fn, cnn1d_engine.LR
+    return {f"plain, {name}": lambda: opt.step(torch.autograd.grad(loss_fn(model(x), y), params), lr),
+            f"engine, {name}": lambda: engine.backward(engine.forward(replica, 0), 0)}
+
+
+def per_pass_us(fn, passes: int = 200) -> float:
+    t = time.perf_counter()
+    for _ in range(passes):
+        fn()
+    return (time.perf_counter() - t) / passes * 1e6
+
+
+arms = {**arms_for("ops", ThreeOps), **arms_for("kernel", LayerSGD)}
+for fn in arms.values():  # warm-up: oneDNN's kernels, the allocator
+    per_pass_us(fn, 100)
+results = {name: [] for name in arms}
+for _ in range(31):
+    for name, fn in arms.items():
+        results[name].append(per_pass_us(fn))
+median = {name: statistics.median(v) for name, v in results.items()}
+for name, v in results.items():
+    print(f"{name}: {median[name]:.0f} us per pass (quartiles {statistics.quantiles(v, n=4)[0]:.0f}-"
+          f"{statistics.quantiles(v, n=4)[2]:.0f})")
+for kind in ("plain", "engine"):
+    print(f"{kind}: kernel / ops {median[f'{kind}, kernel'] / median[f'{kind}, ops']:.3f}")
+print(f"engine / plain: ops {median['engine, ops'] / median['plain, ops']:.3f}, "
+      f"kernel {median['engine, kernel'] / median['plain, kernel']:.3f}")
