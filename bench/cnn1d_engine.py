@@ -30,3 +30,36 @@ def engine(forward_threads: int = 1, backward_threads: int = 1, batches=lambda: 
                           lr=lambda: LR, decay_fraction=lambda: 1.0, batch_source=lambda: batches,
                           record_staleness=lambda values: None, record=lambda *a, **k: None)
     return Decoupled(ctx, forward_threads, backward_threads, forward_threads, "layer")
+
+
+def no_arguments(doc: str, script: str) -> None:
+    """A script that takes no arguments: --help prints its doc, anything else exits 2."""
+    import sys
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(doc)
+        sys.exit(0)
+    if sys.argv[1:]:
+        print(f"{script}: unexpected argument {sys.argv[1]!r}; accepted: none, or --help", file=sys.stderr)
+        sys.exit(2)
+
+
+def per_pass_us(fn, passes: int) -> float:
+    """Microseconds per call of fn, over `passes` calls."""
+    import time
+    t = time.perf_counter()
+    for _ in range(passes):
+        fn()
+    return (time.perf_counter() - t) / passes * 1e6
+
+
+def interleaved(arms: dict, rounds: int, passes: int) -> dict:
+    """{arm: [microseconds per pass, one per round]}: the arms one after the other in every round,
+    after a warm-up (oneDNN's kernels, the allocator), so that a slow spell of the machine lands on
+    all of them."""
+    for fn in arms.values():
+        per_pass_us(fn, 100)
+    results = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, fn in arms.items():
+            results[name].append(per_pass_us(fn, passes))
+    return results

@@ -16,20 +16,12 @@ threads' time goes").
     python bench/pass_cost.py
 """
 import statistics
-import sys
-import time
 
 import torch
 
-if sys.argv[1:] in (["-h"], ["--help"]):
-    print(__doc__)
-    sys.exit(0)
-if sys.argv[1:]:
-    print(f"pass_cost.py: unexpected argument {sys.argv[1]!r}; accepted: none, or --help", file=sys.stderr)
-    sys.exit(2)
+from cnn1d_engine import LR, engine as make_engine, interleaved, loss_fn, make_opt, model, no_arguments, params, x, y
 
-from cnn1d_engine import LR, engine as make_engine, loss_fn, make_opt, model, params, x, y
-
+no_arguments(__doc__, "pass_cost.py")
 engine = make_engine()
 replica = engine.replica()
 plain_opt = make_opt(params)
@@ -43,20 +35,7 @@ def engine_pass():
     engine.backward(engine.forward(replica, 0), 0)
 
 
-def per_pass_us(fn, passes: int = 300) -> float:
-    t = time.perf_counter()
-    for _ in range(passes):
-        fn()
-    return (time.perf_counter() - t) / passes * 1e6
-
-
-arms = {"plain": plain, "engine": engine_pass}
-for fn in arms.values():  # warm-up: oneDNN's kernels, the allocator
-    per_pass_us(fn, 100)
-results = {name: [] for name in arms}
-for _ in range(15):
-    for name, fn in arms.items():
-        results[name].append(per_pass_us(fn))
+results = interleaved({"plain": plain, "engine": engine_pass}, rounds=15, passes=300)
 for name, v in results.items():
     print(f"{name}: {statistics.median(v):.0f} us per pass (min {min(v):.0f}, max {max(v):.0f})")
 print(f"engine / plain: {statistics.median(results['engine']) / statistics.median(results['plain']):.3f}")

@@ -14,23 +14,15 @@ and in pdasgd's engine pass (each layer updated from its parameter hook as its g
 
     python bench/update_kernel.py
 """
+import copy
 import statistics
-import sys
-import time
 
 import torch
 
-if sys.argv[1:] in (["-h"], ["--help"]):
-    print(__doc__)
-    sys.exit(0)
-if sys.argv[1:]:
-    print(f"update_kernel.py: unexpected argument {sys.argv[1]!r}; accepted: none, or --help", file=sys.stderr)
-    sys.exit(2)
-
-import copy
-
 import cnn1d_engine
 from asyncsgd.optim import LayerSGD, total_norm
+
+cnn1d_engine.no_arguments(__doc__, "update_kernel.py")
 
 
 class ThreeOps(LayerSGD):
@@ -63,20 +55,8 @@ def arms_for(name: str, cls) -> dict:
             f"engine, {name}": lambda: engine.backward(engine.forward(replica, 0), 0)}
 
 
-def per_pass_us(fn, passes: int = 200) -> float:
-    t = time.perf_counter()
-    for _ in range(passes):
-        fn()
-    return (time.perf_counter() - t) / passes * 1e6
-
-
-arms = {**arms_for("ops", ThreeOps), **arms_for("kernel", LayerSGD)}
-for fn in arms.values():  # warm-up: oneDNN's kernels, the allocator
-    per_pass_us(fn, 100)
-results = {name: [] for name in arms}
-for _ in range(31):
-    for name, fn in arms.items():
-        results[name].append(per_pass_us(fn))
+results = cnn1d_engine.interleaved({**arms_for("ops", ThreeOps), **arms_for("kernel", LayerSGD)},
+                                   rounds=31, passes=200)
 median = {name: statistics.median(v) for name, v in results.items()}
 for name, v in results.items():
     print(f"{name}: {median[name]:.0f} us per pass (quartiles {statistics.quantiles(v, n=4)[0]:.0f}-"

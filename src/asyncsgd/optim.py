@@ -80,9 +80,9 @@ class LayerSGD:
         Nesterov) and the step, bit for bit torch.optim.SGD(fused=True) (test_optim.py; the
         three in-place ops it replaced round differently in the last bit), and a block step makes
         one call for the whole model. `python
-        bench/update_kernel.py` (cnn1d, one thread, three runs): a plain pass with a block step
-        takes 0.958-0.977x the time of the three-op form; pdasgd's layer-wise engine pass
-        0.916-1.007x, inside its noise (docs/pdasgd.md, "One kernel per update")."""
+        bench/update_kernel.py` (cnn1d, one thread, four runs): a plain pass with a block step
+        takes 0.939-0.977x the time of the three-op form, pdasgd's layer-wise engine pass
+        0.916-1.007x (docs/pdasgd.md, "One kernel per update")."""
         torch._fused_sgd_(params, grads, buffers, weight_decay=self.weight_decay, momentum=self.momentum,
                           lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
 
