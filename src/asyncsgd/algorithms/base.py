@@ -22,6 +22,11 @@ def workers(cfg) -> int:
     return cfg.workers
 
 
+def processes(cfg):
+    """The worker processes of the run (the simulated ones with --runtime sim); None before resolved."""
+    return (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
+
+
 def one(cfg) -> int:
     return 1
 

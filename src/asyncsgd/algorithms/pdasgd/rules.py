@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..base import processes
+
 MAX_AUTO_THREADS = 8
 # One momentum buffer set per backward thread, as Hogwild! keeps one per process: a thread's
 # momentum then sees its own updates without delay. One set shared by a worker's backward
@@ -37,11 +39,6 @@ def auto_processes(cfg) -> tuple[int, str]:
     if _layout_given(cfg):
         return 1, "one process: the thread layout given is one model's"
     return 2, "2 processes (as Hogwild!'s default; one per core on 2 cores), each 1F:1B taking turns (--queue-size 0), on one shared model"
-
-
-def processes(cfg):
-    """The worker processes of the run (the simulated ones with --runtime sim); None before resolved."""
-    return (cfg.sim_workers or cfg.workers) if cfg.runtime == "sim" else cfg.workers
 
 
 def several_on_one_model(cfg) -> bool:
