@@ -99,7 +99,7 @@ class Gossiping(Decoupled):
         return int(self.clock[i].sum())
 
     def _read(self, i: int) -> int:
-        """A forward reads layer i (ReadingReplica's pre-hook): note its clock for the messages."""
+        """A forward reads layer i (ReadingReplica's forward wrapper): note its clock for the messages."""
         row = self.clock[i].copy()
         self._tls.seen[i] = row
         return int(row.sum())
@@ -110,7 +110,7 @@ class Gossiping(Decoupled):
         return own_update_staleness(total, own)
 
     def _forward(self, replica, k: int):
-        self._tls.seen = self.clock.copy()  # layers no module pre-hook reads are read now
+        self._tls.seen = self.clock.copy()  # layers no module's wrapper reads are read now
         item = super()._forward(replica, k)
         item.seen = self._tls.seen
         return item

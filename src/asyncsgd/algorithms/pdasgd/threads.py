@@ -164,7 +164,7 @@ class Decoupled:
         return [sum(c) for c in self.own_columns]
 
     def _read(self, i: int) -> int:
-        """A forward reads layer i (ReadingReplica's pre-hook): its version, and this worker's own."""
+        """A forward reads layer i (ReadingReplica's forward wrapper): its version, and this worker's own."""
         self._tls.own[i] = sum(self.own_columns[i])
         return sum(self.columns[i])
 
@@ -194,7 +194,7 @@ class Decoupled:
     def _forward(self, replica: ReadingReplica, k: int) -> Pending:
         ctx = self.ctx
         x, y = ctx.fetch(k)
-        own = self._tls.own = self.own_versions()  # layers no module pre-hook reads are read now
+        own = self._tls.own = self.own_versions()  # layers no module's wrapper reads are read now
         read = self.versions()
         out = replica(x, read)
         return Pending(k, len(y), ctx.loss(out, y), read, own_read=own)

@@ -2,8 +2,8 @@
 private copy of the weights its backward will use.
 
 Every forward thread runs its own module tree whose parameters and buffers ARE the shared
-tensors (shared_replica). A forward pre-hook on each module that owns parameters notes each
-layer's version the moment the module runs (the forward's read of that layer); with snapshot it
+tensors (shared_replica). Each module that owns parameters has its forward wrapped in that tree,
+and the wrapper notes each layer's version the moment the module runs (the forward's read of that layer); with snapshot it
 also swaps in a private copy (`p.clone()`) of each of the module's parameters, so the graph saves
 that copy and the backward computes the exact gradient at the weights the forward read.
 
@@ -44,8 +44,16 @@ class ReadingReplica:
             mine = [(n, index[id(p)]) for n, p in mod._parameters.items() if p is not None and id(p) in index]
             if mine:
                 self.slots += [(mod, n, i) for n, i in mine]
-                mod.register_forward_pre_hook(functools.partial(self._enter, mine))
+                # The module's own forward, wrapped in this tree (an instance attribute), rather than
+                # a forward pre-hook: a module with hooks takes nn.Module's slower call path on every
+                # call, and the wrapper cost 0.5-4% less per cnn1d engine pass (bench/pass_cost.py;
+                # docs/pdasgd.md, "One kernel per update").
+                mod.forward = functools.partial(self._run, mine, mod, mod.forward)
         self.read = self.copies = None
+
+    def _run(self, mine, module, forward, *args, **kwargs):
+        self._enter(mine, module, args)
+        return forward(*args, **kwargs)
 
     def _enter(self, mine, module, args) -> None:
         if self.read is None:
