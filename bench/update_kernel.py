@@ -26,7 +26,8 @@ cnn1d_engine.no_arguments(__doc__, "update_kernel.py")
 
 
 class ThreeOps(LayerSGD):
-    """The update as three in-place ops and a freshly allocated norm (no weight decay, Nesterov)."""
+    """The update as three in-place ops and a freshly allocated norm (momentum only: no weight decay,
+    no Nesterov, which the runs timed here do not use)."""
 
     def _norm(self, grad):
         return torch.linalg.vector_norm(grad)

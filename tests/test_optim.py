@@ -94,3 +94,21 @@ def test_clip_grad_norm_reaches_the_runs_optimizer(tmp_path, runtime, algorithm)
 
     free, clipped = final_loss(0.0), final_loss(1e-6)
     assert free < 0.6 < clipped, (free, clipped)  # logreg starts at 0.78
+
+
+def test_a_block_step_over_mixed_dtypes_updates_each_tensor():
+    """The kernel takes tensors of one device and dtype per call: a model with a float64 part is
+    stepped tensor by tensor, to the same values as torch.optim.SGD(fused=True)."""
+    torch.manual_seed(4)
+    params = [torch.randn(5, 3), torch.randn(3, dtype=torch.float64)]
+    ref_params = [p.clone().requires_grad_() for p in params]
+    opt = LayerSGD(params, momentum=0.9)
+    ref = torch.optim.SGD(ref_params, lr=0.1, momentum=0.9, fused=True)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        opt.step(grads, 0.1)
+        for p, g in zip(ref_params, grads):
+            p.grad = g.clone()
+        ref.step()
+    for mine, theirs in zip(params, ref_params):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs.detach())

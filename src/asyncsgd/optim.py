@@ -77,12 +77,11 @@ class LayerSGD:
         """torch.optim.SGD(fused=True)'s kernel (torch._fused_sgd_), called directly: the functional
         torch.optim.sgd path first groups the tensors by device and dtype in Python, which costs more
         than the update itself for one layer. One kernel does decay, momentum (dampening 0, optional
-        Nesterov) and the step, bit for bit torch.optim.SGD(fused=True) (test_optim.py; the
-        three in-place ops it replaced round differently in the last bit), and a block step makes
-        one call for the whole model. `python
-        bench/update_kernel.py` (cnn1d, one thread, four runs): a plain pass with a block step
-        takes 0.939-0.977x the time of the three-op form, pdasgd's layer-wise engine pass
-        0.916-1.007x (docs/pdasgd.md, "One kernel per update")."""
+        Nesterov) and the step, bit for bit torch.optim.SGD(fused=True) (test_optim.py; the three
+        in-place ops it replaced round differently in the last bit), and a block step makes one call
+        for the whole model. `python bench/update_kernel.py` (cnn1d, one thread, four runs): a plain
+        pass with a block step takes 0.939-0.977x the time of the three-op form, pdasgd's layer-wise
+        engine pass 0.916-1.007x (docs/pdasgd.md, "One kernel per update")."""
         torch._fused_sgd_(params, grads, buffers, weight_decay=self.weight_decay, momentum=self.momentum,
                           lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
 
@@ -95,7 +94,8 @@ class LayerSGD:
             if factor is not None:
                 grads = [g if g is None else g * factor for g in grads]
         given = [i for i, g in enumerate(grads) if g is not None]
-        params, buffers = [self.params[i].data for i in given], [self.buffers[i] for i in given] if self.momentum else []
+        params = [self.params[i].data for i in given]
+        buffers = [self.buffers[i] for i in given] if self.momentum else []
         grads = [grads[i] for i in given]
         if len({(g.device, g.dtype) for g in grads}) == 1:  # one kernel call for the whole model
             self._fused(params, grads, buffers, lr)

@@ -3,9 +3,10 @@ private copy of the weights its backward will use.
 
 Every forward thread runs its own module tree whose parameters and buffers ARE the shared
 tensors (shared_replica). Each module that owns parameters has its forward wrapped in that tree,
-and the wrapper notes each layer's version the moment the module runs (the forward's read of that layer); with snapshot it
-also swaps in a private copy (`p.clone()`) of each of the module's parameters, so the graph saves
-that copy and the backward computes the exact gradient at the weights the forward read.
+and the wrapper notes each layer's version the moment the module runs (the forward's read of that
+layer); with snapshot it also swaps in a private copy (`p.clone()`) of each of the module's
+parameters, so the graph saves that copy and the backward computes the exact gradient at the
+weights the forward read.
 
 How the gradients reach their updates is not this module's business: the engine (threads.py)
 hooks the shared parameters themselves, once (Decoupled._leaf_grad).

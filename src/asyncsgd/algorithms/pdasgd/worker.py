@@ -18,8 +18,8 @@ Autograd runs a leaf's hook the moment that parameter's whole gradient for the p
 by the autograd graph task it runs in. The update goes through .data (LayerSGD), so autograd's
 version checks never fire, and the pass runs as torch.autograd.grad over the parameters, so
 nothing is accumulated in a .grad that threads would share. Every forward thread runs its own
-module tree on the shared tensors (views.ReadingReplica), whose wrapped module forwards note when each layer
-is read.
+module tree on the shared tensors (views.ReadingReplica), whose wrapped module forwards note when
+each layer is read.
 
 Versions and staleness: board.layer_version[w, t, l] counts the updates backward thread t of
 worker w applied to layer l (one writer per row, so no lock); a layer's version is the sum
