@@ -57,11 +57,11 @@ def test_sync_x4_does_not_collapse_in_the_seed_that_did(tmp_path):
 
 
 @pytest.mark.parametrize("settings,expected", [
-    (dict(workers=2), (0.075, 0.0)),  # the default workers: Hogwild!'s lr, no clip
-    (dict(workers=4), (0.1, 2.0)),  # more than two writers: the higher lr, clipped at 2
+    (dict(workers=2), (0.075, 2.0)),  # the default workers: Hogwild!'s lr, clipped at 2
+    (dict(workers=4), (0.1, 2.0)),  # more than two writers: the higher lr
     (dict(workers=3), (0.1, 2.0)),
     (dict(runtime="sim", sim_workers=4), (0.1, 2.0)),  # the simulated processes count
-    (dict(runtime="sim", workers=2), (0.075, 0.0)),
+    (dict(runtime="sim", workers=2), (0.075, 2.0)),
     (dict(workers=4, lr=0.05, clip_grad_norm=0.0), (0.05, 0.0)),  # given values stay as given
 ])
 def test_hogwild_defaults_follow_the_writers(settings, expected):
