@@ -204,8 +204,23 @@ def test_delays_suite_drops_the_straggler_where_it_has_no_worker(tmp_path, monke
     assert calls[0][2].endswith("runs/straggler-latency/sequential-r0")
 
 
+def test_delays_suite_runs_pdasgd_at_its_default_layout(tmp_path):
+    """pdasgd's workers are left to its default (a process per core on a CPU): the straggler is
+    checked against the layout the run will resolve to, not refused for an unset --workers."""
+    from asyncsgd.algorithms.registry import ALGORITHMS
+    from asyncsgd.settings import resolve
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    p = bench.plan(parser.parse_args(["--suite", "delays", "--out", str(tmp_path / "d"), "--algos", "pdasgd"]))
+    runs = [(scenario, cfg) for _, scenario, _, cfg in bench.run_order(p)]
+    assert len(runs) == 2 * 3 and all(cfg.workers is None for _, cfg in runs)
+    processes = ALGORITHMS["pdasgd"].processes(resolve(runs[0][1]))
+    expected = "worker=1,slowdown=4" if processes > 1 else None  # one core: one process, no worker 1
+    assert {cfg.straggler for scenario, cfg in runs if scenario == "straggler-latency"} == {expected}
+
+
 def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, monkeypatch):
-    calls, fake = [], _fake_run([])
+    calls, clips, fake = [], set(), _fake_run([])
 
     def run(cfg):
         from asyncsgd.algorithms.registry import ALGORITHMS
@@ -213,6 +228,7 @@ def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, m
         processes = ALGORITHMS[cfg.algorithm].processes(resolve(cfg))  # sequential: --workers unset
         calls.append((cfg.algorithm, processes, cfg.forward_threads, cfg.backward_threads, cfg.threads_per_worker,
                       cfg.seed, cfg.task, cfg.model, cfg.target_accuracy, Path(cfg.out).name))
+        clips.add((cfg.algorithm, resolve(cfg).clip_grad_norm))
         return fake(cfg)
     monkeypatch.setattr("asyncsgd.runner.run", run)
     parser = argparse.ArgumentParser()
@@ -238,6 +254,7 @@ def test_speed_suite_plans_sequential_hogwild_and_the_pdasgd_layouts(tmp_path, m
     algos = res["scenarios"]["speed"]["algorithms"]
     assert set(algos) == set(layouts) and all(e["samples_per_s"]["median"] is not None for e in algos.values())
     assert all(e["time_to_target_s"]["runs"] == 3 for e in algos.values())
+    assert ("hogwild", 0.0) in clips and ("hogwild", 2.0) not in clips  # the reference at its fastest
     # --algos picks variants by algorithm (or label)
     p = bench.plan(parser.parse_args(["--suite", "speed", "--out", str(tmp_path / "c"), "--algos", "pdasgd,hogwild"]))
     assert p["algos"] == [label for label in layouts if label.startswith("pdasgd")] + ["hogwild"]

@@ -53,10 +53,10 @@ SUITES: dict[str, dict] = {
         "task": "mnist1d", "model": None, "workers": 4, "epochs": 20.0, "target_accuracy": 0.90, "repeats": 3,
         # lpap as the paper runs it, Hogwild! inside each device: 2 groups x 2 workers (4 groups of 1
         # average 4 replicas, which per sample learns like sync without its lr scaling: 1.8x sync
-        # under delays, against 3.4x for 2 x 2); pdasgd as 2 processes of 1F:2B threads (4
-        # processes of 3 threads would be 12 on the cores)
+        # under delays, against 3.4x for 2 x 2); pdasgd at its default layout, what a user gets
+        # (on a CPU a process per core, 1F:1B taking turns; 2 x 1F:2B until 2026-12-06)
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 2},
-        "per_algorithm": {"pdasgd": {"workers": 2, "backward_threads": 2}},
+        "per_algorithm": {"pdasgd": {"workers": None}},
         "scenarios": {"no-delay": {},
                       "straggler-latency": {"straggler": "worker=1,slowdown=4", "delay": "latency=20ms"}},
     },
@@ -311,7 +311,8 @@ def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
     try:
         cfg = RunConfig(**values)
         straggler = cfg.parsed.straggler
-        n = ALGORITHMS[algo].processes(cfg)
+        # the processes of the layout the run will get (a default layout is chosen in resolve)
+        n = ALGORITHMS[algo].processes(resolve(cfg.replace(straggler=None)))
         if straggler is not None and straggler.worker >= n:
             cfg = cfg.replace(straggler=None)
             note = f"no straggler: it runs {n} process(es), so worker {straggler.worker} does not exist"
