@@ -44,9 +44,10 @@ for line in open(sys.argv[1]):
     frames = frames[start:]
     stack = ";".join(frames)
     if "pdasgd-" not in frames[0]: continue
-    frames = frames[1:]
+    thread, frames = frames[0], frames[1:]
     c = cat(frames); tot[c] += n
-    role = "forward" if "forward" in stack.split(";")[0] else "backward"  # a turns thread counts as backward
+    # the thread's name: pdasgd-w<rank>-forward-<i>, -backward-<i>, or -turns (both, on one thread)
+    role = next((r for r in ("forward", "backward", "turns") if f"-{r}" in thread), "other")
     roles[role]["wait" if c == "wait" else "active"] += n
     for f in set(fr.split(" (")[0] for fr in frames): funcs[f] += n
 T = sum(tot.values()); A = T - tot["wait"]
