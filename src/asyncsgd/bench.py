@@ -43,7 +43,7 @@ SUITES: dict[str, dict] = {
         "about": "mnist1d, 2 workers, no delays: every algorithm once, a few minutes on 2 CPU cores",
         "task": "mnist1d", "model": None, "workers": 2, "epochs": 10.0, "target_accuracy": 0.90, "repeats": 1,
         "settings": {"device": "cpu", "groups": 2, "workers_per_group": 1},
-        # pdasgd at its default layout: one process of 1 forward + 2 backward threads per core
+        # pdasgd at its default layout (on a CPU a process per core, 1F:1B taking turns)
         "per_algorithm": {"pdasgd": {"workers": None}},
         "scenarios": {"quick": {}},
     },
