@@ -82,7 +82,8 @@ SUITES: dict[str, dict] = {
         "variants": {
             "sequential": {"algorithm": "sequential"},
             "sequential threads=1": {"algorithm": "sequential", "threads_per_worker": 1},
-            # the samples/s reference at its fastest: without its default clip (a norm per step, 4% of its samples/s)
+            # the samples/s reference at its fastest: without its default clip (a norm per step,
+            # 4% of its samples/s)
             "hogwild": {"algorithm": "hogwild", "workers": 2, "clip_grad_norm": 0.0},
             "pdasgd (default)": {"algorithm": "pdasgd", "workers": None},  # its default layout (rules.auto_processes)
             "pdasgd 1x1F:2B": {"algorithm": "pdasgd", "workers": 1, "forward_threads": 1, "backward_threads": 2},
