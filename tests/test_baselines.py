@@ -65,8 +65,9 @@ def test_sync_x4_does_not_collapse_in_the_seed_that_did(tmp_path):
     (dict(workers=4, lr=0.05, clip_grad_norm=0.0), (0.05, 0.0)),  # given values stay as given
 ])
 def test_hogwild_defaults_follow_the_writers(settings, expected):
-    """Hogwild!'s lr and clip are resolved once from the number of processes that write the model
-    (algorithms/hogwild/spec.py; measured in docs/benchmarks.md, "More than two processes")."""
+    """Hogwild!'s lr is resolved once from the number of processes that write the model; the clip
+    at 2 holds for any number (algorithms/hogwild/spec.py; measured in docs/benchmarks.md, "More
+    than two processes" and "Two processes clip too")."""
     from asyncsgd.config import RunConfig
     from asyncsgd.settings import resolve
     cfg = resolve(RunConfig(algorithm="hogwild", **settings))
