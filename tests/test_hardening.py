@@ -276,3 +276,47 @@ def test_a_diverged_dasgd_run_exits_3_at_once(tmp_path):
     assert took < 20, (took, err)
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
     assert json.loads((out / "workers.json").read_text())["state"] == "diverged"
+
+
+# -- the forkserver started before the launcher imports torch (launch/server.py) ------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_an_early_worker_server_is_taken_once_and_an_untaken_one_is_reaped():
+    from asyncsgd.launch import server
+    server.start_early()
+    early = server._early
+    assert early is not None and _alive(early.pid)
+    pid, folder = early.pid, early.folder
+    taken = server.take_server()
+    assert taken is early and server._early is None  # handed over once: the next run gets a new one
+    taken.stop()
+    assert not _alive(pid) and not os.path.exists(folder)
+
+    server.start_early()
+    pid = server._early.pid
+    t0 = time.monotonic()
+    server.stop_early()  # no run took it: killed at once, not left to finish importing torch
+    assert time.monotonic() - t0 < 1.0 and server._early is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left behind
+
+
+@pytest.mark.parametrize("argv,starts", [
+    (["train"], True), (["train", "--algo", "hogwild", "--workers", "2"], True), (["train", "--algo=dasgd"], True),
+    (["train", "--algo", "sequential"], False), (["train", "--algo=sequential"], False),
+    (["train", "--runtime", "sim", "--algo", "dasgd"], False), (["train", "--help"], False),
+    (["bench", "--suite", "quick"], False), (["report", "runs"], False), ([], False)])
+def test_the_command_line_starts_the_worker_server_early_only_for_a_run_that_starts_workers(argv, starts):
+    """Decided from the words alone, in a fresh interpreter (one that has imported torch gains nothing)."""
+    code = f"import sys; from asyncsgd import cli; assert 'torch' not in sys.modules; print(cli._starts_workers({argv!r}))"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(starts)

@@ -286,6 +286,36 @@ def main(argv=None) -> int:
     import signal
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM (schedulers, timeout) stops like Ctrl-C
         signal.signal(signal.SIGTERM, _terminate)
+    from .launch import server
+    if _starts_workers(argv):
+        server.start_early()  # its torch import overlaps with ours (build_parser's)
+    try:
+        return _run_command(argv)
+    finally:
+        server.stop_early()  # when no run took it
+
+
+def _starts_workers(argv) -> bool:
+    """Whether the command will likely start worker processes, so that their forkserver is worth
+    starting before this process imports torch: a `train` that is not sequential, simulated or
+    help, here where torch is not imported yet (in a Python process that has imported it there is
+    nothing to overlap) and not a torchrun rank (which starts no workers). A guess from the words
+    alone: a wrong one costs a server that imports torch on another core and is stopped unused."""
+    words = [str(a) for a in argv]
+    if not words or words[0] != "train" or "torch" in sys.modules or "-h" in words or "--help" in words:
+        return False
+    import os
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return False
+    given = {}
+    for i, w in enumerate(words):
+        key, eq, value = w.partition("=")
+        if key in ("--algo", "--runtime"):
+            given[key] = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+    return given.get("--algo") != "sequential" and given.get("--runtime") != "sim"
+
+
+def _run_command(argv) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

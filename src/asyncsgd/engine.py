@@ -81,7 +81,7 @@ class WorkerSpec:
     launch: object = None  # launch.modes.LocalLaunch or TorchrunLaunch: batches, resume point, start line
     dist_init: str | None = None  # file://PATH of the launcher's FileStore (local runs); None under torchrun
     errors: object = None  # multiprocessing queue: (rank, kind, message)
-    environ: dict | None = None  # the launcher's environment, which a forked worker takes (launch.local.WorkerServer)
+    environ: dict | None = None  # the launcher's environment, which a forked worker takes (launch.server.WorkerServer)
 
 
 class WorkerContext:

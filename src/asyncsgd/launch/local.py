@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401 (registers how tensors are shared with the workers)
 
 from .. import records
 from ..algorithms.registry import get_algorithm
@@ -38,13 +38,10 @@ from ..errors import ConfigError, DivergedError, WorkerError
 from ..settings import resolve, write_config_toml
 from ..tensors import StateFlattener
 from .modes import LocalLaunch
+from .server import take_server, worker_context
 from .worker import worker_main
 
 STOP_GRACE_S = 10.0
-# What the forkserver imports once, so that each worker it forks starts with them imported: a
-# spawned worker imported torch itself (2.6 s of CPU on our 2-core machine, 5 s of start-up for
-# 4 workers; measured with summary.json's time split).
-WORKER_PRELOAD = ["torch", "asyncsgd.launch.worker"]
 STORE_FILE = ".asyncsgd-store"  # the local process group's FileStore, in the run directory
 POLL_S = 0.05
 
@@ -94,88 +91,6 @@ def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model:
                           f"{need / 2**30:.2f} GiB of shared memory ({replicas} replica(s) x {copies} copies of "
                           f"{numel:,} values) and /dev/shm has {free / 2**30:.2f} GiB free; accepted: at most "
                           f"{most} here, or a smaller model")
-
-
-def worker_context():
-    """The multiprocessing context of the worker processes: forkserver where the platform has it
-    (WorkerServer below), spawn elsewhere."""
-    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-
-
-class WorkerServer:
-    """One run's forkserver: a process that imports WORKER_PRELOAD once and forks every worker of
-    the run from itself, so no worker imports torch again. Nothing has run in it but imports (no
-    thread pool, no CUDA), which is what makes the fork safe; each worker still gets the launcher's
-    sys.path, working directory and main module (multiprocessing's preparation data, as with
-    spawn), and its environment from WorkerSpec.environ (the server's is that of its start).
-
-    Ownership: the Launcher starts it before the first worker and stops it after the last one has
-    ended (the server reports the workers' exit codes, so it must outlive them). multiprocessing
-    keeps one server per process; WorkerServer starts and stops that one (through the private
-    fields of multiprocessing.forkserver, the same in Python 3.10 to 3.13), so every run of a
-    long-lived process (the Python API) gets a fresh server. Its socket (a path: AF_UNIX) is only
-    needed to fork: once every worker is forked the socket and its folder are removed (the server
-    keeps its listening descriptor, the exit codes come back on per-worker pipes), so a launcher
-    killed later leaves nothing in the temporary folder. The server then ends by itself (its pipe
-    from the launcher closes; the workers let go of their copies: worker.let_go_of_the_forkserver),
-    and so its workers see their parent change (worker.watch_launcher)."""
-
-    STOP_WAIT_S = 5.0
-
-    def __init__(self):
-        self.folder = None
-        self.pid = None
-
-    def start(self) -> None:
-        if worker_context().get_start_method() != "forkserver":
-            return
-        import tempfile
-        from multiprocessing import forkserver, process
-        # its own short folder (an AF_UNIX path has at most 107 bytes: a run directory can be longer)
-        self.folder = tempfile.mkdtemp(prefix="asyncsgd-")
-        worker_context().set_forkserver_preload(WORKER_PRELOAD)
-        config = process.current_process()._config  # where multiprocessing makes its socket
-        before = config.get("tempdir")
-        config["tempdir"] = self.folder
-        try:
-            forkserver.ensure_running()
-        finally:
-            if before is None:
-                config.pop("tempdir", None)
-            else:
-                config["tempdir"] = before
-        self.pid = forkserver._forkserver._forkserver_pid
-
-    def forked_all(self) -> None:
-        """Every worker is forked: remove the socket and its folder."""
-        if self.folder is not None:
-            import shutil
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
-
-    def stop(self) -> None:
-        """After the last worker ended: close the server's pipe (it then exits) and reap it."""
-        self.forked_all()
-        if self.pid is None:
-            return
-        import signal
-        from multiprocessing import forkserver
-        server = forkserver._forkserver
-        with server._lock:
-            if server._forkserver_pid == self.pid:
-                os.close(server._forkserver_alive_fd)
-                server._forkserver_alive_fd = server._forkserver_pid = server._forkserver_address = None
-        deadline = time.monotonic() + self.STOP_WAIT_S
-        try:
-            while not os.waitpid(self.pid, os.WNOHANG)[0]:
-                if time.monotonic() > deadline:  # a worker we could not kill still holds its pipe
-                    os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    break
-                time.sleep(0.01)
-        except ChildProcessError:  # already reaped (multiprocessing restarts a dead server itself)
-            pass
-        self.pid = None
 
 
 class Launcher:
@@ -328,10 +243,10 @@ class Launcher:
             store = dist.FileStore(str(path), self.n_proc + 1)  # the workers and this launcher
             self.spec.dist_init = f"file://{path.resolve()}"
         procs = self.procs = []
-        server = WorkerServer()
+        server = None
         state = "failed"
         try:
-            server.start()
+            server = take_server()  # started early by the command line, or now
             for rank in range(self.n_proc):
                 p = self.ctx.Process(target=worker_main, args=(rank, self.spec), name=f"asyncsgd-worker-{rank}")
                 p.start()
@@ -348,7 +263,8 @@ class Launcher:
             raise
         finally:
             self._stop_all(procs)  # also the ones started before a start failed
-            server.stop()  # after the workers: it reports their exit codes
+            if server is not None:
+                server.stop()  # after the workers: it reports their exit codes
             self._write_workers_json(state)  # a final state: every process above has ended
             for log in self.out.glob("startup-*.log"):  # modes.join_group's: keep only what says something
                 if log.stat().st_size == 0:
