@@ -30,14 +30,15 @@ ANALYSED_STABLE = ["--momentum", "0", "--lr", "0.05", "--clip-grad-norm", "0", "
 def test_dasgd_four_workers_learn_and_replicas_agree(tmp_path):
     """The analysed form at lr 0.05, not its 0.1: at lr 0.1 (staleness mean 3.3) 1 of 10 repeats of
     this run was knocked back early (0.50 -> 0.16 at the second evaluation) and ended at 0.619, and a
-    CI run ended at 0.8745; at lr 0.05, 8 of 8 ended at 0.857-0.8635 (docs/distributed.md)."""
+    CI run ended at 0.8745; at lr 0.05, 8 of 8 ended at 0.857-0.8635 after 20 epochs, and 5 of 5 at
+    0.553-0.5625 after the 8 run here (plain SGD at lr 0.05 learns slowly; docs/distributed.md)."""
     out = tmp_path / "run"
-    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 20, *ANALYSED_STABLE, *FAST, "--out", out)
+    r = run_cli("train", "--algo", "dasgd", "--workers", 4, "--epochs", 8, *ANALYSED_STABLE, *FAST, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     s, metrics = read_run(out)
     assert s["workers"] == 4 and s["lost_workers"] == []
-    assert s["samples"] == 20 * 8000
-    assert s["final_test_accuracy"] >= 0.84, s["final_test_accuracy"]
+    assert s["samples"] == 8 * 8000
+    assert s["final_test_accuracy"] >= 0.52, s["final_test_accuracy"]  # 5x chance, on course to the 20 epochs' 0.86
     # topology all, updates exchanged: once everything is delivered every replica applied the same set
     assert s["consensus_distance"] is not None and s["consensus_distance"] < 1e-3
     assert abs(s["final_avg_test_accuracy"] - s["final_test_accuracy"]) < 0.005
