@@ -43,7 +43,7 @@ def _pngs(out: Path) -> list[Path]:
 @pytest.mark.slow
 def test_tiny_quick_suite_writes_results_report_and_plots(tmp_path):
     out = tmp_path / "bench"
-    algos = ["sequential", "hogwild", "sync"]
+    algos = ["hogwild", "sync"]  # the two references every ratio is taken against (sequential: the fake runner's tests)
     proc = run_cli("bench", "--suite", "quick", "--algos", ",".join(algos), "--epochs", "0.25", "--repeats", "2",
                    "--eval-points", "4", "--peak-flops", "1e11", "--target-accuracy", "0.15", "--out", out,
                    "--set", "threads_per_worker=1", timeout=300)
@@ -56,10 +56,10 @@ def test_tiny_quick_suite_writes_results_report_and_plots(tmp_path):
     assert res["peak_flops"]["flops"] == 1e11 and "given" in res["peak_flops"]["source"]
     assert res["suite"]["name"] == "quick" and res["suite"]["repeats"] == 2 and res["suite"]["algorithms"] == algos
 
-    # Interleaved: A B C A B C, every algorithm of a repeat with the same seed.
+    # Interleaved: A B A B, every algorithm of a repeat with the same seed.
     order = [(e["repeat"], e["algorithm"]) for e in res["run_order"]]
     assert order == [(r, a) for r in range(2) for a in algos]
-    assert [e["seed"] for e in res["run_order"]] == [0, 0, 0, 1, 1, 1]
+    assert [e["seed"] for e in res["run_order"]] == [0, 0, 1, 1]
     assert [e["started_at"] for e in res["run_order"]] == sorted(e["started_at"] for e in res["run_order"])
     assert all(e["status"] == "ok" for e in res["run_order"])
 
