@@ -208,12 +208,13 @@ def test_torchrun_sync_stops_on_a_dead_rank(tmp_path):
 
 
 @pytest.mark.acceptance  # a timing comparison (two runs): pytest -m acceptance
-def test_torchrun_ranks_on_one_machine_share_its_cores(tmp_path):
+@pytest.mark.parametrize("algo", ["dasgd", "layup"])
+def test_torchrun_ranks_on_one_machine_share_its_cores(tmp_path, algo):
     """Two torchrun nodes on one machine each used all the cores (torch threads = cores), and a
     dasgd run trained ~90x slower than the same run launched locally. Ranks now count the ranks
     on their host: the torchrun run's training time stays within 10x of the local one's (a loose
-    guard against that regression; the measured ratio is in docs/distributed.md)."""
-    args = ["--algo", "dasgd", "--epochs", 2]
+    guard against that regression; the measured ratios are in docs/distributed.md)."""
+    args = ["--algo", algo, "--epochs", 2]
     (rc0, _, err0), (rc1, _, err1) = torchrun_pair(tmp_path, *args)
     assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
     remote, _ = read_run(tmp_path / "node0")
