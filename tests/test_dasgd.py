@@ -1,7 +1,7 @@
 """dasgd: accuracy, replica agreement, staleness drops, message counts per topology, a killed worker.
 
-Settings: --momentum 0 --lr 0.1 --clip-grad-norm 0 (the paper's plain SGD). With the default momentum 0.9 and lr 0.05,
-4 asynchronous workers on 2 busy cores see a staleness of ~4-9 and diverge on mnist1d (so does
+Settings: --momentum 0 --lr 0.1 --clip-grad-norm 0 (the paper's plain SGD). With the default
+momentum 0.9 and lr 0.05, 4 asynchronous workers on 2 busy cores see a staleness of ~4-9 and diverge on mnist1d (so does
 a simulation with a fixed staleness of 3, docs/distributed.md), so the accuracy tests use the
 setting where asynchrony is stable here.
 """

@@ -320,3 +320,20 @@ def test_the_command_line_starts_the_worker_server_early_only_for_a_run_that_sta
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(starts)
+
+
+def test_a_worker_server_that_fails_to_start_leaves_no_folder(monkeypatch):
+    """take_server stops a server whose start raised (the launcher's finally never sees it)."""
+    import tempfile
+    from multiprocessing import forkserver
+    from asyncsgd.launch import server
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+
+    def refuse():
+        raise OSError("no forkserver today")
+    monkeypatch.setattr(forkserver, "ensure_running", refuse)
+    with pytest.raises(OSError, match="no forkserver today"):
+        server.take_server()
+    assert made and not os.path.exists(made[0])

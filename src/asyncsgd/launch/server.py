@@ -128,7 +128,11 @@ def take_server() -> WorkerServer:
     server, _early = _early, None
     if server is None or server.pid is None:
         server = WorkerServer()
-        server.start()
+        try:
+            server.start()
+        except BaseException:  # half started (its folder made, maybe its process): leave nothing behind
+            server.stop(unused=True)
+            raise
     return server
 
 
