@@ -59,7 +59,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread ({D('batch_size')})")
     p.add_argument("--lr", type=FLOAT, default=S, help=f"peak learning rate ({D('lr')})")
     p.add_argument("--momentum", type=FLOAT, default=S, help=f"momentum ({D('momentum')})")
-    p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S,
+                   help=f"Nesterov momentum; --no-nesterov turns an algorithm's default off ({D('nesterov')})")
     p.add_argument("--weight-decay", type=FLOAT, default=S, help=f"L2 weight decay ({D('weight_decay')})")
     p.add_argument("--clip-grad-norm", type=FLOAT, default=S,
                    help=f"scale a gradient down to this norm when longer: a layer's own in layer-wise updates, "

@@ -38,7 +38,7 @@ RUNTIMES = ("real", "sim")
 
 # Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
 # left None is resolved by settings.resolve() to the algorithm's value, else to this one.
-SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "staleness": "none", "send_every": 1,
+SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "nesterov": False, "staleness": "none", "send_every": 1,
                    "warmup_epochs": 0.5, "topology": "all", "clip_grad_norm": 0.0, "forward_threads": 1,
                    "backward_threads": 2}
 
@@ -57,7 +57,7 @@ class RunConfig:
     batch_size: int = 32
     lr: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     momentum: float | None = None  # default: SHARED_DEFAULTS, or the algorithm's
-    nesterov: bool = False
+    nesterov: bool | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     weight_decay: float = 0.0
     # 0: off; per layer in layer-wise updates, whole-model in block ones (optim.py); default: SHARED_DEFAULTS or the algorithm's
     clip_grad_norm: float | None = None
