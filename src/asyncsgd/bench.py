@@ -352,6 +352,8 @@ def train_command(cfg) -> str:
             continue
         if value is True:
             args.append(flag(f.name))
+        elif value is False:  # a default of True turned off (--no-nesterov); a False default is skipped above
+            args.append("--no-" + flag(f.name).removeprefix("--"))
         else:
             args += [flag(f.name), ",".join(map(_text, value)) if isinstance(value, tuple) else _text(value)]
     return shlex.join(args)
