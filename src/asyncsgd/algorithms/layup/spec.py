@@ -51,8 +51,8 @@ LAYUP = Algorithm(
     # with --straggler worker=1,slowdown=4 --delay latency=20ms at 20 epochs 0.90 in 3 of 3 seeds,
     # median 5.48 s, against 2 of 3, 8.60 s. A device here has half a core: the pipeline's overlap
     # had nothing to run on, and its staleness cost the accuracy (docs/layup.md). GPUs: unmeasured.
-    # Nesterov momentum (2026-12-07), as dasgd's: 4 workers, 10 epochs, seeds 0-3 interleaved,
-    # 0.938 / 0.9403 / 0.9495 against 0.8885 / 0.9075 / 0.92; under the straggler and latency at 20
+    # Nesterov momentum (2026-12-07), as dasgd's: 4 workers, 10 epochs, seeds 0-9 interleaved,
+    # 0.938 / 0.9447 / 0.9515 against 0.8765 / 0.896 / 0.9345; under the straggler and latency at 20
     # epochs 0.90 in 3.41-4.66 s against 5.78-6.60 s (docs/layup.md, "Nesterov momentum")
     defaults={"staleness": "adaptive", "clip_grad_norm": 1.0, "warmup_epochs": 2.0, "topology": "random:1",
               "send_every": 8, "queue_size": 0, "backward_threads": 1, "lr": 0.1, "nesterov": True},
