@@ -31,7 +31,7 @@ class LayerSGD:
     def __init__(self, params, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  buffers: list[torch.Tensor] | None = None, clip_grad_norm: float = 0.0):
         self.params = list(params)
-        self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.clip_grad_norm = clip_grad_norm  # 0: no clipping
         self._norm_out = None  # a CPU layer's gradient norm is written here (_norm)
         # Momentum buffers may live in shared memory (given) so a checkpoint can save them.
