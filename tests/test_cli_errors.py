@@ -32,6 +32,7 @@ BAD_INPUTS = {
                                       ["--straggler", "worker=5"]),
     "malformed delay": (["--delay", "latency=fast"], ["'fast'", "accepted:"]),
     "unknown flag": (["--learning-rate", "0.1"], ["--learning-rate", "accepted:"]),
+    "a value given to a switch": (["--nesterov=yes"], ["--nesterov", "'yes'", "accepted: the switch alone"]),
     "missing npz": (["--task", "npz:/no/such/file.npz"], ["/no/such/file.npz"]),
     "mnist files missing": (["--task", "mnist", "--data-dir", "{tmp}/empty"], ["{tmp}/empty", "put the four IDX files"]),
     "resume without checkpoint": (["--resume", "{tmp}"], ["--resume", "checkpoint.pt"]),

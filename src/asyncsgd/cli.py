@@ -25,6 +25,8 @@ class _Parser(argparse.ArgumentParser):
             message += f"; accepted: the flags listed by `{self.prog} --help`"
         elif message.startswith("argument command: invalid choice"):
             message += "; see `asyncsgd --help`"
+        elif "ignored explicit argument" in message:  # --nesterov=yes: a switch takes no value
+            message += "; accepted: the switch alone (e.g. --nesterov or --no-nesterov), without a value"
         raise ConfigError(message)
 
 
