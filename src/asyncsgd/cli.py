@@ -14,8 +14,6 @@ import sys
 from .config import FIELD_NAMES, RunConfig, check_types, load_toml
 from .errors import AsyncSGDError, ConfigError
 
-BOOL_FIELDS = {"nesterov", "partitioned"}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but bad input is a one-line error with exit code 2 and no usage dump."""
