@@ -416,7 +416,7 @@ def test_every_planned_run_is_a_train_command_that_train_accepts(tmp_path, suite
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     sets = [] if suite == "speed" else ["--set", "send_every=4"]  # speed runs no dasgd nor layup
-    sets += ["--set", "nesterov=false"]  # printed as --no-nesterov (dasgd's default is True)
+    sets += ["--set", "nesterov=false"]  # printed as --no-nesterov (the shared default is True)
     p = bench.plan(parser.parse_args(["--suite", suite, "--out", str(tmp_path / "b"), *sets]))
     train = cli.build_parser()
     for _, _, label, cfg in bench.run_order(p):

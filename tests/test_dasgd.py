@@ -65,8 +65,15 @@ def test_dasgd_defaults_with_four_workers_learn_as_sequential_does(tmp_path):
 
 @pytest.mark.parametrize("algo, flags, nesterov", [
     ("dasgd", [], True), ("dasgd", ["--no-nesterov"], False), ("layup", [], True), ("lpap", [], True),
-    ("sequential", [], False), ("sequential", ["--nesterov"], True), ("hogwild", [], False)])
+    ("sequential", [], True), ("sequential", ["--no-nesterov"], False), ("hogwild", [], True),
+    ("sync", [], False), ("sync", ["--nesterov"], True), ("ddp", [], False),
+    # pdasgd: Nesterov where its updates are clipped (the CPU default, one forward thread per model)
+    ("pdasgd", [], True), ("pdasgd", ["--forward-threads", "1", "--backward-threads", "2"], True),
+    ("pdasgd", ["--forward-threads", "2", "--backward-threads", "2"], False),
+    ("pdasgd", ["--forward-threads", "2", "--backward-threads", "2", "--nesterov"], True)])
 def test_nesterov_defaults_per_algorithm_and_the_flag_both_ways(algo, flags, nesterov):
+    """Nesterov momentum is the shared default; sync and ddp (N x the lr) and pdasgd's unclipped
+    layouts keep heavy-ball momentum, as measured (config.py, their spec.py)."""
     args = build_parser().parse_args(["train", "--algo", algo, *flags])
     assert resolve(config_from_args(args)).nesterov is nesterov
 

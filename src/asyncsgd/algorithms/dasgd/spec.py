@@ -46,6 +46,6 @@ DASGD = Algorithm(
     # seeds 0-9 interleaved with sequential: 0.959 / 0.9632 / 0.9685 against 0.967 / 0.972 / 0.9765
     # (0.885 / 0.9213 / 0.9365 without it, seeds 0-3; seeds 10-19: 0.958 median against 0.9708);
     # under the straggler and latency sooner to 0.90 (docs/distributed.md, "Nesterov momentum").
-    defaults={"staleness": "adaptive", "send_every": 4, "lr": 0.1, "clip_grad_norm": 2.0, "nesterov": True},
+    defaults={"staleness": "adaptive", "send_every": 4, "lr": 0.1, "clip_grad_norm": 2.0},
     options=("send_every", "topology", "staleness"),
     summary_extra=summary_extra, check=check, sim_replicas=lambda workers, groups: workers, sim_theory=True)

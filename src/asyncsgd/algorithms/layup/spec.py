@@ -55,6 +55,6 @@ LAYUP = Algorithm(
     # 0.938 / 0.9447 / 0.9515 against 0.8765 / 0.896 / 0.9345; under the straggler and latency at 20
     # epochs 0.90 in 3.41-4.66 s against 5.78-6.60 s (docs/layup.md, "Nesterov momentum")
     defaults={"staleness": "adaptive", "clip_grad_norm": 1.0, "warmup_epochs": 2.0, "topology": "random:1",
-              "send_every": 8, "queue_size": 0, "backward_threads": 1, "lr": 0.1, "nesterov": True},
+              "send_every": 8, "queue_size": 0, "backward_threads": 1, "lr": 0.1},
     options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
     summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)

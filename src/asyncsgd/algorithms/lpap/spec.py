@@ -43,6 +43,6 @@ LPAP = Algorithm(
     # Nesterov momentum (2026-12-07): 2 x 2, seeds 0-9 interleaved, 0.959 / 0.9637 / 0.9675 against
     # 0.9465 / 0.959 / 0.9625 without it (sequential's median 0.972); under the straggler and
     # latency sooner to 0.90 (docs/benchmarks.md, "Nesterov momentum")
-    defaults={"staleness": "cap", "lr": 0.1, "clip_grad_norm": 2.0, "nesterov": True},
+    defaults={"staleness": "cap", "lr": 0.1, "clip_grad_norm": 2.0},
     options=("groups", "workers_per_group", "average_every", "partitioned", "staleness"),
     summary_extra=summary_extra, sim_layout=sim_layout, sim_replicas=lambda workers, groups: groups)
