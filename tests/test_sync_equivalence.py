@@ -14,7 +14,8 @@ def test_sync_matches_sequential_with_n_times_the_batch(tmp_path):
     AMD EPYC (2026-12-07) that rounding grew from 3e-8 at a quarter epoch to 7e-5 at half an epoch
     and 4e-4 at one (the trajectory amplifies it; it was below 1e-5 at one epoch on the machines
     before). Same computation, so the difference at a quarter epoch is rounding only."""
-    common = ["--epochs", "0.25", "--momentum", "0.9", "--lr", "0.05", "--seed", "3", "--progress", "none",
+    # --no-nesterov: sequential's default is Nesterov, sync's heavy-ball; the same update rule for both
+    common = ["--epochs", "0.25", "--momentum", "0.9", "--no-nesterov", "--lr", "0.05", "--seed", "3", "--progress", "none",
               "--threads-per-worker", "1", "--eval-points", "4"]
     seq = run_cli("train", "--algo", "sequential", "--batch-size", "64", "--out", tmp_path / "seq", *common)
     assert seq.returncode == 0, seq.stderr
