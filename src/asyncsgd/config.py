@@ -38,8 +38,8 @@ RUNTIMES = ("real", "sim")
 
 # Defaults of the settings an algorithm may override (each algorithm's spec.py `defaults`): a field
 # left None is resolved by settings.resolve() to the algorithm's value, else to this one.
-# Nesterov momentum (since 2026-12-08 for sequential and Hogwild!; dasgd, lpap and layup since the
-# day before): mnist1d, 10 epochs, 2-core CPU, interleaved with heavy-ball momentum, sequential over
+# Nesterov momentum (since 2026-12-07, later, for sequential and Hogwild!; dasgd, lpap and layup
+# earlier that day): mnist1d, 10 epochs, 2-core CPU, interleaved with heavy-ball momentum, sequential over
 # seeds 0-39 0.9645 / 0.9723 / 0.9775 against 0.966 / 0.9715 / 0.9775 and to 0.95 in 1.52 s against
 # 1.74 s (median of 8 seeds); Hogwild! x4 over seeds 0-9 0.9665 / 0.971 / 0.9765 against 0.963 /
 # 0.9695 / 0.9745; Hogwild! x2 to 0.95 in 0.89 s against 1.01 s. sync and ddp (a batch of N x 32 at
