@@ -51,10 +51,11 @@ def test_dasgd_four_workers_learn_and_replicas_agree(tmp_path):
 
 
 def test_dasgd_defaults_with_four_workers_learn_as_sequential_does(tmp_path):
-    """The defaults (Nesterov momentum and --send-every 2 since 2026-12-07), 4 workers, 10 epochs, seed 0. Measured on
-    2 cores: 25 runs over seeds 0-19 ended at 0.949-0.9685 with Nesterov, seed 0 at 0.9585 and 0.959
-    (sequential 0.967-0.9765); without it seed 0 ended at 0.8655-0.9365 in five runs this session
-    (docs/distributed.md, "Nesterov momentum"), so this fails on the defaults before in most runs."""
+    """The defaults (Nesterov momentum and --send-every 2 since 2026-12-07), 4 workers, 10 epochs, seed 0.
+    Measured on 2 cores: at --send-every 2, 20 runs over seeds 0-19 ended at 0.951-0.970, seed 0 at
+    0.958 (sequential 0.965-0.9775); at --send-every 4 with Nesterov 0.949-0.9685 over 25 runs; with
+    heavy-ball momentum seed 0 ended at 0.8655-0.9365 in five runs (docs/distributed.md, "Nesterov
+    momentum" and "Every 2 steps"), so this fails on those defaults in most runs."""
     out = tmp_path / "run"
     r = run_cli("train", "--algo", "dasgd", "--workers", 4, *FAST, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]

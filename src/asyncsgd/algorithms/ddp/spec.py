@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...config import need
 from ...errors import ConfigError
 from ..base import Algorithm
-from ..sync.rules import warmup_default
+from ..sync.rules import DEFAULTS
 from . import sim, worker
 
 
@@ -34,5 +34,5 @@ DDP = Algorithm(
     "ddp", "synchronous data parallelism with torch DistributedDataParallel (sync's batches and lr "
     "scaling; --delay paid per gradient bucket in a comm hook)",
     worker=worker.run, sim=sim.run, shared_model=False, distributed=True, options=("lr_scaling", "bucket_cap_mb"),
-    defaults={"warmup_epochs": warmup_default, "nesterov": False},  # sync's recipe: lr scaling, its warm-up, heavy-ball
+    defaults=DEFAULTS,  # sync's recipe: lr scaling, its warm-up, heavy-ball momentum
     summary_extra=summary_extra, check=check)
