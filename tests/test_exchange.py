@@ -386,5 +386,32 @@ def test_a_send_that_never_completes_holds_up_only_its_own_destination(monkeypat
         ex.close(timeout=5)
 
 
+def test_a_backlog_replaces_queued_parameters_and_sums_queued_updates(monkeypatch):
+    """Messages due but still queued (the in-flight sends are full): a newer message of the same
+    slice is merged into the queued one. Parameters (layup's --gossip average) replace the queued
+    ones, which they contain, clock included; updates are summed. Each merge counts as coalesced."""
+    from asyncsgd.exchange import transport
+
+    class Work:
+        def wait(self):  # never called: no waiter threads run here
+            raise AssertionError
+
+    monkeypatch.setattr(transport.dist, "isend", lambda buf, dest, group=None, tag=0: Work())
+    ctx = _ctx(0, 2)
+    ex = transport.Exchange(ctx, 8)
+    for _ in range(transport.MAX_INFLIGHT):  # posted at once: the destination's in-flight sends are full
+        ex.post([1], GRAD, torch.zeros(8))
+    ex.post([1], PARAMS, torch.full((8,), 1.0), steps=3, clock=torch.tensor([3, 0]), coalesce=True)
+    ex.post([1], GRAD, torch.full((8,), 2.0), steps=1, clock=torch.tensor([3, 0]), coalesce=True)
+    ex.post([1], PARAMS, torch.full((8,), 5.0), steps=2, clock=torch.tensor([5, 1]), coalesce=True)
+    ex.post([1], GRAD, torch.full((8,), 4.0), steps=1, clock=torch.tensor([4, 0]), coalesce=True)
+    queued = list(ex._queues[1])
+    assert [m.kind for m in queued] == [PARAMS, GRAD]
+    params, update = queued
+    assert params.payload.tolist() == [5.0] * 8 and params.clock.tolist() == [5, 1] and params.steps == 5
+    assert update.payload.tolist() == [6.0] * 8 and update.clock.tolist() == [3, 0] and update.steps == 2
+    assert int(ctx.board.exchange[0, transport.X.COALESCED]) == 2
+
+
 if __name__ == "__main__":
     _peer_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])

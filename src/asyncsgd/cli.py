@@ -108,6 +108,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    "in MiB; --delay is paid once per bucket (default: DDP's, 25)")
     g = p.add_argument_group("dasgd")
     g.add_argument("--send-every", type=INT, default=S, help=f"local steps summed into one message ({D('send_every')})")
+    g.add_argument("--gossip", default=S, help="layup: what a layer's message carries: average (its parameters, "
+                   "which the receiver averages with its own) or updates (the layer's summed updates, which the "
+                   f"receiver adds under --staleness) ({D('gossip')})")
     g.add_argument("--topology", default=S, help=f"all, ring, random:M, or none: send nothing, replicas that train alone ({D('topology')})")
     g.add_argument("--staleness", default=S, help=f"none, scale, cap, drop:MAX or adaptive: what a stale update does ({D('staleness')})")
     g = p.add_argument_group("delays and stragglers")

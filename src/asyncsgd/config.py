@@ -107,6 +107,8 @@ class RunConfig:
     send_every: int | None = None  # default: SHARED_DEFAULTS, or the algorithm's; 1 is the per-step exchange
     topology: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
     staleness: str | None = None  # default: SHARED_DEFAULTS, or the algorithm's
+    # layup: what a layer's message carries, its parameters or its summed updates (algorithms/layup)
+    gossip: str = "average"
     # resolved, not a setting: how --workers got its value when none was given (pdasgd's
     # machine-decided default, algorithms/pdasgd/rules.auto_processes); recorded in summary.json
     workers_from: str | None = None

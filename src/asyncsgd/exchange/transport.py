@@ -240,13 +240,17 @@ class Exchange:
                 q = self._queues[d]
                 due = max(now + message_delay(self.delay, nbytes, self.rng), self._last_due[d])
                 self._last_due[d] = due
-                tail = self._backlogged(q, offset, payload.numel(), now) if coalesce and kind == GRAD else None
+                tail = self._backlogged(q, kind, offset, payload.numel(), now) if coalesce else None
                 if tail is not None:
                     # congestion (the queue is due but still queued): sum into its newest message of
-                    # the same slice, adaptive --send-every
-                    if not tail.owned:
-                        tail.payload, tail.owned = tail.payload.clone(), True
-                    tail.payload += payload
+                    # the same slice, adaptive --send-every; parameters (layup's --gossip average)
+                    # replace the queued ones, which they contain, with their clock
+                    if kind == PARAMS:
+                        tail.payload, tail.owned, tail.clock = payload, False, clock
+                    else:
+                        if not tail.owned:
+                            tail.payload, tail.owned = tail.payload.clone(), True
+                        tail.payload += payload
                     tail.steps += steps
                     tail.due = max(tail.due, due)
                     tail.decayed = max(tail.decayed, decayed)  # the larger lr: damped as the earlier update
@@ -268,14 +272,15 @@ class Exchange:
                 self._send_cv.notify()
 
     @staticmethod
-    def _backlogged(q, offset: int, numel: int, now: float) -> Message | None:
-        """(Caller holds self._cv.) The newest GRAD queued for one destination that covers the same
-        slice, if the queue's tail is already due (so is every message before it: a queue is in
-        due order): a backlog, into which a new update of that slice is summed. None otherwise."""
-        if not q or q[-1].due > now:
+    def _backlogged(q, kind: int, offset: int, numel: int, now: float) -> Message | None:
+        """(Caller holds self._cv.) The newest message of this kind (GRAD or PARAMS) queued for one
+        destination that covers the same slice, if the queue's tail is already due (so is every
+        message before it: a queue is in due order): a backlog, into which a new message of that
+        slice is merged. None otherwise."""
+        if kind not in (GRAD, PARAMS) or not q or q[-1].due > now:
             return None
         for m in reversed(q):
-            if m.kind == GRAD and m.offset == offset and m.payload.numel() == numel:
+            if m.kind == kind and m.offset == offset and m.payload.numel() == numel:
                 return m
         return None
 

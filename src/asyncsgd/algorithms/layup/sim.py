@@ -10,7 +10,7 @@ from ...exchange.wire import header_bytes
 from ..dasgd.sim import shutdown
 from ..pdasgd.rules import concurrency
 from ..pdasgd.sim import PassQueue
-from .rules import own_update_staleness
+from .rules import average_into, own_update_staleness
 
 
 def run(sim) -> None:
@@ -32,7 +32,9 @@ def run(sim) -> None:
       layer's payload; delays from --delay, core.Network FIFO per pair).
     arrival: the peer's layer update is applied at once x the policy's factor of its vector-clock
       staleness (per layer: sum_o max(0, V_i[l][o] - R[o])), and enters V_i[l][sender] (dropped or
-      not, as real).
+      not, as real). --gossip average: the group carries the layer's parameters as they are when it
+      leaves, with their clock, and the receiver moves its layer halfway to them
+      (rules.average_into, never damped); the updates enter V_i[l][sender] the same way.
     End: a worker whose lanes are done sends its unfinished groups, then DONE to every peer and
     waits for theirs (dasgd's shutdown, its idle time).
 
@@ -43,6 +45,7 @@ def run(sim) -> None:
     cfg, loop, stats, fm = sim.cfg, sim.loop, sim.stats, sim.fm
     N, state = sim.workers, sim.state  # [N, P]
     L = len(fm.params)
+    averaging = cfg.gossip == "average"
     F_, B_ = cfg.forward_threads, cfg.backward_threads
     mom = sim.momentum_rows(N * B_)  # one set per backward lane (rules.MOMENTUM_PER)
     opts = [sim.optimizer(fm.layer_views(state[t // B_]), None if mom is None else fm.layer_views(mom[t]))
@@ -106,14 +109,15 @@ def run(sim) -> None:
             stats.dropped[w] += 1
         else:
             a, z = fm.offsets[j], fm.offsets[j + 1]
-            before = state[w, a:z].clone()
+            before = None if averaging else state[w, a:z].clone()
             opts[b].update(j, grad, ps["lr"] * factor)
-            delta = state[w, a:z] - before  # exactly the update this landing made: what the peers add
+            # exactly the update this landing made: what the peers add (average: the parameters leave, send())
+            delta = None if averaging else state[w, a:z] - before
             V[w, j, w] += 1
             group = groups[w][j]
             if group is None:
                 group = groups[w][j] = [delta, seen[j], 0, ps["decayed"]]
-            else:
+            elif delta is not None:
                 group[0].add_(delta)
             group[2] += 1
             if group[2] >= cfg.send_every:
@@ -132,6 +136,8 @@ def run(sim) -> None:
     def send(w: int, j: int) -> None:
         delta, clock, steps, decayed = groups[w][j]
         groups[w][j] = None
+        if averaging:  # the layer's parameters as they are now, and their clock (worker._take_group)
+            delta, clock = state[w, fm.offsets[j]:fm.offsets[j + 1]].clone(), V[w, j].copy()
         targets = topologies[w].targets(int(rounds[w, j]), lambda p: True)
         rounds[w, j] += 1
         sent_to[w, j, targets] += steps
@@ -146,11 +152,15 @@ def run(sim) -> None:
         record(i, j, s)
         recv["sum"] += s
         recv["n"] += 1
-        factor = policy.factor(s, decayed)  # the lr it was made at (the real header's decay_ppm)
+        factor = 1.0 if averaging else policy.factor(s, decayed)  # the lr it was made at (decay_ppm)
+        layer = state[i, fm.offsets[j]:fm.offsets[j + 1]]
         if factor is None:
             stats.dropped[i] += 1
         else:
-            state[i, fm.offsets[j]:fm.offsets[j + 1]].add_(delta, alpha=factor)
+            if averaging:
+                average_into(layer, delta)
+            else:
+                layer.add_(delta, alpha=factor)
             stats.updates[i] += 1
             stats.total_updates += 1
         V[i, j, sender] += steps

@@ -3,9 +3,34 @@ update sent to peers as it is made (layer-wise gossip) and peers' applied on arr
 
 from __future__ import annotations
 
+from ...config import ConfigError, need
 from ..base import Algorithm
 from ..dasgd.spec import check as check_topology
 from . import sim, worker
+
+GOSSIP = ("average", "updates")
+
+
+def staleness_default(cfg) -> str:
+    """adaptive with --gossip updates, none with average (an average is never damped)"""
+    return "adaptive" if cfg.gossip == "updates" else "none"
+
+
+def lr_default(cfg) -> float:
+    """0.2 with --gossip average, 0.1 with updates"""
+    return 0.2 if cfg.gossip == "average" else 0.1
+
+
+def check(cfg):
+    """--gossip is average or updates; --staleness acts on peers' updates only (a replica's own
+    take their full step, rules.own_update_staleness), so with --gossip average, where peers send
+    parameters, any policy but none would be accepted and do nothing."""
+    need(cfg.gossip in GOSSIP, "gossip", cfg.gossip, ", ".join(GOSSIP))
+    if cfg.gossip == "average" and cfg.parsed.staleness.kind != "none":
+        raise ConfigError(f"--staleness {cfg.staleness!r} is not used by --algo layup --gossip average (a peer's "
+                          "parameters are averaged, never damped; a replica's own updates take their full step); "
+                          "accepted with: --gossip updates")
+    return check_topology(cfg)
 
 
 def summary_extra(record, out: dict) -> None:
@@ -16,6 +41,7 @@ def summary_extra(record, out: dict) -> None:
     del out["fb_ratio"]  # a pdasgd option layup does not take
     named = [(n, p) for n, p in record.model.named_parameters() if p.requires_grad]
     exchange_summary(record, out, sum(p.numel() for _, p in named))
+    out["gossip"] = record.cfg.gossip
     b, x = record.board, out["exchange"]
     # a message carries one layer: its payload is that layer's size (the whole vector's is no message's)
     del x["payload_bytes"]
@@ -54,7 +80,14 @@ LAYUP = Algorithm(
     # Nesterov momentum (2026-12-07), as dasgd's: 4 workers, 10 epochs, seeds 0-9 interleaved,
     # 0.938 / 0.9447 / 0.9515 against 0.8765 / 0.896 / 0.9345; under the straggler and latency at 20
     # epochs 0.90 in 3.41-4.66 s against 5.78-6.60 s (docs/layup.md, "Nesterov momentum")
-    defaults={"staleness": "adaptive", "clip_grad_norm": 1.0, "warmup_epochs": 2.0, "topology": "random:1",
-              "send_every": 8, "queue_size": 0, "backward_threads": 1, "lr": 0.1},
-    options=("forward_threads", "backward_threads", "queue_size", "send_every", "topology", "staleness"),
-    summary_extra=summary_extra, check=check_topology, sim_replicas=lambda workers, groups: workers, sim_theory=True)
+    # --gossip average (2026-12-07): a layer's message carries its parameters and the receiver moves
+    # its layer halfway to them (rules.average_into), with lr 0.2 and no damping. With updates alone
+    # the replicas drifted apart (consensus distance about 6 after 10 epochs), each taking in only its
+    # own updates and those sent to it. 4 workers, 10 epochs, interleaved with sequential
+    # (docs/layup.md, "Gossip averaging"): see GOSSIP_MEASURED there; --gossip updates keeps the
+    # earlier form and its defaults (lr 0.1, --staleness adaptive).
+    defaults={"staleness": staleness_default, "clip_grad_norm": 1.0, "warmup_epochs": 2.0,
+              "topology": "random:1", "send_every": 8, "queue_size": 0, "backward_threads": 1,
+              "lr": lr_default},
+    options=("forward_threads", "backward_threads", "queue_size", "send_every", "gossip", "topology", "staleness"),
+    summary_extra=summary_extra, check=check, sim_replicas=lambda workers, groups: workers, sim_theory=True)

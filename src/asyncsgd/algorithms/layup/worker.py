@@ -10,29 +10,36 @@ all). The backward thread only posts the message (Exchange.post never waits on t
 the exchange's sender thread does the rest. Peers' layer updates are applied by the receiver
 threads the moment they arrive, under --staleness, like dasgd's whole-model updates.
 
-What travels is the update the sender applied to that layer (lr x its own optimizer direction,
-momentum included), as in dasgd. A message carries one layer's slice of the flat parameter
-vector: the wire header's offset says where it starts, and the receiver checks it is exactly
-one layer (exchange/wire.py).
+What travels (--gossip):
+- average (the default): the layer's parameters as they are when its group leaves (PARAMS), and
+  the receiver moves its layer halfway to them (rules.average_into: pairwise gossip averaging).
+  Updates alone never pull the replicas together: each applies its own and only the ones sent to
+  it, so with random:1 they drifted apart (docs/layup.md, "Gossip averaging").
+- updates: the update the sender applied to that layer (lr x its own optimizer direction,
+  momentum included), summed over the group, as in dasgd (GRAD); the receiver adds it.
+A message carries one layer's slice of the flat parameter vector: the wire header's offset says
+where it starts, and the receiver checks it is exactly one layer (exchange/wire.py).
 
 Vector clocks, per layer: clock[l][o] = updates of origin o applied to layer l of this replica
-(its own included); a layer's version is sum_o clock[l][o]. A message carries the sender's
+(its own included); a layer's version is sum_o clock[l][o]. An update message carries the sender's
 clock of that layer when its forward read the layer (for a group of --send-every updates: the
-first one's). Its staleness at a receiver: exchange/policy.gossip_staleness, the vector-clock
+first one's); a parameters message the layer's clock when they were copied (what they contain). Its staleness at a receiver: exchange/policy.gossip_staleness, the vector-clock
 rule sum_o max(0, receiver clock[l][o] - sender clock[o]) except that of the receiver's own
 updates it counts only those it had sent to that sender (sent[l][sender]): with gossip the
 others never reach the sender, and counting them made every message staler than the last
 (measured: a mean of 118 after 10 epochs on 4 workers). An own layer update's staleness is, as
 in pdasgd, the layer's version now minus when the forward read it: the same rule with the sender
 being this replica, so it counts the peers' updates applied meanwhile too. Both kinds go into the
-staleness histogram and staleness_by_layer. Only a peer's update gets the --staleness factor of
+staleness histogram and staleness_by_layer. An average is never damped (a convex
+combination cannot overshoot; damping it by the adaptive factor cost 3 points, docs/layup.md), and
+enters the clock as the message's updates. Only a peer's update gets the --staleness factor of
 its staleness (pdasgd's concurrency with N workers), where it arrives (cap: at the lr the sender
 made it at, the message's decay_ppm); an own update takes its full
 step (rules.own_update_staleness: damped by its sender too, every peer's update was damped twice,
 which starved the run; docs/layup.md).
 
-Concurrency: one lock per layer guards that layer's parameters while an update is written (own,
-by a backward thread; a peer's, by a receiver thread), its clock row, its pending group and its
+Concurrency: one lock per layer guards that layer's parameters while an update or an average is
+written (own, by a backward thread; a peer's, by a receiver thread) or copied to be sent, its clock row, its pending group and its
 round counter; forwards read the parameters and clocks without it (Hogwild!-style, as pdasgd).
 The board rows the engine's bookkeeping writes (staleness, updates, dropped) are written under
 the engine's record_lock, by backward and receiver threads alike.
@@ -49,11 +56,11 @@ import numpy as np
 import torch
 
 from ...board import ExchangeCounter
-from ...exchange import DONE, GRAD, Exchange, Topology
+from ...exchange import DONE, GRAD, PARAMS, Exchange, Topology
 from ...exchange.policy import gossip_staleness
 from ...tensors import flatten_params
 from ..pdasgd.threads import Decoupled
-from .rules import own_update_staleness
+from .rules import average_into, own_update_staleness
 
 
 def layer_slices(params) -> list[tuple[int, int]]:
@@ -74,12 +81,14 @@ class Gossiping(Decoupled):
                          cfg.parsed.staleness, ctx.world_size, model=model, replica=True)
         n, L = ctx.world_size, len(self.params)
         self.flat, self.k = flat, cfg.send_every
+        self.averaging = cfg.gossip == "average"
         self.slices = layer_slices(self.params)
         self.layer_at = {offset: i for i, (offset, _) in enumerate(self.slices)}
         self.clock = np.zeros((L, n), np.int64)  # clock[l][o]: updates of origin o applied to layer l
         self.locks = [threading.Lock() for _ in range(L)]
-        self.pending: list = [None] * L  # per layer: [update sum, clock at its first update, updates,
-        #                                   decay_fraction at its first update]
+        self.pending: list = [None] * L  # per layer: [update sum (--gossip updates; average: the
+        #   parameters, copied when it leaves), clock at its first update (average: at the copy),
+        #   updates, decay_fraction at its first update]
         self.rounds = [0] * L  # per layer: groups posted
         self.sent = np.zeros((L, n), np.int64)  # sent[l][p]: own updates of layer l sent to peer p
         self.topo = Topology(cfg.parsed.topology, n, self.rank, cfg.seed)
@@ -120,15 +129,19 @@ class Gossiping(Decoupled):
     def update(self, item, opt, writer: int, i: int, grad, lr: float) -> None:
         p = self.params[i]
         with self.locks[i]:
-            before = p.detach().clone()
-            opt.update(i, grad, lr)
-            delta = p.detach().sub(before)  # exactly the update this step applied: what the peers add
+            if self.averaging:
+                opt.update(i, grad, lr)
+                delta = None  # the parameters leave instead (_take_group)
+            else:
+                before = p.detach().clone()
+                opt.update(i, grad, lr)
+                delta = p.detach().sub(before)  # exactly the update this step applied: what the peers add
             self.clock[i, self.rank] += 1
             self.bump(writer, i)
             group = self.pending[i]
             if group is None:
                 group = self.pending[i] = [delta, item.seen[i], 0, item.decayed]
-            else:
+            elif delta is not None:
                 group[0] += delta
             group[2] += 1
             # decided under the lock: once it is released another backward thread may add to this
@@ -141,8 +154,11 @@ class Gossiping(Decoupled):
 
     def _take_group(self, i: int):
         """(Caller holds layer i's lock.) Layer i's group leaves: its round number and peers, which
-        enter the sent counts (gossip_staleness) before any of them can answer."""
+        enter the sent counts (gossip_staleness) before any of them can answer. --gossip average:
+        the layer's parameters as they are now, and their clock, replace the update sum."""
         group, self.pending[i] = self.pending[i], None
+        if self.averaging:
+            group[0], group[1] = self.params[i].detach().clone(), self.clock[i].copy()
         round_ = self.rounds[i]
         self.rounds[i] += 1
         self.board.layer_rounds[self.rank, i] += 1
@@ -153,9 +169,9 @@ class Gossiping(Decoupled):
 
     def send(self, i: int, group, targets: list, round_: int) -> None:
         """Post one layer's group to its peers (never blocks: Exchange.post)."""
-        delta, seen, steps, decayed = group
-        self.exchange.post(targets, GRAD, delta, seq=round_, steps=steps, clock=torch.from_numpy(seen),
-                           coalesce=True, offset=self.slices[i][0], decayed=decayed)
+        payload, seen, steps, decayed = group
+        self.exchange.post(targets, PARAMS if self.averaging else GRAD, payload, seq=round_, steps=steps,
+                           clock=torch.from_numpy(seen), coalesce=True, offset=self.slices[i][0], decayed=decayed)
 
     def flush(self) -> None:
         """After the last backward: send every layer's unfinished group."""
@@ -171,19 +187,25 @@ class Gossiping(Decoupled):
     # -- peers' updates: applied on arrival ------------------------------------------------
     @torch.no_grad()
     def apply_peer(self, msg) -> bool:
-        """Receiver thread: apply a peer's layer update under the staleness policy."""
-        if msg.kind != GRAD:
+        """Receiver thread: apply a peer's layer update under the staleness policy, or average the
+        layer with the peer's parameters (--gossip average: PARAMS, never damped)."""
+        if msg.kind != (PARAMS if self.averaging else GRAD):
             return False
         i = self.layer_at[msg.offset]  # wire.decode checked it is exactly one layer's slice
         offset, length = self.slices[i]
-        delta = msg.payload.to(self.device, non_blocking=True)
+        payload = msg.payload.to(self.device, non_blocking=True)
         sender_clock = msg.clock.numpy()
         with self.locks[i]:
             row = self.clock[i]
             s = gossip_staleness(row, sender_clock, self.rank, self.sent[i, msg.sender])
-            factor = self.policy.factor(s, msg.decayed)  # damped by the lr it was made at, not today's
-            if factor is not None:
-                self.flat[offset:offset + length].add_(delta, alpha=factor)
+            layer = self.flat[offset:offset + length]
+            if self.averaging:
+                factor = 1.0
+                average_into(layer, payload)
+            else:
+                factor = self.policy.factor(s, msg.decayed)  # damped by the lr it was made at, not today's
+                if factor is not None:
+                    layer.add_(payload, alpha=factor)
             # a dropped update enters the clock too (processed, by decision), as in dasgd
             row[msg.sender] += msg.steps
         r = self.rank
