@@ -413,5 +413,43 @@ def test_a_backlog_replaces_queued_parameters_and_sums_queued_updates(monkeypatc
     assert int(ctx.board.exchange[0, transport.X.COALESCED]) == 2
 
 
+def test_a_destination_with_every_slot_taken_does_not_spin_the_sender(monkeypatch):
+    """A due message whose destination has all its in-flight slots taken waits for the freed-slot
+    notify (_wait_loop). Counted as due, it made the sender thread's wait time out at once, over and
+    over, a spin under the GIL until the slot came back. Here the slots never come back: in half a
+    second the sender waits about ten times (its 50 ms tick), not thousands."""
+    import threading
+    from asyncsgd.exchange import transport
+
+    class Work:
+        def wait(self):  # never called: no waiter threads run here
+            raise AssertionError
+
+    class CountingCondition(threading.Condition):
+        waits = 0
+
+        def wait(self, timeout=None):
+            CountingCondition.waits += 1
+            return super().wait(timeout)
+
+    monkeypatch.setattr(transport.dist, "isend", lambda buf, dest, group=None, tag=0: Work())
+    ctx = _ctx(0, 2)
+    ex = transport.Exchange(ctx, 8)
+    ex._send_cv = CountingCondition(ex._send_cv._lock)
+    for _ in range(transport.MAX_INFLIGHT + 1):  # the slots taken, and one message due behind them
+        ex.post([1], GRAD, torch.zeros(8))
+    assert len(ex._queues[1]) == 1
+    ex._sender = threading.Thread(target=ex._guard, args=(ex._send_loop,), daemon=True)
+    ex._sender.start()
+    try:
+        time.sleep(0.5)
+        assert CountingCondition.waits <= 30, CountingCondition.waits
+        assert len(ex._queues[1]) == 1  # still waiting for a slot
+    finally:
+        ctx.board.lost[1] = 1  # the queue to a lost peer is dropped: the sender can leave
+        ex.close(timeout=5)
+    assert not ex._sender.is_alive()
+
+
 if __name__ == "__main__":
     _peer_main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
