@@ -398,7 +398,8 @@ class Exchange:
                 # destination has all its slots taken waits for that notify: counted here, it made
                 # the timeout 0 and this loop spin under the GIL until the slot came back (a py-spy
                 # --gil profile of layup x4: 2/3 of the exchange threads' GIL samples)
-                sendable = [q[0].due for p, q in self._queues.items() if q and len(self._inflight[p]) < self.max_inflight]
+                sendable = [q[0].due for p, q in self._queues.items()
+                            if q and len(self._inflight[p]) < self.max_inflight]
                 self._send_cv.wait(timeout=min(0.05, max(0.0, min(sendable) - now)) if sendable else 0.05)
 
     def _wait_loop(self, d: int) -> None:

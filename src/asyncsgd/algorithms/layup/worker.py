@@ -20,29 +20,29 @@ What travels (--gossip):
 A message carries one layer's slice of the flat parameter vector: the wire header's offset says
 where it starts, and the receiver checks it is exactly one layer (exchange/wire.py).
 
-Vector clocks, per layer: clock[l][o] = updates of origin o applied to layer l of this replica
-(its own included); a layer's version is sum_o clock[l][o]. An update message carries the sender's
-clock of that layer when its forward read the layer (for a group of --send-every updates: the
-first one's); a parameters message the layer's clock when they were copied (what they contain). Its staleness at a receiver: exchange/policy.gossip_staleness, the vector-clock
-rule sum_o max(0, receiver clock[l][o] - sender clock[o]) except that of the receiver's own
-updates it counts only those it had sent to that sender (sent[l][sender]): with gossip the
-others never reach the sender, and counting them made every message staler than the last
-(measured: a mean of 118 after 10 epochs on 4 workers). An own layer update's staleness is, as
-in pdasgd, the layer's version now minus when the forward read it: the same rule with the sender
-being this replica, so it counts the peers' updates applied meanwhile too. Both kinds go into the
-staleness histogram and staleness_by_layer. An average is never damped (a convex
-combination cannot overshoot; damping it by the adaptive factor cost 3 points, docs/layup.md), and
-enters the clock as the message's updates. Only a peer's update gets the --staleness factor of
-its staleness (pdasgd's concurrency with N workers), where it arrives (cap: at the lr the sender
-made it at, the message's decay_ppm); an own update takes its full
-step (rules.own_update_staleness: damped by its sender too, every peer's update was damped twice,
-which starved the run; docs/layup.md).
+Vector clocks, per layer: clock[l][o] = updates of origin o applied to layer l of this replica (its
+own included); a layer's version is sum_o clock[l][o]. An update message carries the sender's clock
+of that layer when its forward read the layer (for a group of --send-every updates: the first
+one's); a parameters message the layer's clock when they were copied (what they contain). Its
+staleness at a receiver: exchange/policy.gossip_staleness, the vector-clock rule sum_o max(0,
+receiver clock[l][o] - sender clock[o]) except that of the receiver's own updates it counts only
+those it had sent to that sender (sent[l][sender]): with gossip the others never reach the sender,
+and counting them made every message staler than the last (measured: a mean of 118 after 10 epochs
+on 4 workers). An own layer update's staleness is, as in pdasgd, the layer's version now minus when
+the forward read it: the same rule with the sender being this replica, so it counts the peers'
+updates applied meanwhile too. Both kinds go into the staleness histogram and staleness_by_layer.
+An average is never damped (a convex combination cannot overshoot; damping it by the adaptive
+factor cost 3 points, docs/layup.md), and enters the clock as the message's updates. Only a peer's
+update gets the --staleness factor of its staleness (pdasgd's concurrency with N workers), where it
+arrives (cap: at the lr the sender made it at, the message's decay_ppm); an own update takes its
+full step (rules.own_update_staleness: damped by its sender too, every peer's update was damped
+twice, which starved the run; docs/layup.md).
 
 Concurrency: one lock per layer guards that layer's parameters while an update or an average is
-written (own, by a backward thread; a peer's, by a receiver thread) or copied to be sent, its clock row, its pending group and its
-round counter; forwards read the parameters and clocks without it (Hogwild!-style, as pdasgd).
-The board rows the engine's bookkeeping writes (staleness, updates, dropped) are written under
-the engine's record_lock, by backward and receiver threads alike.
+written (own, by a backward thread; a peer's, by a receiver thread) or copied to be sent, its clock
+row, its pending group and its round counter; forwards read the parameters and clocks without it
+(Hogwild!-style, as pdasgd). The board rows the engine's bookkeeping writes (staleness, updates,
+dropped) are written under the engine's record_lock, by backward and receiver threads alike.
 
 Lost workers and the end of the run: dasgd's (the exchange stops sending to a gone peer; local
 survivors go on claiming the plan; DONE to every peer, then wait for theirs: idle time).
