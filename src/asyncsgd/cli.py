@@ -182,8 +182,8 @@ PLUGINS = {
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    from .algorithms.registry import default_algorithm
-    from .settings import check_options, check_resume
+    from .algorithms.registry import default_algorithm, get_algorithm
+    from .settings import check_numbers, check_options, check_resume
 
     values = load_toml(args.config) if getattr(args, "config", None) is not None else {}
     for name in FIELD_NAMES:
@@ -200,9 +200,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         load_checkpoint(values["resume"])  # a missing or broken checkpoint is the first thing to say
         check_resume({k for k, v in values.items() if v is not None})
     values.setdefault("algorithm", default_algorithm())
+    get_algorithm(values["algorithm"])  # an unknown name is refused here, before torch
     if values.get("resume") is None:  # a resumed run keeps its saved settings
         check_options(values["algorithm"], {k: v for k, v in values.items() if v is not None}, values.get("runtime"))
-    return RunConfig(**values)
+    cfg = RunConfig(**values)
+    # refused before torch is imported (settings.resolve checks everything again, with the defaults):
+    check_numbers(cfg)
+    cfg.parsed  # noqa: B018 (the structured settings: a malformed --delay, --straggler or --topology)
+    return cfg
 
 
 def cmd_algorithms(args) -> int:
@@ -224,9 +229,9 @@ def cmd_train(args) -> int:
         print("[asyncsgd] starting: loading PyTorch", end="", file=sys.stderr, flush=True)
         global _EPHEMERAL
         _EPHEMERAL = True
+    cfg = config_from_args(args)  # before the runner's import of torch: bad input is refused at once
     from .runner import run
 
-    cfg = config_from_args(args)
     summary = run(cfg)
     if summary.get("record_written") is False:  # a torchrun rank other than 0: rank 0 reports
         return 0

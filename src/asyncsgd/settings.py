@@ -47,9 +47,13 @@ def default_text(name: str) -> str:
     if name in SHARED_DEFAULTS:
         parts = [f"default {SHARED_DEFAULTS[name]}"]
         parts += [f"{a.name} {_described(a.defaults[name])}" for a in ALGORITHMS.values() if name in a.defaults]
-        if name == "workers":  # decided by the algorithm's own rule (Algorithm.default_workers), on this machine
-            parts += [f"{a.name} {a.default_workers(RunConfig(algorithm=a.name))[0]}"
-                      for a in ALGORITHMS.values() if a.default_workers]
+        if name == "workers":  # decided by the algorithm's own rule (Algorithm.default_workers), per device
+            # (stated for both, not probed: probing CUDA imports torch, and the help is built by
+            # every command, a refused flag included)
+            for a in ALGORITHMS.values():
+                if a.default_workers:
+                    cpu, gpu = (a.default_workers(RunConfig(algorithm=a.name, device=d))[0] for d in ("cpu", "cuda"))
+                    parts.append(f"{a.name} {cpu}" if cpu == gpu else f"{a.name} {cpu} on a CPU, {gpu} on a GPU")
         return "; ".join(parts)
     value = getattr(RunConfig(), name)
     return f"default {value}" if value is not None else "default: unset"
@@ -121,10 +125,41 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+NUMBER_RULES = {  # setting -> (rule, what is accepted), for the numbers no default depends on
+    "epochs": (lambda v: v > 0, "a number > 0"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
+    "clip_grad_norm": (lambda v: v >= 0, "a number >= 0"),
+    "checkpoint_every": (lambda v: v > 0, "a number of epochs > 0"),
+    "stall_timeout": (lambda v: v > 0, "seconds > 0"),
+    "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "target_accuracy": (lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.9"),
+}
+
+
+def check_numbers(cfg) -> None:
+    """The plain numbers (NUMBER_RULES, lr_steps, seed, and workers when given), those left unset
+    skipped. The CLI calls it on the user's values before it imports torch (1.4 s on 2 cores), and
+    resolve() before the first default, which may need torch (pdasgd's --workers asks whether CUDA
+    is there), and after the defaults: a bad number is refused at once."""
+    for name, (rule, accepted) in NUMBER_RULES.items():
+        v = getattr(cfg, name)
+        if v is not None:
+            need(_number(v) and rule(v), name, v, accepted)
+    need(all(_number(s) and 0 < s < 1 for s in cfg.lr_steps), "lr_steps", cfg.lr_steps,
+         "comma-separated fractions of the run in (0, 1), e.g. 0.5,0.75")
+    _whole(cfg, "seed", low=0, accepted="a whole number >= 0")
+    if cfg.workers is not None:
+        _whole(cfg, "workers")
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Every default applied and every value checked, once; returns the resolved config. Raises ConfigError."""
     need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
     algo = ALGORITHMS[cfg.algorithm]
+    check_numbers(cfg)
     if cfg.workers is None and algo.default_workers is not None:
         workers, why = algo.default_workers(cfg)
         cfg = cfg.replace(workers=workers, workers_from=why)
@@ -145,23 +180,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > high:
             need(False, name, v, f"at most {high:g} ({LIMITS_WHY[name]})")
-    for name in ("epochs", "lr"):
-        v = getattr(cfg, name)
-        need(_number(v) and v > 0, name, v, "a number > 0")
-    need(_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", cfg.momentum, "a number in [0, 1)")
-    for name in ("weight_decay", "warmup_epochs", "clip_grad_norm"):
-        v = getattr(cfg, name)
-        need(_number(v) and v >= 0, name, v, "a number >= 0")
-    need(_number(cfg.checkpoint_every) and cfg.checkpoint_every > 0, "checkpoint_every",
-         cfg.checkpoint_every, "a number of epochs > 0")
-    need(_number(cfg.stall_timeout) and cfg.stall_timeout > 0, "stall_timeout", cfg.stall_timeout, "seconds > 0")
-    need(_number(cfg.lr_gamma) and 0 < cfg.lr_gamma <= 1, "lr_gamma", cfg.lr_gamma, "a number in (0, 1]")
-    need(all(_number(s) and 0 < s < 1 for s in cfg.lr_steps), "lr_steps", cfg.lr_steps,
-         "comma-separated fractions of the run in (0, 1), e.g. 0.5,0.75")
-    _whole(cfg, "seed", low=0, accepted="a whole number >= 0")
-    if cfg.target_accuracy is not None:
-        need(_number(cfg.target_accuracy) and 0 < cfg.target_accuracy <= 1, "target_accuracy",
-             cfg.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
+    check_numbers(cfg)  # again: the defaults' values too
     for name in ("num_samples", "threads_per_worker"):
         if getattr(cfg, name) is not None:
             _whole(cfg, name)

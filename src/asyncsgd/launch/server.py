@@ -1,7 +1,7 @@
 """The forkserver that forks a run's worker processes, and its early start.
 
-Imports only the standard library, so that the command line can start the server before it
-imports torch itself (cli.main): the server's imports (torch, 1.8 s of start-up per run on our
+Imports no torch (the standard library, and the registry for the names of the algorithms' worker
+modules), so that the command line can start the server before it imports torch itself (cli.main): the server's imports (torch, 1.8 s of start-up per run on our
 2-core machine, summary.json's time split) then overlap with the launcher's own instead of
 following them.
 
@@ -20,10 +20,13 @@ import multiprocessing as mp
 import os
 import time
 
+from ..algorithms.registry import ALGORITHMS
+
 # What the forkserver imports once, so that each worker it forks starts with them imported: a
 # spawned worker imported torch itself (2.6 s of CPU on our 2-core machine, 5 s of start-up for
-# 4 workers; measured with summary.json's time split).
-WORKER_PRELOAD = ["torch", "asyncsgd.launch.worker"]
+# 4 workers; measured with summary.json's time split). The algorithms' worker modules too: the
+# registry names them without importing them (algorithms/base.later).
+WORKER_PRELOAD = ["torch", "asyncsgd.launch.worker", *(a.worker.module for a in ALGORITHMS.values())]
 
 
 def worker_context():

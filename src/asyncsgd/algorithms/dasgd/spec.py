@@ -4,8 +4,7 @@ applied on arrival (decentralized, no averaging)."""
 from __future__ import annotations
 
 from ...config import need
-from ..base import Algorithm
-from . import sim, worker
+from ..base import Algorithm, later
 
 
 def check(cfg):
@@ -29,7 +28,8 @@ def summary_extra(record, out: dict) -> None:
 DASGD = Algorithm(
     "dasgd", "DASGD: a replica per process, gradients applied at once and sent to peers, peers' gradients "
     "applied on arrival (decentralized, no averaging)",
-    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, tolerates_failures=True,
+    worker=later(__package__ + ".worker"), sim=later(__package__ + ".sim"),
+    shared_model=False, distributed=True, tolerates_failures=True,
     snapshot_all_replicas=True,
     # the analysed algorithm is --staleness none --send-every 1 --momentum 0 --clip-grad-norm 0;
     # these defaults reach 0.90 about 3x sooner than sync under delays and a straggler, and learn

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ...config import need
 from ...errors import ConfigError
-from ..base import Algorithm
+from ..base import Algorithm, later
 from ..sync.rules import DEFAULTS
-from . import sim, worker
 
 
 def check(cfg):
@@ -33,6 +32,7 @@ def summary_extra(record, out: dict) -> None:
 DDP = Algorithm(
     "ddp", "synchronous data parallelism with torch DistributedDataParallel (sync's batches and lr "
     "scaling; --delay paid per gradient bucket in a comm hook)",
-    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, options=("lr_scaling", "bucket_cap_mb"),
+    worker=later(__package__ + ".worker"), sim=later(__package__ + ".sim"),
+    shared_model=False, distributed=True, options=("lr_scaling", "bucket_cap_mb"),
     defaults=DEFAULTS,  # sync's recipe: lr scaling, its warm-up, heavy-ball momentum
     summary_extra=summary_extra, check=check)

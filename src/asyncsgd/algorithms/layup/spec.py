@@ -4,9 +4,8 @@ update sent to peers as it is made (layer-wise gossip) and peers' applied on arr
 from __future__ import annotations
 
 from ...config import ConfigError, need
-from ..base import Algorithm
+from ..base import Algorithm, later
 from ..dasgd.spec import check as check_topology
-from . import sim, worker
 
 GOSSIP = ("average", "updates")
 
@@ -59,7 +58,8 @@ def summary_extra(record, out: dict) -> None:
 LAYUP = Algorithm(
     "layup", "LayUp: a replica per process running pdasgd's forward and backward threads; every layer update "
     "is sent to peers (--topology, gossip) as soon as it is made, and peers' are applied on arrival",
-    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, tolerates_failures=True,
+    worker=later(__package__ + ".worker"), sim=later(__package__ + ".sim"),
+    shared_model=False, distributed=True, tolerates_failures=True,
     snapshot_all_replicas=True,
     # --send-every 8: each layer's message sums 8 of its updates. On 2 cores gloo's cost per message
     # (8 per backward pass at k = 1) held 4 workers to 6,000-7,700 samples/s against 13,300-17,300

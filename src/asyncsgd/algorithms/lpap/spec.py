@@ -3,10 +3,8 @@ groups in the background."""
 
 from __future__ import annotations
 
-from ...board import ExchangeCounter
 from ...errors import ConfigError
-from ..base import Algorithm
-from . import sim, worker
+from ..base import Algorithm, later
 
 
 def sim_layout(cfg) -> tuple[int, int, int]:
@@ -20,6 +18,7 @@ def sim_layout(cfg) -> tuple[int, int, int]:
 
 
 def summary_extra(record, out: dict) -> None:
+    from ...board import ExchangeCounter
     from ...exchange.summary import exchange_summary
     n_params = sum(p.numel() for p in record.model.parameters() if p.requires_grad)
     exchange_summary(record, out, n_params)
@@ -31,7 +30,8 @@ def summary_extra(record, out: dict) -> None:
 LPAP = Algorithm(
     "lpap", "LPAP-SGD: Hogwild! threads inside each of --groups processes, parameters averaged "
     "across groups every --average-every steps in the background",
-    worker=worker.run, sim=sim.run, shared_model=False, distributed=True, processes=lambda cfg: cfg.groups,
+    worker=later(__package__ + ".worker"), sim=later(__package__ + ".sim"),
+    shared_model=False, distributed=True, processes=lambda cfg: cfg.groups,
     tolerates_failures=True, snapshot_all_replicas=True,
     # cap, lr 0.1 and the gradients clipped to norm 2 (the norm of a typical mnist1d step is about
     # 0.8, so the clip only shortens the rare large ones that a higher lr would otherwise turn into a

@@ -5,8 +5,6 @@ the default queue depth, the staleness policy's concurrency, who owns the moment
 
 from __future__ import annotations
 
-import torch
-
 from ..base import processes
 
 MAX_AUTO_THREADS = 8
@@ -21,6 +19,11 @@ def _layout_given(cfg) -> bool:
     return cfg.fb_ratio is not None or cfg.forward_threads is not None or cfg.backward_threads is not None
 
 
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the registry imports this module for every command
+    return torch.cuda.is_available()
+
+
 def auto_processes(cfg) -> tuple[int, str]:
     """pdasgd's --workers when none is given: (processes, why). On a CPU, 2 processes (as Hogwild!'s
     default, whatever the cores; one per core on 2) on one shared model, each with one forward and
@@ -33,7 +36,7 @@ def auto_processes(cfg) -> tuple[int, str]:
     On a GPU: one process of 1F:2B (the per-core layout is unmeasured there)."""
     if cfg.runtime == "sim":
         return 1, "one process: the simulator's default, the same on every machine"
-    on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    on_gpu = cfg.device == "cuda" or (cfg.device == "auto" and _cuda_available())
     if on_gpu:
         return 1, "one process on the GPU: its forward and backward threads share the device"
     if _layout_given(cfg):
@@ -153,4 +156,5 @@ def resolve_sharing(sharing: str, device: str, workers: int | None, runtime: str
         return sharing
     if runtime == "sim" or (workers or 1) < 2 or device not in ("cuda", "auto"):
         return "memory"
-    return "average" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else "memory"
+    import torch
+    return "average" if _cuda_available() and torch.cuda.device_count() > 1 else "memory"

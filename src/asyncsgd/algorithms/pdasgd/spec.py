@@ -3,13 +3,9 @@ real schedule and its simulated twin share are in rules.py."""
 
 from __future__ import annotations
 
-import torch
-
-from ...board import ExchangeCounter
 from ...config import SHARING, need
 from ...errors import ConfigError
-from ..base import Algorithm
-from . import sim, worker
+from ..base import Algorithm, later
 from .rules import (auto_processes, backward_default, hogwild_like, processes, queue_default, resolve_sharing,
                     taking_turns)
 
@@ -81,8 +77,10 @@ def summary_extra(record, out: dict) -> None:
     out["backward_weights"] = cfg.backward_weights
     out["sharing"] = cfg.sharing
     if cfg.sharing == "average":
+        from ...board import ExchangeCounter
         from ...exchange.summary import exchange_summary
         exchange_summary(record, out, sum(p.numel() for p in record.model.parameters() if p.requires_grad))
+        import torch
         gpus = torch.cuda.device_count() if record.device == "cuda" else 0
         local = record.launch == "local"  # under torchrun each machine numbers its own
         out["averaging"] = {
@@ -148,7 +146,8 @@ PDASGD = Algorithm(
     "gradient exists (by default 2 processes on a CPU, or one on a GPU, all on one shared model; "
     "--workers N chooses, and with --sharing average the processes keep replicas averaged in the "
     "background, one per GPU)",
-    worker=worker.run, sim=sim.run, shared_model=lambda cfg: not _replicas(cfg), distributed=_replicas,
+    worker=later(__package__ + ".worker"), sim=later(__package__ + ".sim"),
+    shared_model=lambda cfg: not _replicas(cfg), distributed=_replicas,
     # With replicas the survivors of a dead worker carry on, as lpap's: they claim the rest of the
     # plan (board.ClaimLock, which the OS releases when its holder dies) and average among
     # themselves. One shared model: a worker killed mid-update may leave it half-written, so that
