@@ -153,6 +153,37 @@ def test_a_layer_slice_round_trips_when_the_receiver_knows_the_layers(offset, le
     assert "must be 5 at 0" in wire.decode(rb, N, 0, NUMEL, src=1).reason
 
 
+def test_a_frame_of_layer_messages_is_read_in_order_up_to_the_fill():
+    """Several messages to one peer in one send (layup's layers of a round, then a DONE): the
+    receiver reads them in order from a buffer of the frame capacity, stops at the fill, and keeps
+    the valid messages before a malformed or truncated one (what follows it cannot be trusted).
+    Layer 1 has 3 floats, so the next header starts off the 8-byte grid."""
+    frame = [slice_msg(offset, length) for offset, length in sorted(LAYERS)] + [msg(kind=DONE)]
+    buf = wire.encode_frame(frame, N)
+    capacity = wire.frame_capacity(N, NUMEL, slices=len(LAYERS))
+    assert buf.numel() == sum(wire.encode(m, N).numel() for m in frame) <= capacity
+    read = lambda b: wire.decode_frame(b, N, 0, NUMEL, src=1, slices=LAYERS)
+
+    rb = wire.recv_buffer(N, NUMEL, capacity=capacity)
+    rb[:buf.numel()] = buf
+    got, malformed = read(rb)
+    assert malformed is None
+    assert [(m.kind, m.offset, None if m.payload is None else m.payload.tolist()) for m in got] == [
+        (GRAD, 0, [1.0, 2.0]), (GRAD, 2, [1.0, 2.0, 3.0]), (DONE, 0, None)]
+    first = wire.header_bytes(N) + 2 * 4
+    for cut in (first + 8, buf.numel() - 4):  # inside the second message's header; the DONE's
+        rb = wire.recv_buffer(N, NUMEL, capacity=capacity)
+        rb[:cut] = buf[:cut]
+        got, malformed = read(rb)
+        assert isinstance(malformed, Malformed) and len(got) == (1 if cut == first + 8 else 2), (cut, got)
+    bad = buf.clone()
+    bad[first:first + wire.header_bytes(N)].view(torch.int64)[wire.KIND] = 77  # the second message
+    rb = wire.recv_buffer(N, NUMEL, capacity=capacity)
+    rb[:buf.numel()] = bad
+    got, malformed = read(rb)
+    assert [m.offset for m in got] == [0] and "unknown kind 77" in malformed.reason
+
+
 @pytest.mark.parametrize("offset, length, needle", [
     (1, 2, "not one layer's slice"),  # inside the vector, but across a layer boundary
     (0, 5, "not one layer's slice"),  # the whole vector is not a layer here
@@ -193,9 +224,9 @@ PEER_NUMEL = 7  # payload of the two-process test
 VALID_SEQ = 42
 
 
-def _ctx(rank: int, world: int):
+def _ctx(rank: int, world: int, layers: int = 1):
     from asyncsgd.board import Board
-    board = Board(world, 1, 1, 1, 1)
+    board = Board(world, 1, 1, 1, 1, layers=layers)
 
     def count_message(bytes_, messages=1):
         board.bytes_sent[rank] += bytes_
@@ -449,6 +480,51 @@ def test_a_destination_with_every_slot_taken_does_not_spin_the_sender(monkeypatc
         ctx.board.lost[1] = 1  # the queue to a lost peer is dropped: the sender can leave
         ex.close(timeout=5)
     assert not ex._sender.is_alive()
+
+
+def test_batched_posts_leave_as_one_frame_per_destination(monkeypatch):
+    """Inside Exchange.batched() a thread's posts are queued, and at the block's end each
+    destination's due messages leave as one send (layup: a backward pass's layers). Messages and
+    bytes are counted per message, as before; sends are counted apart."""
+    import threading
+    from asyncsgd.exchange import transport
+
+    class Work:
+        def wait(self):
+            return None
+
+    sent = {1: [], 2: []}
+    monkeypatch.setattr(transport.dist, "isend", lambda buf, dest, group=None, tag=0: sent[dest].append(buf) or Work())
+    layers = [(0, 5), (5, 3), (8, 4)]
+    ctx = _ctx(0, 3, layers=len(layers))
+    ex = transport.Exchange(ctx, 12, slices=layers)
+    ex._waiters = [threading.Thread(target=ex._guard, args=(ex._wait_loop, p), daemon=True) for p in ex.peers]
+    for t in ex._waiters:
+        t.start()
+    try:
+        with ex.batched():
+            for offset, length in layers:
+                ex.post([1], PARAMS, torch.full((length,), float(offset)), clock=torch.tensor([1, 0, 0]),
+                        coalesce=True, offset=offset)
+            ex.post([2], PARAMS, torch.ones(3), clock=torch.tensor([1, 0, 0]), coalesce=True, offset=5)
+            assert sent == {1: [], 2: []}  # nothing leaves inside the block
+        assert [len(v) for v in sent.values()] == [1, 1]
+        got, malformed = wire.decode_frame(sent[1][0], 3, 1, 12, src=0, slices=frozenset(layers))
+        assert malformed is None and [(m.offset, m.payload.tolist()) for m in got] == [
+            (0, [0.0] * 5), (5, [5.0] * 3), (8, [8.0] * 4)]
+        ex.post([1], PARAMS, torch.ones(5), clock=torch.tensor([2, 0, 0]), coalesce=True)  # outside: at once
+        assert len(sent[1]) == 2
+        deadline = time.monotonic() + 10
+        while int(ctx.board.messages_sent[0]) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hb = wire.header_bytes(3)
+        assert int(ctx.board.messages_sent[0]) == 5 and int(ctx.board.exchange[0, transport.X.DATA_SENT]) == 5
+        assert int(ctx.board.bytes_sent[0]) == 5 * hb + (5 + 3 + 4 + 3 + 5) * 4  # messages x (header + payload)
+        assert int(ctx.board.exchange[0, transport.X.SENDS]) == 3
+    finally:
+        for p in ex.peers:
+            ctx.board.lost[p] = 1
+        ex.close(timeout=5)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class ExchangeCounter(enum.IntEnum):
     LATENCY_SUM_US = 4  # sum over received messages of (arrival - sender's post), microseconds
     RECEIVED = 5  # valid messages received (malformed ones are in board.malformed instead)
     LATENCY_MAX_US = 6  # the largest such latency, microseconds
+    SENDS = 7  # gloo sends: each carried one message, or a frame of several to one peer (wire.encode_frame)
 
 
 EXCHANGE_COUNTERS = tuple(c.name.lower() for c in ExchangeCounter)  # column names, in column order

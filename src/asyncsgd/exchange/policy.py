@@ -93,13 +93,18 @@ class StalenessPolicy:
         return np.ones_like(s)
 
 
+DRAWN_KEPT = 64  # rounds whose random draw a Topology remembers (a replica's layers are at most a few rounds apart)
+
+
 class Topology:
     """--topology: the peers a worker sends round r's message to.
 
     all       every other live worker: N - 1 messages per worker per round, O(N^2) in all
     ring      one peer, rotating: round r goes to rank + 1 + (r mod (N - 1)), so over N - 1 rounds
               every peer gets one message; O(N) messages per round in all
-    random:M  M distinct live peers drawn at random (seeded) each round; O(M N) per round
+    random:M  M distinct live peers drawn at random (seeded) each round; O(M N) per round. A round
+              is drawn once: asked again (layup asks once per layer of the round) it gives the same
+              peers while they live, so a round's layers travel together (one frame per peer)
     none      nobody: the replicas train alone (only the end-of-run DONEs travel), the floor that
               an exchange has to beat (docs/benchmarks.md, "A floor")
     Gone peers are skipped (ring moves on to the next one in the rotation).
@@ -109,6 +114,7 @@ class Topology:
         self.kind, self.m = spec.kind, spec.m
         self.n, self.rank = workers, rank
         self.rng = random.Random(seed * 104_729 + rank)
+        self._drawn: dict[int, list[int]] = {}  # random:M: round -> its peers (the latest DRAWN_KEPT rounds)
 
     def fanout(self) -> int:
         """Messages per round when every peer is alive."""
@@ -130,4 +136,9 @@ class Topology:
                 if alive(p):
                     return [p]
             return []
-        return sorted(self.rng.sample(peers, min(self.m, len(peers))))
+        drawn = self._drawn.get(round_)
+        if drawn is None or not all(alive(p) for p in drawn):
+            drawn = self._drawn[round_] = sorted(self.rng.sample(peers, min(self.m, len(peers))))
+            if len(self._drawn) > DRAWN_KEPT:
+                del self._drawn[min(self._drawn)]
+        return list(drawn)

@@ -18,7 +18,9 @@ def exchange_summary(record, out: dict, payload_numel: int, payload_itemsize: in
     x = b.exchange
     total = lambda c: int(x[:, c].sum())
     out["exchange"] = {
-        "transport": "torch.distributed point-to-point (gloo), header + payload tensors",
+        "transport": "torch.distributed point-to-point (gloo), header + payload, one send per message "
+                     "or per frame of messages to one peer",
+        "sends": total(X.SENDS),  # gloo sends: fewer than the messages where frames carried several
         "rounds": total(X.ROUNDS),
         "data_messages": total(X.DATA_SENT),  # header + payload
         "control_messages": total(X.CONTROL_SENT),  # header only (DONE)
@@ -29,7 +31,8 @@ def exchange_summary(record, out: dict, payload_numel: int, payload_itemsize: in
         "header_bytes": header,
         "payload_bytes": payload,
         "per_worker": [{"worker": w, "rounds": int(x[w, X.ROUNDS]), "data_messages": int(x[w, X.DATA_SENT]),
-                        "control_messages": int(x[w, X.CONTROL_SENT]), "coalesced": int(x[w, X.COALESCED]),
+                        "control_messages": int(x[w, X.CONTROL_SENT]), "sends": int(x[w, X.SENDS]),
+                        "coalesced": int(x[w, X.COALESCED]),
                         "malformed": int(b.malformed[w])} for w in range(b.workers)],
     }
     # received and dropped (exchange/wire.py's rules): never applied, not in "received"

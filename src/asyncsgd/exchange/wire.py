@@ -2,7 +2,9 @@
 how it is encoded, and how an arrival is decoded and validated. No threads, no torch.distributed:
 transport.py moves these buffers; this module says what is in them.
 
-Layout (no pickles): every message is ONE gloo send (transport.TAG) of one contiguous byte tensor:
+Layout (no pickles): a message is one contiguous byte tensor, and one gloo send (transport.TAG)
+carries one message or a frame of several to the same peer, back to back (encode_frame: layup's
+layers of one round; the receiver reads them in order, decode_frame):
   header   int64 x (HEADER_FIELDS + N): [sender, seq, kind, length, steps, posted_us, offset,
            decay_ppm, clock_0 .. clock_{N-1}]
            sender     the sending worker's rank (0 .. N-1)
@@ -37,22 +39,25 @@ Anything else is malformed: decode returns Malformed(reason) instead of a Messag
 drops it whole (never applied, never in the inbox, never used to index the vector clock or to
 finish a peer) and counts it in board.malformed[receiver].
 
-Framing, and why a malformed header cannot desynchronise the stream: a message is one gloo send,
+Framing, and why a malformed header cannot desynchronise the stream: a frame is one gloo send,
 and gloo delimits it itself (its own preamble carries the byte count), so the receiver never uses
-the header's `length` to decide how much to read next: one recv is always exactly one message. A
-header whose length is wrong therefore costs that message only; the next recv starts at the next
-message, so the receiver drops it and keeps receiving. (A protocol with a separate payload recv
-would have to trust `length` to know whether to post that recv, and a wrong one would shift every
-later message by one; that is one reason there is a single send.)
+a header's `length` to decide how much to read next: one recv is always exactly one frame. Within a
+frame the next message starts where the previous one's payload ends (its `length`), and the frame
+ends where the receive buffer's fill begins (a header whose sender is UNSET) or at the buffer's
+end. A malformed message therefore costs the rest of its frame at most (the messages before it in
+the frame were valid and are used); the next recv starts at the next frame, so the receiver drops
+it and keeps receiving. (A protocol with a separate payload recv would have to trust `length` to
+know whether to post that recv, and a wrong one would shift every later message by one; that is
+one reason there is a single send.)
 
 What the receiver cannot see: gloo does not report how many bytes a recv got. The receive buffer
-has the largest message's size (gloo accepts a shorter message into it), so recv_buffer() fills
-it before the recv so that a short (truncated) message is caught instead of read as stale or
-uninitialised memory: the header with -1 (a missing sender, kind, length or clock entry is
-invalid) and the payload with NaN (a payload shorter than its header's length is not finite).
-A message LONGER than the buffer is not something the receiver can drop: gloo's I/O thread
-aborts the receiving process ("Received data size doesn't match expected size"); every sender
-built from this module sends at most header_bytes + payload size, which is the buffer's size.
+has the largest frame's size (gloo accepts a shorter one into it), so recv_buffer() fills it with
+bytes 0xFF before the recv: read as int64 that is -1 (UNSET: a missing sender, kind, length or
+clock entry is invalid, and a header that begins with it ends the frame), read as a float it is
+NaN (a payload shorter than its header's length is not finite). A frame LONGER than the buffer is
+not something the receiver can drop: gloo's I/O thread aborts the receiving process ("Received
+data size doesn't match expected size"); the transport packs a frame only up to the capacity both
+ends compute from the run (frame_capacity: one header per slice plus one, and the whole vector).
 """
 
 from __future__ import annotations
@@ -114,22 +119,48 @@ def encode(m: Message, n_workers: int, dtype=torch.float32) -> torch.Tensor:
     return buf
 
 
+def encode_frame(messages: list, n_workers: int, dtype=torch.float32) -> torch.Tensor:
+    """Several messages to one peer as one byte tensor: their encodings back to back."""
+    if len(messages) == 1:
+        return encode(messages[0], n_workers, dtype)
+    return torch.cat([encode(m, n_workers, dtype) for m in messages])
+
+
+def frame_capacity(n_workers: int, numel: int, dtype=torch.float32, slices: int = 0) -> int:
+    """The largest frame of a run, in bytes: a message with the whole vector (no slices), or one
+    message per slice plus a header-only DONE (layup's layers of a round, then its last message)."""
+    return header_bytes(n_workers) * (slices + 1 if slices else 1) + numel * itemsize(dtype)
+
+
 def decay_ppm(decayed: float) -> int:
     """A decay fraction (0 .. 1) as the header's integer millionths, rounded up: a rounded value
     never damps less than the exact one would."""
     return min(PPM, max(0, math.ceil(decayed * PPM)))
 
 
-def recv_buffer(n_workers: int, numel: int, dtype=torch.float32) -> torch.Tensor:
-    """A receive buffer for the largest message, filled so that whatever a short message leaves
-    unwritten is invalid: header entries UNSET, payload NaN (see the module docstring)."""
-    hb = header_bytes(n_workers)
-    buf = torch.empty(hb + numel * itemsize(dtype), dtype=torch.uint8)
-    buf[:hb].view(torch.int64).fill_(UNSET)
-    if numel:
-        payload = buf[hb:].view(dtype)
-        payload.fill_(float("nan") if dtype.is_floating_point else 0)
-    return buf
+def recv_buffer(n_workers: int, numel: int, dtype=torch.float32, capacity: int | None = None) -> torch.Tensor:
+    """A receive buffer for the largest frame (capacity bytes; default one whole-vector message),
+    filled with bytes 0xFF so that whatever a short frame leaves unwritten is invalid: UNSET as a
+    header entry, NaN as a payload element (see the module docstring)."""
+    size = header_bytes(n_workers) + numel * itemsize(dtype) if capacity is None else capacity
+    return torch.full((size,), 0xFF, dtype=torch.uint8)
+
+
+def decode_frame(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch.float32,
+                 src: int | None = None, slices: frozenset | None = None) -> tuple[list, Malformed | None]:
+    """The messages of an arrived frame, in order, and the first malformed one's Malformed (None if
+    none was): what follows a malformed message is not read (its length cannot be trusted)."""
+    hb, size, out, pos = header_bytes(n_workers), itemsize(dtype), [], 0
+    while pos + hb <= buf.numel():
+        rest = buf[pos:] if pos % 8 == 0 else buf[pos:].clone()  # an int64 view needs 8-byte alignment
+        if pos and int(rest[:8].view(torch.int64)) == UNSET:
+            break  # the buffer's fill: the frame has ended
+        msg = decode(rest, n_workers, rank, numel, dtype, src=src, slices=slices)
+        if isinstance(msg, Malformed):
+            return out, msg
+        out.append(msg)
+        pos += hb + (msg.payload.numel() * size if msg.payload is not None else 0)
+    return out, None
 
 
 def decode(buf: torch.Tensor, n_workers: int, rank: int, numel: int, dtype=torch.float32,

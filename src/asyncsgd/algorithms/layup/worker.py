@@ -125,6 +125,12 @@ class Gossiping(Decoupled):
         return item
 
     # -- own updates: applied, then sent ---------------------------------------------------
+    def backward(self, item, writer: int, stream=None) -> list:
+        """A backward pass, its layers' messages posted as they are made and sent when it ends, one
+        frame per peer (Exchange.batched; the layers of a round have the same peers: Topology)."""
+        with self.exchange.batched():
+            return super().backward(item, writer, stream)
+
     @torch.no_grad()
     def update(self, item, opt, writer: int, i: int, grad, lr: float) -> None:
         p = self.params[i]
@@ -175,6 +181,11 @@ class Gossiping(Decoupled):
 
     def flush(self) -> None:
         """After the last backward: send every layer's unfinished group."""
+        with self.exchange.batched():
+            self._flush()
+        self.board.exchange[self.rank, ExchangeCounter.ROUNDS] = int(self.board.layer_rounds[self.rank].sum())
+
+    def _flush(self) -> None:
         for i in range(len(self.params)):
             with self.locks[i]:
                 group = self.pending[i]
@@ -182,7 +193,6 @@ class Gossiping(Decoupled):
                     targets, round_ = self._take_group(i)
             if group is not None:
                 self.send(i, group, targets, round_)
-        self.board.exchange[self.rank, ExchangeCounter.ROUNDS] = int(self.board.layer_rounds[self.rank].sum())
 
     # -- peers' updates: applied on arrival ------------------------------------------------
     @torch.no_grad()
