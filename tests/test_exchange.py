@@ -160,7 +160,7 @@ def test_a_frame_of_layer_messages_is_read_in_order_up_to_the_fill():
     Layer 1 has 3 floats, so the next header starts off the 8-byte grid."""
     frame = [slice_msg(offset, length) for offset, length in sorted(LAYERS)] + [msg(kind=DONE)]
     buf = wire.encode_frame(frame, N)
-    capacity = wire.frame_capacity(N, NUMEL, slices=len(LAYERS))
+    capacity = wire.frame_capacity(N, NUMEL, n_slices=len(LAYERS))
     assert buf.numel() == sum(wire.encode(m, N).numel() for m in frame) <= capacity
     read = lambda b: wire.decode_frame(b, N, 0, NUMEL, src=1, slices=LAYERS)
 
@@ -480,6 +480,23 @@ def test_a_destination_with_every_slot_taken_does_not_spin_the_sender(monkeypatc
         ctx.board.lost[1] = 1  # the queue to a lost peer is dropped: the sender can leave
         ex.close(timeout=5)
     assert not ex._sender.is_alive()
+
+
+def test_a_random_round_is_drawn_once_for_all_its_layers():
+    """random:M: asked again for the same round (layup asks once per layer), Topology gives the
+    same peers, so the round's layers can travel as one frame; a new round is a new draw, and a
+    drawn peer that died is replaced."""
+    from asyncsgd.config import parse_topology
+    from asyncsgd.exchange.policy import Topology
+
+    topo = Topology(parse_topology("random:1"), 4, 0, seed=0)
+    alive = lambda p: True
+    rounds = [topo.targets(r, alive) for r in range(40)]
+    assert all(topo.targets(r, alive) == rounds[r] for r in range(40))  # the same peers, layer after layer
+    assert {p for peers in rounds for p in peers} == {1, 2, 3}  # drawn anew per round
+    dead = rounds[39][0]
+    again = topo.targets(39, lambda p: p != dead)
+    assert len(again) == 1 and again[0] != dead
 
 
 def test_batched_posts_leave_as_one_frame_per_destination(monkeypatch):

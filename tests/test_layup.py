@@ -42,6 +42,10 @@ def test_one_message_per_layer_group_to_each_peer_and_bytes(tmp_path, topology, 
             assert layer["rounds"] == math.ceil(passes / k), (layer, passes)
             assert layer["data_messages"] + layer["coalesced"] == layer["rounds"] * fanout
         assert pw["control_messages"] == 3  # DONE to every peer
+        # a round's layers to one peer leave as one frame: fewer sends than messages, and no frame
+        # holds more than every layer plus the DONE
+        messages = pw["data_messages"] + pw["control_messages"]
+        assert messages / (len(CNN1D_LAYERS) + 1) <= pw["sends"] < pw["data_messages"], pw
     assert x["rounds"] == sum(layer["rounds"] for layer in x["by_layer"])
     assert s["messages_sent"] == x["data_messages"] + x["control_messages"]
     assert s["bytes_sent"] == sum(layer["data_messages"] * (x["header_bytes"] + layer["payload_bytes"])

@@ -141,9 +141,8 @@ NUMBER_RULES = {  # setting -> (rule, what is accepted), for the numbers no defa
 
 def check_numbers(cfg) -> None:
     """The plain numbers (NUMBER_RULES, lr_steps, seed, and workers when given), those left unset
-    skipped. The CLI calls it on the user's values before it imports torch (1.4 s on 2 cores), and
-    resolve() before the first default, which may need torch (pdasgd's --workers asks whether CUDA
-    is there), and after the defaults: a bad number is refused at once."""
+    skipped. The CLI calls it on the user's values before it imports torch (1.4 s on 2 cores), so a
+    bad number is refused at once; resolve() calls it on every value once the defaults are in."""
     for name, (rule, accepted) in NUMBER_RULES.items():
         v = getattr(cfg, name)
         if v is not None:
@@ -159,7 +158,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
     """Every default applied and every value checked, once; returns the resolved config. Raises ConfigError."""
     need(cfg.algorithm in ALGORITHMS, "algorithm", cfg.algorithm, ", ".join(ALGORITHMS))
     algo = ALGORITHMS[cfg.algorithm]
-    check_numbers(cfg)
     if cfg.workers is None and algo.default_workers is not None:
         workers, why = algo.default_workers(cfg)
         cfg = cfg.replace(workers=workers, workers_from=why)
@@ -180,7 +178,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         v = getattr(cfg, name)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > high:
             need(False, name, v, f"at most {high:g} ({LIMITS_WHY[name]})")
-    check_numbers(cfg)  # again: the defaults' values too
+    check_numbers(cfg)
     for name in ("num_samples", "threads_per_worker"):
         if getattr(cfg, name) is not None:
             _whole(cfg, name)

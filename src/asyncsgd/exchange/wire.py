@@ -126,10 +126,10 @@ def encode_frame(messages: list, n_workers: int, dtype=torch.float32) -> torch.T
     return torch.cat([encode(m, n_workers, dtype) for m in messages])
 
 
-def frame_capacity(n_workers: int, numel: int, dtype=torch.float32, slices: int = 0) -> int:
+def frame_capacity(n_workers: int, numel: int, dtype=torch.float32, n_slices: int = 0) -> int:
     """The largest frame of a run, in bytes: a message with the whole vector (no slices), or one
     message per slice plus a header-only DONE (layup's layers of a round, then its last message)."""
-    return header_bytes(n_workers) * (slices + 1 if slices else 1) + numel * itemsize(dtype)
+    return header_bytes(n_workers) * (n_slices + 1 if n_slices else 1) + numel * itemsize(dtype)
 
 
 def decay_ppm(decayed: float) -> int:

@@ -1,9 +1,9 @@
 """The forkserver that forks a run's worker processes, and its early start.
 
 Imports no torch (the standard library, and the registry for the names of the algorithms' worker
-modules), so that the command line can start the server before it imports torch itself (cli.main): the server's imports (torch, 1.8 s of start-up per run on our
-2-core machine, summary.json's time split) then overlap with the launcher's own instead of
-following them.
+modules), so that the command line can start the server before it imports torch itself
+(cli.main): the server's imports (torch, 1.8 s of start-up per run on our 2-core machine,
+summary.json's time split) then overlap with the launcher's own instead of following them.
 
 Ownership (the concurrency contract):
 - A run's Launcher takes the server (take_server): the one started early if there is one,
