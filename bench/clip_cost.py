@@ -13,6 +13,9 @@ import torch
 
 from asyncsgd.optim import LayerSGD
 from asyncsgd.tasks import get_task
+from cnn1d_engine import no_arguments
+
+no_arguments(__doc__, "clip_cost.py")
 
 torch.set_num_threads(1)
 params = [p for p in get_task("mnist1d").model_fn().parameters()]

@@ -48,9 +48,13 @@ def rank_main(rank: int, port: int, floats: int, messages: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.error = lambda message: p.exit(2, f"gloo_p2p.py: {message}; accepted: see --help\n")  # one line, not argparse's usage block
     p.add_argument("--floats", type=int, default=3000, help="payload floats (cnn1d's largest layer: 3,200)")
     p.add_argument("--messages", type=int, default=4000)
     a = p.parse_args()
+    for name in ("floats", "messages"):  # one line and exit 2, not a traceback from the ranks
+        if getattr(a, name) < 1:
+            p.exit(2, f"gloo_p2p.py: --{name} {getattr(a, name)} is not accepted; accepted: an integer >= 1\n")
     with socket.socket() as s:  # a free loopback port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -49,6 +49,7 @@ def run(task_name: str, seed: int, epochs: float, clip: float) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.error = lambda message: p.exit(2, f"grad_norms.py: {message}; accepted: see --help\n")  # one line, not argparse's usage block
     p.add_argument("--task", default="mnist1d")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=float, default=10)

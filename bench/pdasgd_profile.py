@@ -32,6 +32,13 @@ def cat(frames):
         if fn.startswith(("on_grad", "apply", "Decoupled.backward", "Decoupled._forward", "WorkerContext.fetch", "BatchPlan")): return "other pdasgd"
     return "other"
 tot = collections.Counter(); funcs = collections.Counter(); roles = collections.defaultdict(collections.Counter)
+if sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
+if len(sys.argv) != 2 or not os.path.isfile(sys.argv[1]):
+    print(f"pdasgd_profile.py: {' '.join(sys.argv[1:]) or 'no argument'!r} is not accepted; accepted: one file, "
+          "a py-spy raw profile (py-spy record -f raw ...)", file=sys.stderr)
+    sys.exit(2)
 for line in open(sys.argv[1]):
     line = line.rstrip("\n")
     m = re.match(r"(.*) (\d+)$", line)

@@ -85,6 +85,7 @@ def table(rows: list[dict], args) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.error = lambda message: p.exit(2, f"sim_sweep.py: {message}; accepted: see --help\n")  # one line, not argparse's usage block
     p.add_argument("--workers", default="4,16,64,256,1024", help="comma-separated virtual worker counts")
     p.add_argument("--algos", default="sync,sync:none,dasgd,dasgd:scale",
                    help="comma-separated algorithms with optional variants: dasgd:scale (--staleness), "

@@ -475,3 +475,19 @@ def test_make_npz_names_an_unwritable_path(tmp_path):
     done = subprocess.run([sys.executable, str(MAKE_NPZ), str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert str(out) in done.stderr and "cannot write" in done.stderr
+
+
+BENCH_SCRIPTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "bench").glob("*.py")
+                       if p.name != "cnn1d_engine.py")  # a module the scripts import, not a script
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS, ids=[p.name for p in BENCH_SCRIPTS])
+def test_every_bench_script_refuses_an_unknown_argument_in_one_line(script, tmp_path):
+    """A bench script given an argument it does not take exits 2 with one line that names it, before
+    it measures anything (clip_cost.py ran its whole benchmark with it, pdasgd_profile.py raised)."""
+    given = [str(tmp_path / "a.npz")] if script.name == "make_npz.py" else []  # its one required argument
+    done = subprocess.run([sys.executable, str(script), *given, "--no-such-flag"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--no-such-flag" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
