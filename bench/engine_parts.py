@@ -17,7 +17,9 @@ interleaved over rounds (medians of microseconds per pass, and each arm minus pl
 - engine: the same with the clip at 1 (pdasgd's default).
 
 The plain arms run on their own copies of the model, so that the engine's parameter hooks do not
-fire in them. Runs of this script on our 2-core machine moved the plain pass by 20% between runs:
+fire in them. Last, one layer's gradient norm (LayerSGD's, with the clip's float) is timed in a
+loop outside any backward and in a loop inside one parameter hook: whether a torch op itself costs
+more inside autograd's backward. Runs of this script on our 2-core machine moved the plain pass by 20% between runs:
 compare the differences within one run.
 
     python bench/engine_parts.py
@@ -27,7 +29,8 @@ import statistics
 
 import torch
 
-from cnn1d_engine import LR, engine as make_engine, interleaved, loss_fn, make_opt, model, no_arguments, x, y
+from asyncsgd.algorithms.pdasgd.views import ReadingReplica
+from cnn1d_engine import LR, engine as make_engine, interleaved, loss_fn, make_opt, model, no_arguments, per_pass_us, x, y
 
 no_arguments(__doc__, "engine_parts.py")
 
@@ -62,7 +65,7 @@ engine = make_engine()
 replica = engine.replica()
 reading_model = copy.deepcopy(model)  # a reading replica over a copy: no engine hooks on its parameters
 reading_params = [p for p in reading_model.parameters() if p.requires_grad]
-reading = type(replica)(reading_model, reading_params, engine._read, False)
+reading = ReadingReplica(reading_model, reading_params, engine._read, False)
 reading_opt = make_opt(reading_params)
 
 
@@ -88,3 +91,21 @@ for name, v in results.items():
     m = statistics.median(v)
     print(f"{name:22s} {m:6.0f} us per pass (min {min(v):.0f}, max {max(v):.0f})   {m - base:+5.0f} us   {m / base:.3f}x")
 engine.close()
+
+
+def norm_us() -> float:
+    """Microseconds per gradient norm of a conv layer's weight gradient, as the clip computes it."""
+    opt, grad = make_opt(params_for_norm), torch.randn(32, 32, 3)
+    return per_pass_us(lambda: float(opt._norm(grad)), 2000)
+
+
+params_for_norm = [torch.nn.Parameter(torch.zeros(32, 32, 3))]
+inside = []
+probe = torch.nn.Parameter(torch.ones(4))
+probe.register_hook(lambda grad: inside.append(norm_us()))
+outside = []
+for _ in range(5):
+    outside.append(norm_us())
+    torch.autograd.grad((probe * 2).sum(), [probe])
+print(f"a layer's norm: {statistics.median(outside):.2f} us outside a backward, {statistics.median(inside):.2f} us "
+      "in a loop inside a parameter hook")

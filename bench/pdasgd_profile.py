@@ -6,6 +6,10 @@ category (bookkeeping, autograd engine, waiting, module forward, LayerSGD.update
     python bench/pdasgd_profile.py prof.txt
 
 (--subprocesses: the default's worker processes; without it only one-process runs are seen).
+The last lines count the samples of every thread the run named (pdasgd's, and the exchange's
+sender, waiter and receiver threads of dasgd and layup), all of them and those outside a blocking
+call: recorded without --idle, the second column says which threads use the CPU (docs/layup.md,
+"Where a replica's time goes").
 
 or of the engine alone: `... -- python bench/pipeline_ceiling.py "engine 1F:1B"`.
 """
@@ -32,6 +36,11 @@ def cat(frames):
         if fn.startswith(("on_grad", "apply", "Decoupled.backward", "Decoupled._forward", "WorkerContext.fetch", "BatchPlan")): return "other pdasgd"
     return "other"
 tot = collections.Counter(); funcs = collections.Counter(); roles = collections.defaultdict(collections.Counter)
+# every asyncsgd and pdasgd thread's samples, ranks and peers as N: [all, working]. Working: the
+# innermost frame is not a blocking call. py-spy without --idle still recorded threads blocked in
+# one here (in a container it may not see a thread's state), so only the rest is work.
+by_thread = collections.defaultdict(lambda: [0, 0])
+BLOCKING = ("Condition.wait ", "Event.wait ", "Semaphore.acquire ", "Queue.get ", "recv ", "irecv ", "wait ")
 if sys.argv[1:] in (["-h"], ["--help"]):
     print(__doc__)
     sys.exit(0)
@@ -50,6 +59,12 @@ for line in open(sys.argv[1]):
     start = next((i for i, f in enumerate(frames) if f.startswith("thread (")), 0)
     frames = frames[start:]
     stack = ";".join(frames)
+    name = re.sub(r"^thread \(\d+\): ", "", frames[0])
+    if name.startswith(("pdasgd-", "asyncsgd-")):
+        counts = by_thread[re.sub(r"\d+", "N", name)]
+        counts[0] += n
+        blocked = frames[-1].split("(")[0].startswith(BLOCKING) or name == "asyncsgd-watch-launcher"  # its
+        counts[1] += 0 if blocked else n  # time.sleep between two getppid() calls, a call py-spy shows no frame for
     if "pdasgd-" not in frames[0]: continue
     thread, frames = frames[0], frames[1:]
     c = cat(frames); tot[c] += n
@@ -66,3 +81,7 @@ for role, c in sorted(roles.items()):
 print("inclusive by function (top 25, % of all pdasgd samples):")
 for f, n in funcs.most_common(25):
     print(f"  {100*n/T:5.1f}%  {f}")
+print("samples by thread, all and working (not in a blocking call); record without --idle:")
+working = sum(w for _, w in by_thread.values())
+for name, (n, w) in sorted(by_thread.items(), key=lambda kv: -kv[1][1]):
+    print(f"  {n:6d} {w:6d}  {100 * w / max(1, working):5.1f}% of the working samples  {name}")
