@@ -6,8 +6,11 @@ over rounds in one process (medians of microseconds per pass):
 - ops: the update as torch.optim.SGD's single-tensor path writes it, three in-place ops
   (buf.mul_(momentum).add_(d); p.add_(buf, alpha=-lr)), and a new 0-d tensor for each layer's
   gradient norm: LayerSGD before 2026-12-06 (late);
-- kernel: LayerSGD now, one torch._fused_sgd_ call per layer update (per block step: one for the
-  whole model) and the norm written into a kept 0-d tensor;
+- per call: one torch._fused_sgd_ call per layer update (per block step: one for the whole model)
+  and the norm written into a kept 0-d tensor, with the kernel's arguments (`.data`, the buffer's
+  slice, the device checks of the norm and the clip) made on every call: LayerSGD before
+  2026-12-07 (night);
+- kernel: LayerSGD now, the same kernel, its arguments made once when the optimizer is made;
 
 each in a plain pass (forward, torch.autograd.grad, a block step: Hogwild!'s and sequential's)
 and in pdasgd's engine pass (each layer updated from its parameter hook as its gradient appears).
@@ -29,8 +32,9 @@ class ThreeOps(LayerSGD):
     """The update as three in-place ops and a freshly allocated norm (momentum only: no weight decay,
     no Nesterov, which the runs timed here do not use)."""
 
-    def _norm(self, grad):
-        return torch.linalg.vector_norm(grad)
+    def update(self, index, grad, lr):
+        factor = self._clip_factor(torch.linalg.vector_norm(grad))
+        self._apply(index, grad if factor is None else grad * factor, lr)
 
     def _apply(self, index, grad, lr):
         buf = self.buffers[index]
@@ -41,6 +45,32 @@ class ThreeOps(LayerSGD):
         factor = self._clip_factor(total_norm(list(grads)))
         for i, g in enumerate(grads):
             self._apply(i, g if factor is None else g * factor, lr)
+
+
+class PerCall(LayerSGD):
+    """The one-kernel update with its arguments made on every call, as LayerSGD.update made it
+    before 2026-12-07 (night)."""
+
+    def _norm(self, grad):
+        if grad.device.type != "cpu":
+            return torch.linalg.vector_norm(grad)
+        if self._scratch is None or self._scratch.dtype != grad.dtype:
+            self._scratch = torch.empty((), dtype=grad.dtype)
+        return torch.linalg.vector_norm(grad, out=self._scratch)
+
+    def update(self, index, grad, lr):
+        if self.clip_grad_norm and (factor := self._clip_factor(self._norm(grad))) is not None:
+            grad = grad * factor
+        self._apply(index, grad, lr)
+
+    def _apply(self, index, grad, lr):
+        self._fused([self.params[index].data], [grad], self.buffers[index:index + 1], lr)
+
+    def _fused(self, params, grads, buffers, lr):
+        torch._fused_sgd_(params, grads, buffers, weight_decay=self.weight_decay, momentum=self.momentum,
+                          lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
+
+    _scratch = None
 
 
 def arms_for(name: str, cls) -> dict:
@@ -56,13 +86,15 @@ def arms_for(name: str, cls) -> dict:
             f"engine, {name}": lambda: engine.backward(engine.forward(replica, 0), 0)}
 
 
-results = cnn1d_engine.interleaved({**arms_for("ops", ThreeOps), **arms_for("kernel", LayerSGD)},
-                                   rounds=31, passes=200)
+results = cnn1d_engine.interleaved({**arms_for("ops", ThreeOps), **arms_for("per call", PerCall),
+                                   **arms_for("kernel", LayerSGD)}, rounds=31, passes=200)
 median = {name: statistics.median(v) for name, v in results.items()}
 for name, v in results.items():
     print(f"{name}: {median[name]:.0f} us per pass (quartiles {statistics.quantiles(v, n=4)[0]:.0f}-"
           f"{statistics.quantiles(v, n=4)[2]:.0f})")
 for kind in ("plain", "engine"):
-    print(f"{kind}: kernel / ops {median[f'{kind}, kernel'] / median[f'{kind}, ops']:.3f}")
+    print(f"{kind}: kernel / ops {median[f'{kind}, kernel'] / median[f'{kind}, ops']:.3f}, kernel / per call "
+          f"{median[f'{kind}, kernel'] / median[f'{kind}, per call']:.3f} "
+          f"({median[f'{kind}, kernel'] - median[f'{kind}, per call']:+.0f} us)")
 print(f"engine / plain: ops {median['engine, ops'] / median['plain, ops']:.3f}, "
       f"kernel {median['engine, kernel'] / median['plain, kernel']:.3f}")

@@ -26,35 +26,37 @@ class LayerSGD:
     """Momentum SGD over a list of parameters, updated one index at a time, lock-free.
 
     One thread uses a LayerSGD at a time (each Hogwild! process, pdasgd backward thread and lpap
-    thread makes its own, as each keeps its own momentum): it keeps a scratch tensor (_norm)."""
+    thread makes its own, as each keeps its own momentum): it keeps scratch tensors (_norm_out)."""
 
     def __init__(self, params, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  buffers: list[torch.Tensor] | None = None, clip_grad_norm: float = 0.0):
+        """params: their storage must stay where it is from here on (tensors.flatten_params comes
+        first): the updates write through each parameter's `.data`, taken once, here."""
         self.params = list(params)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.clip_grad_norm = clip_grad_norm  # 0: no clipping
-        self._norm_out = None  # a CPU layer's gradient norm is written here (_norm)
         # Momentum buffers may live in shared memory (given) so a checkpoint can save them.
         self.buffers = buffers if buffers is not None else (
             [torch.zeros_like(p.data) for p in self.params] if momentum > 0 else [])
-
-    def _norm(self, grad: torch.Tensor) -> torch.Tensor:
-        """One layer's gradient norm. On the CPU it is written into a 0-d tensor this optimizer keeps
-        (its one thread's: see the class): a new one per layer update is an allocation
-        (posix_memalign) between autograd's kernels, which a py-spy --native profile of the engine
-        pass showed as a third of the norm's samples. bench/update_kernel.py times it together with
-        the one-kernel update (_fused)."""
-        if grad.device.type != "cpu":
-            return torch.linalg.vector_norm(grad)
-        if self._norm_out is None or self._norm_out.dtype != grad.dtype:
-            self._norm_out = torch.empty((), dtype=grad.dtype)
-        return torch.linalg.vector_norm(grad, out=self._norm_out)
+        # What one layer's update hands the kernel, made once: pdasgd makes its updates inside
+        # autograd's backward, between two kernels, where each Python line runs slower than it does
+        # in a loop, and making these on every call (`.data`, the buffer's slice, the norm's and the
+        # clip's device checks) cost 31-43 us per 1,300 us cnn1d pass (docs/pdasgd.md, "A leaner
+        # layer update").
+        self._data = [[p.data] for p in self.params]
+        self._buffer = [self.buffers[i:i + 1] for i in range(len(self.params))]
+        self._kernel_args = dict(weight_decay=weight_decay, momentum=momentum, dampening=0.0, nesterov=nesterov,
+                                 maximize=False, is_first_step=False)
+        # A CPU layer's gradient norm is written into that layer's 0-d tensor here (None on a GPU,
+        # where the norm stays on the device): a new one per update is an allocation
+        # (posix_memalign) between autograd's kernels, which a py-spy --native profile of the engine
+        # pass showed as a third of the norm's samples (bench/update_kernel.py).
+        self._norm_out = [torch.empty((), dtype=p.dtype) if p.device.type == "cpu" else None for p in self.params]
 
     def _clip_factor(self, norm: torch.Tensor):
-        """torch.nn.utils.clip_grad_norm_'s factor for a gradient of this norm, or None for "leave
-        it": on the CPU reading the norm is free, and most updates then skip the multiply (95-96% of
-        the layer updates at clip 1 in bench/grad_norms.py's mnist1d runs); on a GPU the factor
-        stays a tensor (no device sync)."""
+        """torch.nn.utils.clip_grad_norm_'s factor for gradients of this (total) norm, or None for
+        "leave them": on the CPU reading the norm is free, and most steps then skip the multiply; on
+        a GPU the factor stays a tensor (no device sync)."""
         if norm.device.type != "cpu":
             return (self.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
         n = float(norm)
@@ -64,14 +66,20 @@ class LayerSGD:
     # through .data, the momentum buffers, gradients from autograd.grad without create_graph), and
     # the decorator's context cost a few microseconds per call, 8 calls per pdasgd pass on cnn1d.
     def update(self, index: int, grad: torch.Tensor, lr: float) -> None:
-        """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm)."""
-        if self.clip_grad_norm and (factor := self._clip_factor(self._norm(grad))) is not None:
-            grad = grad * factor
-        self._apply(index, grad, lr)
-
-    def _apply(self, index: int, grad: torch.Tensor, lr: float) -> None:
-        """p -= lr * d, d from grad, decay and momentum."""
-        self._fused([self.params[index].data], [grad], self.buffers[index:index + 1], lr)
+        """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm):
+        _clip_factor's rule, written out, since this runs once per layer inside a backward. On the
+        CPU most updates skip the multiply (95-96% of the layer updates at clip 1 in
+        bench/grad_norms.py's mnist1d runs). The kernel is _fused's."""
+        clip = self.clip_grad_norm
+        if clip:
+            out = self._norm_out[index]
+            if out is None:
+                grad = grad * (clip / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
+            else:
+                norm = float(torch.linalg.vector_norm(grad, out=out)) + 1e-6
+                if norm > clip:
+                    grad = grad * (clip / norm)
+        torch._fused_sgd_(self._data[index], [grad], self._buffer[index], lr=lr, **self._kernel_args)
 
     def _fused(self, params: list, grads: list, buffers: list, lr: float) -> None:
         """torch.optim.SGD(fused=True)'s kernel (torch._fused_sgd_), called directly: the functional
@@ -82,8 +90,7 @@ class LayerSGD:
         for the whole model. `python bench/update_kernel.py` (cnn1d, one thread, four runs): a plain
         pass with a block step takes 0.939-0.977x the time of the three-op form, pdasgd's layer-wise
         engine pass 0.916-1.007x (docs/pdasgd.md, "One kernel per update")."""
-        torch._fused_sgd_(params, grads, buffers, weight_decay=self.weight_decay, momentum=self.momentum,
-                          lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False, is_first_step=False)
+        torch._fused_sgd_(params, grads, buffers, lr=lr, **self._kernel_args)
 
     def step(self, grads, lr: float, scale: float = 1.0) -> None:
         """Update every layer (a whole-model, "block" update); grads in parameter order, clipped
@@ -94,7 +101,7 @@ class LayerSGD:
             if factor is not None:
                 grads = [g if g is None else g * factor for g in grads]
         given = [i for i, g in enumerate(grads) if g is not None]
-        params = [self.params[i].data for i in given]
+        params = [self._data[i][0] for i in given]
         buffers = [self.buffers[i] for i in given] if self.momentum else []
         grads = [grads[i] for i in given]
         if len({(g.device, g.dtype) for g in grads}) == 1:  # one kernel call for the whole model
