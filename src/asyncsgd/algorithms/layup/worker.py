@@ -90,6 +90,7 @@ class Gossiping(Decoupled):
         #   parameters, copied when it leaves), clock at its first update (average: at the copy),
         #   updates, decay_fraction at its first update]
         self.rounds = [0] * L  # per layer: groups posted
+        self.rounds_posted = self.board.row("layer_rounds", self.rank)  # the same, on the board for the summary
         self.sent = np.zeros((L, n), np.int64)  # sent[l][p]: own updates of layer l sent to peer p
         self.topo = Topology(cfg.parsed.topology, n, self.rank, cfg.seed)
         self.topo_lock = threading.Lock()  # its random draws, from several backward threads
@@ -131,7 +132,9 @@ class Gossiping(Decoupled):
         with self.exchange.batched():
             return super().backward(item, writer, stream)
 
-    @torch.no_grad()
+    # No torch.no_grad() here (LayerSGD.update's reason): it runs in the parameters' hooks, during a
+    # backward that records no graph, on tensors outside autograd, and the decorator's context was
+    # 2.3% of a layup replica's compute-thread samples (docs/layup.md, "Where a replica's time goes").
     def update(self, item, opt, writer: int, i: int, grad, lr: float) -> None:
         p = self.params[i]
         with self.locks[i]:
@@ -167,7 +170,7 @@ class Gossiping(Decoupled):
             group[0], group[1] = self.params[i].detach().clone(), self.clock[i].copy()
         round_ = self.rounds[i]
         self.rounds[i] += 1
-        self.board.layer_rounds[self.rank, i] += 1
+        self.rounds_posted[i] += 1
         with self.topo_lock:
             targets = self.topo.targets(round_, self.exchange.alive)
         self.sent[i, targets] += group[2]
