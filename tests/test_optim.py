@@ -112,3 +112,22 @@ def test_a_block_step_over_mixed_dtypes_updates_each_tensor():
         ref.step()
     for mine, theirs in zip(params, ref_params):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs.detach())
+
+
+def test_updates_land_in_the_flat_vector_the_parameters_view():
+    """LayerSGD takes each parameter's `.data` once, when it is made, so it is made after
+    tensors.flatten_params (as every schedule does): its layer updates and block steps then write
+    into the one vector that dasgd, lpap and layup send and average, and the parameters see them."""
+    from asyncsgd.tensors import flatten_params
+    model, grads = model_and_grads(5)
+    params = list(model.parameters())
+    flat = flatten_params(params)
+    opt = LayerSGD(params, momentum=0.9, clip_grad_norm=0.5)
+    before = flat.clone()
+    opt.update(0, grads[0][0], 0.1)
+    opt.step(grads[1], 0.1)
+    offset = 0
+    for p in params:
+        assert p.data_ptr() == flat[offset:].data_ptr()  # still a view of the vector
+        assert not torch.equal(flat[offset:offset + p.numel()], before[offset:offset + p.numel()])
+        offset += p.numel()
