@@ -20,8 +20,9 @@ The plain arms run on their own copies of the model, so that the engine's parame
 fire in them. Last, one layer's gradient norm (LayerSGD's, with the clip's float) is timed in a
 loop outside any backward and in a loop inside one parameter hook: whether a torch op itself costs
 more inside autograd's backward; and each layer's norm is timed once as the first op of its hook,
-right after autograd's kernels, and once more straight after: what a cold start costs an op. Runs of this script on our 2-core machine moved the plain pass by 20% between runs:
-compare the differences within one run.
+right after autograd's kernels, and once more straight after: what a cold start costs an op.
+Runs of this script on our 2-core machine moved the plain pass by 20% between runs: compare the
+differences within one run.
 
     python bench/engine_parts.py
 """
@@ -32,8 +33,7 @@ import time
 import torch
 
 from asyncsgd.algorithms.pdasgd.views import ReadingReplica
-from cnn1d_engine import (LR, engine as make_engine, interleaved, loss_fn, make_opt, model, no_arguments, params as params_for_engine,
-                          per_pass_us, x, y)
+from cnn1d_engine import LR, engine as make_engine, interleaved, loss_fn, make_opt, model, no_arguments, per_pass_us, x, y
 
 no_arguments(__doc__, "engine_parts.py")
 
@@ -114,9 +114,10 @@ print(f"a layer's norm: {statistics.median(outside):.2f} us outside a backward, 
       "in a loop inside a parameter hook")
 
 
-def first_and_second() -> tuple[float, float]:
+def first_and_second() -> tuple[float, float, int]:
     """Microseconds per pass, summed over the layers, of a layer's norm made as the first op in its
-    parameter's hook, and of the same norm made again straight after it (medians over passes)."""
+    parameter's hook, and of the same norm made again straight after it (medians over passes); and
+    how many layers."""
     own = copy.deepcopy(model)
     ps = [p for p in own.parameters() if p.requires_grad]
     out, first, second = torch.empty(()), [[] for _ in ps], [[] for _ in ps]
@@ -132,9 +133,10 @@ def first_and_second() -> tuple[float, float]:
         p.register_hook(lambda grad, i=i: hook(i, grad))
     for _ in range(2000):
         torch.autograd.grad(loss_fn(own(x), y), ps)
-    return tuple(sum(statistics.median(t[500:]) for t in times) / 1e3 for times in (first, second))
+    cold, warm = (sum(statistics.median(t[500:]) for t in times) / 1e3 for times in (first, second))
+    return cold, warm, len(ps)
 
 
-cold, warm = first_and_second()
-print(f"the {len(params_for_engine)} layers' norms in their hooks, per pass: {cold:.1f} us as each hook's first op, "
+cold, warm, layers = first_and_second()
+print(f"the {layers} layers' norms in their hooks, per pass: {cold:.1f} us as each hook's first op, "
       f"{warm:.1f} us made again straight after")

@@ -41,8 +41,8 @@ class LayerSGD:
         # What one layer's update hands the kernel, made once: pdasgd makes its updates inside
         # autograd's backward, between two kernels, where each Python line runs slower than it does
         # in a loop, and making these on every call (`.data`, the buffer's slice, the norm's and the
-        # clip's device checks) cost 31-43 us per 1,300 us cnn1d pass (docs/pdasgd.md, "A leaner
-        # layer update").
+        # clip's device checks) cost 40-59 us of a 1,450-1,500 us cnn1d engine pass
+        # (bench/update_kernel.py; docs/pdasgd.md, "A leaner layer update").
         self._data = [[p.data] for p in self.params]
         self._buffer = [self.buffers[i:i + 1] for i in range(len(self.params))]
         self._kernel_args = dict(weight_decay=weight_decay, momentum=momentum, dampening=0.0, nesterov=nesterov,
