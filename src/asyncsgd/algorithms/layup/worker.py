@@ -89,8 +89,9 @@ class Gossiping(Decoupled):
         self.pending: list = [None] * L  # per layer: [update sum (--gossip updates; average: the
         #   parameters, copied when it leaves), clock at its first update (average: at the copy),
         #   updates, decay_fraction at its first update]
-        self.rounds = [0] * L  # per layer: groups posted
-        self.rounds_posted = self.board.row("layer_rounds", self.rank)  # the same, on the board for the summary
+        # per layer: groups posted, kept on the board (the summary's by_layer rounds) through a view
+        # of its shared memory, not a torch-indexed += per group
+        self.rounds = self.board.row("layer_rounds", self.rank)
         self.sent = np.zeros((L, n), np.int64)  # sent[l][p]: own updates of layer l sent to peer p
         self.topo = Topology(cfg.parsed.topology, n, self.rank, cfg.seed)
         self.topo_lock = threading.Lock()  # its random draws, from several backward threads
@@ -134,7 +135,7 @@ class Gossiping(Decoupled):
 
     # No torch.no_grad() here (LayerSGD.update's reason): it runs in the parameters' hooks, during a
     # backward that records no graph, on tensors outside autograd, and the decorator's context was
-    # 2.3% of a layup replica's compute-thread samples (docs/layup.md, "Where a replica's time goes").
+    # 2.7% of a layup replica's compute-thread samples (docs/layup.md, "Where a replica's time goes").
     def update(self, item, opt, writer: int, i: int, grad, lr: float) -> None:
         p = self.params[i]
         with self.locks[i]:
@@ -170,7 +171,6 @@ class Gossiping(Decoupled):
             group[0], group[1] = self.params[i].detach().clone(), self.clock[i].copy()
         round_ = self.rounds[i]
         self.rounds[i] += 1
-        self.rounds_posted[i] += 1
         with self.topo_lock:
             targets = self.topo.targets(round_, self.exchange.alive)
         self.sent[i, targets] += group[2]
@@ -186,7 +186,7 @@ class Gossiping(Decoupled):
         """After the last backward: send every layer's unfinished group."""
         with self.exchange.batched():
             self._flush()
-        self.board.exchange[self.rank, ExchangeCounter.ROUNDS] = int(self.board.layer_rounds[self.rank].sum())
+        self.board.exchange[self.rank, ExchangeCounter.ROUNDS] = sum(self.rounds)
 
     def _flush(self) -> None:
         for i in range(len(self.params)):
