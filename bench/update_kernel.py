@@ -33,7 +33,8 @@ class ThreeOps(LayerSGD):
     no Nesterov, which the runs timed here do not use)."""
 
     def update(self, index, grad, lr):
-        factor = self._clip_factor(torch.linalg.vector_norm(grad))
+        norm = torch.linalg.vector_norm(grad)
+        factor = self._clip_factor(norm, norm.device.type == "cpu")
         self._apply(index, grad if factor is None else grad * factor, lr)
 
     def _apply(self, index, grad, lr):
@@ -42,7 +43,8 @@ class ThreeOps(LayerSGD):
         self.params[index].data.add_(buf, alpha=-lr)
 
     def step(self, grads, lr, scale=1.0):
-        factor = self._clip_factor(total_norm(list(grads)))
+        norm = total_norm(list(grads))
+        factor = self._clip_factor(norm, norm.device.type == "cpu")
         for i, g in enumerate(grads):
             self._apply(i, g if factor is None else g * factor, lr)
 
@@ -59,8 +61,10 @@ class PerCall(LayerSGD):
         return torch.linalg.vector_norm(grad, out=self._scratch)
 
     def update(self, index, grad, lr):
-        if self.clip_grad_norm and (factor := self._clip_factor(self._norm(grad))) is not None:
-            grad = grad * factor
+        if self.clip_grad_norm:
+            norm = self._norm(grad)
+            if (factor := self._clip_factor(norm, norm.device.type == "cpu")) is not None:
+                grad = grad * factor
         self._apply(index, grad, lr)
 
     def _apply(self, index, grad, lr):

@@ -41,8 +41,8 @@ class LayerSGD:
         # What one layer's update hands the kernel, made once: pdasgd makes its updates inside
         # autograd's backward, between two kernels, where each Python line runs slower than it does
         # in a loop, and making these on every call (`.data`, the buffer's slice, the norm's and the
-        # clip's device checks) cost 40-59 us of a 1,450-1,500 us cnn1d engine pass
-        # (bench/update_kernel.py; docs/pdasgd.md, "A leaner layer update").
+        # clip's device checks) cost 40-60 us of a 1,450-1,500 us cnn1d engine pass (four runs of
+        # bench/update_kernel.py; docs/pdasgd.md, "A leaner layer update").
         self._data = [[p.data] for p in self.params]
         self._buffer = [self.buffers[i:i + 1] for i in range(len(self.params))]
         self._kernel_args = dict(weight_decay=weight_decay, momentum=momentum, dampening=0.0, nesterov=nesterov,
@@ -53,33 +53,29 @@ class LayerSGD:
         # pass showed as a third of the norm's samples (bench/update_kernel.py).
         self._norm_out = [torch.empty((), dtype=p.dtype) if p.device.type == "cpu" else None for p in self.params]
 
-    def _clip_factor(self, norm: torch.Tensor):
-        """torch.nn.utils.clip_grad_norm_'s factor for gradients of this (total) norm, or None for
-        "leave them": on the CPU reading the norm is free, and most steps then skip the multiply; on
-        a GPU the factor stays a tensor (no device sync)."""
-        if norm.device.type != "cpu":
+    def _clip_factor(self, norm: torch.Tensor, on_cpu: bool):
+        """torch.nn.utils.clip_grad_norm_'s factor for gradients of this norm (a layer's, or a block's
+        total), or None for "leave them": on the CPU reading the norm is free, and most updates then
+        skip the multiply (95-96% of the layer updates at clip 1 in bench/grad_norms.py's mnist1d
+        runs); on a GPU the factor stays a tensor (no device sync). on_cpu: where the norm is, which
+        the caller already knows (a layer update asks inside a backward, where even a device check
+        is paid with cold caches: docs/pdasgd.md, "A leaner layer update")."""
+        if not on_cpu:
             return (self.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
-        n = float(norm)
-        return self.clip_grad_norm / (n + 1e-6) if n + 1e-6 > self.clip_grad_norm else None
+        n = float(norm) + 1e-6
+        return self.clip_grad_norm / n if n > self.clip_grad_norm else None
 
     # No torch.no_grad() here or in step: every operand is outside autograd already (the parameter
     # through .data, the momentum buffers, gradients from autograd.grad without create_graph), and
     # the decorator's context cost a few microseconds per call, 8 calls per pdasgd pass on cnn1d.
     def update(self, index: int, grad: torch.Tensor, lr: float) -> None:
-        """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm):
-        _clip_factor's rule, written out, since this runs once per layer inside a backward. On the
-        CPU most updates skip the multiply (95-96% of the layer updates at clip 1 in
-        bench/grad_norms.py's mnist1d runs). The kernel is _fused's."""
-        clip = self.clip_grad_norm
-        if clip:
-            out = self._norm_out[index]
-            if out is None:
-                grad = grad * (clip / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0)
-            else:
-                norm = float(torch.linalg.vector_norm(grad, out=out)) + 1e-6
-                if norm > clip:
-                    grad = grad * (clip / norm)
-        torch._fused_sgd_(self._data[index], [grad], self._buffer[index], lr=lr, **self._kernel_args)
+        """One layer's update in place, the gradient clipped by its own norm (--clip-grad-norm)."""
+        if self.clip_grad_norm:
+            out = self._norm_out[index]  # None on a GPU
+            norm = torch.linalg.vector_norm(grad) if out is None else torch.linalg.vector_norm(grad, out=out)
+            if (factor := self._clip_factor(norm, on_cpu=out is not None)) is not None:
+                grad = grad * factor
+        self._fused(self._data[index], [grad], self._buffer[index], lr)
 
     def _fused(self, params: list, grads: list, buffers: list, lr: float) -> None:
         """torch.optim.SGD(fused=True)'s kernel (torch._fused_sgd_), called directly: the functional
@@ -97,7 +93,8 @@ class LayerSGD:
         by their norm together (--clip-grad-norm)."""
         grads = [g if g is None or scale == 1.0 else g * scale for g in grads]
         if self.clip_grad_norm:
-            factor = self._clip_factor(total_norm([g for g in grads if g is not None]))
+            norm = total_norm([g for g in grads if g is not None])
+            factor = self._clip_factor(norm, on_cpu=norm.device.type == "cpu")
             if factor is not None:
                 grads = [g if g is None else g * factor for g in grads]
         given = [i for i, g in enumerate(grads) if g is not None]
