@@ -26,7 +26,7 @@ from torch.utils.data import TensorDataset, default_collate
 from .board import STALENESS_BINS, Board
 from .config import RunConfig
 from .errors import DivergedError
-from .optim import LayerSGD, decay_fraction, learning_rate
+from .optim import LayerSGD, decay_fraction, learning_rate, total_norm
 from .tensors import StateFlattener, loss_fn
 
 
@@ -210,7 +210,7 @@ class WorkerContext:
             next_batch = self.launch.resume_point(self, batch)
         b, r, v = self.board, self.rank, self._views
         if grads is not None and v.updates[r] % 8 == 0:
-            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])))
+            norm = float(total_norm([g for g in grads if g is not None]))
             if norm > v.grad_norm_max[r]:
                 v.grad_norm_max[r] = norm
         loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
