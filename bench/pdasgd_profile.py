@@ -22,6 +22,8 @@ import os
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "asyncsgd", "algorithms", "pdasgd", "threads.py")
 WAIT_LINES = {f"threads.py:{n}" for n, l in enumerate(open(SRC), 1) if "q.get(timeout" in l or "slots.get(timeout" in l}
 def cat(frames):
+    if not frames:  # a sample py-spy took of the thread with no Python frame on it
+        return "other"
     leaf = frames[-1]
     if leaf.startswith("Decoupled.") and any(w + ")" in leaf for w in WAIT_LINES): return "wait"
     for f in reversed(frames):
