@@ -53,7 +53,7 @@ SHARED_DEFAULTS = {"workers": 2, "lr": 0.05, "momentum": 0.9, "nesterov": True, 
 class RunConfig:
     """Every setting of a run. Field names are the CLI flags with '-' for '_'."""
 
-    algorithm: str = "hogwild"
+    algorithm: str = "pdasgd"  # the default algorithm, written here only (algorithms/registry reads it)
     task: str = "mnist1d"
     model: str | None = None
     data_dir: str | None = None

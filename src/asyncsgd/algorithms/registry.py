@@ -3,6 +3,7 @@ every command (train, bench, report, algorithms) and both runtimes pick them up.
 
 from __future__ import annotations
 
+from ..config import RunConfig
 from ..errors import ConfigError
 from .base import Algorithm
 from .dasgd.spec import DASGD
@@ -15,7 +16,7 @@ from .sequential.spec import SEQUENTIAL
 from .sync.spec import SYNC
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (SEQUENTIAL, SYNC, DDP, HOGWILD, PDASGD, DASGD, LPAP, LAYUP)}
-DEFAULT_ALGORITHM = "pdasgd"
+DEFAULT_ALGORITHM = RunConfig.algorithm  # a RunConfig made without --algo runs what the CLI runs
 
 
 def get_algorithm(name: str) -> Algorithm:
