@@ -157,10 +157,10 @@ class Board:
         # of --delay it slept before them (algorithms/ddp/worker.py)
         self.collectives = z(workers)
         self.delay_paid_s = z(workers, dtype=torch.float64)
-        # exchange (dasgd, lpap): lost[w] = 1 once the launcher saw worker w die (survivors stop
-        # sending to it); exchange[w, c] = counter c of ExchangeCounter (rounds, data messages
-        # sent, control messages sent, coalesced, latency sum us, messages received, latency max
-        # us) -- exchange/transport.py
+        # exchange (dasgd, lpap, layup, pdasgd replicas): lost[w] = 1 once worker w was seen to die
+        # (survivors stop sending to it); exchange[w, c] = counter c of ExchangeCounter (rounds,
+        # data messages sent, control messages sent, coalesced, latency sum us, messages received,
+        # latency max us) -- exchange/transport.py
         self.lost = z(workers, dtype=torch.int8)
         self.exchange = z(workers, len(ExchangeCounter))
         # malformed[w]: messages worker w's exchange received and dropped as malformed

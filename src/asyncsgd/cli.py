@@ -53,7 +53,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=S, help=f"mnist1d, mnist, mnist10k, cifar10, cifar100, logreg, quadratic, npz:PATH ({D('task')})")
     p.add_argument("--model", default=S, help="model name; default follows the task (cnn1d, cnn2d, mlp, linear, resnet18, resnet20)")
     p.add_argument("--data-dir", default=S, help="where mnist/cifar files are (or are downloaded to)")
-    p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic)")
+    p.add_argument("--num-samples", type=INT, default=S, help="size of generated datasets (mnist1d, logreg, quadratic); "
+                   "for the other tasks, training samples kept (default all)")
     p.add_argument("--workers", type=INT, default=S, help=f"worker processes ({D('workers')})")
     p.add_argument("--epochs", type=FLOAT, default=S, help=f"passes over the training set by all workers together ({D('epochs')})")
     p.add_argument("--batch-size", type=INT, default=S, help=f"batch per worker / forward thread ({D('batch_size')})")
@@ -97,7 +98,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    f"read) ({D('backward_weights')})")
     g.add_argument("--sharing", default=S, help="memory: the --workers processes update one shared model; average: a replica "
                    "per process (one per GPU), averaged in the background every --average-every backward passes; "
-                   "auto: average with --device cuda, several GPUs and --workers > 1, else memory (" + D("sharing") + ")")
+                   "auto: average with several GPUs (--device cuda, or auto with CUDA visible) and --workers > 1, "
+                   "else memory (" + D("sharing") + ")")
     g = p.add_argument_group("lpap")
     g.add_argument("--groups", type=INT, default=S, help=f"groups (devices), parameters averaged across them ({D('groups')})")
     g.add_argument("--workers-per-group", type=INT, default=S, help=f"Hogwild! workers per group ({D('workers_per_group')})")

@@ -1,4 +1,4 @@
-"""summary.json fields of the algorithms that use the exchange (dasgd, lpap)."""
+"""summary.json fields of the algorithms that use the exchange (dasgd, lpap, layup, pdasgd --sharing average)."""
 
 from __future__ import annotations
 

@@ -38,14 +38,14 @@ class TorchrunLauncher(Launcher):
 
     Every rank builds the task and the model with the same seed, keeps a local Board and runs
     worker_main inline (the env:// store, held by TorchrunJob; a barrier is the start line). The
-    world size is the number of workers: --workers (sync, dasgd) or --groups (lpap) is set from
-    WORLD_SIZE. Data:
+    world size is the number of workers: --workers (sync, ddp, dasgd, layup, pdasgd --sharing
+    average) or --groups (lpap) is set from WORLD_SIZE. Data:
     strided batches (no shared claim counter across machines). At the end the ranks agree on who
     finished through the job's store (TorchrunJob), the survivors' boards are summed
     (gather_board) and rank 0 evaluates and writes the run record (and writes the checkpoints
     during the run); the other ranks write nothing and return. Failures: a rank that fails
-    raises (exit code 1). dasgd and lpap survivors of a dead rank other than 0 carry on (their
-    exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
+    raises (exit code 1). The survivors of a dead rank other than 0 carry on in the algorithms
+    that tolerate failures (dasgd, lpap, layup, pdasgd --sharing average: their exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
     record, so the other ranks stop and exit 1 (_watch_rank0)."""
 
     def __init__(self, cfg: RunConfig, env: dict, task=None):
