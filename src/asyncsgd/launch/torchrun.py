@@ -45,8 +45,9 @@ class TorchrunLauncher(Launcher):
     (gather_board) and rank 0 evaluates and writes the run record (and writes the checkpoints
     during the run); the other ranks write nothing and return. Failures: a rank that fails
     raises (exit code 1). The survivors of a dead rank other than 0 carry on in the algorithms
-    that tolerate failures (dasgd, lpap, layup, pdasgd --sharing average: their exchange saw it die) and the record lists it in lost_workers; without rank 0 there is no
-    record, so the other ranks stop and exit 1 (_watch_rank0)."""
+    that tolerate failures (dasgd, lpap, layup, pdasgd --sharing average: their exchange saw it
+    die), and the record lists it in lost_workers; without rank 0 there is no record, so the
+    other ranks stop and exit 1 (_watch_rank0)."""
 
     def __init__(self, cfg: RunConfig, env: dict, task=None):
         world = env["world_size"]
