@@ -208,7 +208,7 @@ def test_a_group_filled_by_another_thread_after_the_lock_is_not_sent_twice(avera
 
     param = torch.nn.Parameter(torch.zeros(3))
     lock = PreemptedLock()
-    w = SimpleNamespace(params=[param], locks=[lock], pending=[None], k=2, clock=np.zeros((1, 2), np.int64), rank=0,
+    w = SimpleNamespace(params=[param], locks=[lock], pending=[None], k=2, clock=np.zeros((1, 2), np.int64), version=[0], rank=0,
                         averaging=averaging,
                         bump=lambda writer, i: None, _take_group=take_group,
                         send=lambda i, group, targets, round_: sent.append((group[2], targets, round_)))
@@ -218,4 +218,48 @@ def test_a_group_filled_by_another_thread_after_the_lock_is_not_sent_twice(avera
     lock.preempt = lambda: Gossiping.update(w, item, opt, 1, 0, grad, 0.1)  # the other thread fills the group
     Gossiping.update(w, item, opt, 0, 0, grad, 0.1)  # this one's update only started it
     assert taken == [2] and sent == [(2, [1], 0)]  # one group of 2 updates, sent once, by the thread that took it
-    assert w.pending == [None] and int(w.clock[0, 0]) == 2
+    assert w.pending == [None] and int(w.clock[0, 0]) == 2 and w.version == [2]
+
+
+def test_a_peers_message_moves_the_layers_clock_and_version_together():
+    """apply_peer: a peer's layer message advances that layer's clock entry of its sender AND the
+    layer's version (the Python int the backward reads as the layer's version) by the message's
+    steps, averaged or dropped alike, and counts its vector-clock staleness."""
+    import threading
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from asyncsgd.algorithms.layup.worker import Gossiping
+    from asyncsgd.exchange import GRAD, PARAMS
+
+    def replica(averaging):
+        flat = torch.zeros(5)
+        counters = {n: [0, 0] for n in ("stale_sum", "own_stale_sum", "stale_count", "stale_max")}
+        recorded = []
+        return SimpleNamespace(
+            averaging=averaging, layer_at={0: 0, 3: 1}, slices=[(0, 3), (3, 2)], device=torch.device("cpu"),
+            locks=[threading.Lock(), threading.Lock()], clock=np.array([[2, 0, 0], [1, 1, 2]], np.int64),
+            version=[2, 4], rank=0, sent=np.array([[2, 1, 2], [1, 0, 0]], np.int64), flat=flat,
+            policy=SimpleNamespace(factor=lambda s, decayed: None if s > 1 else 1.0), record_lock=threading.Lock(),
+            ctx=SimpleNamespace(record_staleness=recorded.append), dropped=[0], recorded=recorded,
+            board=SimpleNamespace(updates=[0]), **counters)
+
+    w = replica(averaging=True)
+    msg = SimpleNamespace(kind=PARAMS, offset=3, payload=torch.ones(2), clock=torch.tensor([0, 1, 0]), sender=1,
+                          steps=8, decayed=1.0)
+    assert Gossiping.apply_peer(w, msg) is True
+    assert w.clock[1].tolist() == [1, 9, 2] and w.version == [2, 12]  # moved together, by the steps
+    assert w.flat.tolist() == [0, 0, 0, 0.5, 0.5]  # averaged halfway into layer 1's slice
+    # staleness 2: worker 2's updates the sender had not applied; the own one was never sent to it
+    assert w.recorded == [2] and w.stale_sum == [0, 2] and w.board.updates == [1]
+
+    w = replica(averaging=False)  # updates: a peer's update 3 behind is dropped, and still counted
+    msg = SimpleNamespace(kind=GRAD, offset=0, payload=torch.ones(3), clock=torch.tensor([0, 0, 0]), sender=2,
+                          steps=4, decayed=1.0)
+    assert Gossiping.apply_peer(w, msg) is True
+    assert w.clock[0].tolist() == [2, 0, 4] and w.version == [6, 4]
+    assert w.recorded == [2]  # the 2 own updates of layer 0 it had sent to worker 2
+    assert w.flat.tolist() == [0] * 5 and w.dropped == [1] and w.board.updates == [0]
+    assert Gossiping.apply_peer(w, SimpleNamespace(kind=PARAMS)) is False  # the other payload kind: not ours
