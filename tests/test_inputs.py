@@ -41,6 +41,17 @@ BAD_FLAGS = {
     "unknown staleness policy": (["--staleness", "sometimes"], ["--staleness", "'sometimes'", "adaptive"]),
     "unknown sim times": (["--runtime", "sim", "--sim-times", "guess"], ["--sim-times", "'guess'", "flops, measured"]),
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
+    # the real runtime's settings, which the simulated cluster would ignore
+    "checkpoints on the simulator": (["--runtime", "sim", "--checkpoint-every", "0.5"],
+                                     ["--checkpoint-every 0.5 is not used by the simulated cluster", "--runtime real"]),
+    "stall watch on the simulator": (["--runtime", "sim", "--stall-timeout", "30"],
+                                     ["--stall-timeout 30.0 is not used by the simulated cluster", "--runtime real"]),
+    "torch threads on the simulator": (["--runtime", "sim", "--threads-per-worker", "2"],
+                                       ["--threads-per-worker 2 is not used by the simulated cluster", "1, or unset"]),
+    "a GPU for the simulator": (["--runtime", "sim", "--device", "cuda"],
+                                ["--device 'cuda' is not used by the simulated cluster", "cpu, auto"]),
+    "simulated workers for sequential": (["--runtime", "sim", "--algo", "sequential", "--sim-workers", "4"],
+                                         ["--sim-workers 4 is not used by --algo sequential", "leave --sim-workers unset"]),
     # whole numbers and their ranges
     "too many real workers": (["--workers", "257"], ["--workers 257", "1 to 256"]),
     "negative workers": (["--workers", "-1"], ["--workers -1", ">= 1"]),

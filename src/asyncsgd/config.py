@@ -160,6 +160,9 @@ def need(ok: bool, name: str, value, accepted: str) -> None:
 COMMAND: list[str] = []  # the asyncsgd command line of this process, set by cli.main (summary.json)
 
 SIM_OPTIONS = ("sim_workers", "sim_forward_s", "sim_backward_s", "sim_compute", "sim_times", "sim_device_flops")  # --runtime sim only
+# --runtime real only: the simulated cluster keeps only the last checkpoint and has no processes to
+# watch for stalls (sim/runtime.py); it runs on one torch thread (--threads-per-worker: only 1)
+REAL_OPTIONS = ("checkpoint_every", "stall_timeout")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import math
 from pathlib import Path
 
 from .algorithms.registry import ALGORITHMS, users_of
-from .config import (BACKWARD_WEIGHTS, DERIVED, DEVICES, PROGRESS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS, UPDATES, RunConfig,
+from .config import (BACKWARD_WEIGHTS, DERIVED, DEVICES, PROGRESS, REAL_OPTIONS, RUNTIMES, SCHEDULES, SHARED_DEFAULTS, SIM_OPTIONS,
+                     UPDATES, RunConfig,
                      flag, need)
 from .errors import ConfigError
 
@@ -66,6 +67,10 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
     for name in given:
         if name in SIM_OPTIONS and runtime != "sim":
             raise ConfigError(f"{flag(name)} is only used by the simulated cluster; accepted with: --runtime sim")
+        if name in REAL_OPTIONS and runtime == "sim":
+            value = f" {given[name]!r}" if isinstance(given, dict) else ""
+            raise ConfigError(f"{flag(name)}{value} is not used by the simulated cluster (it keeps only the last checkpoint "
+                              "and has no processes to watch); accepted with: --runtime real")
         users = users_of(name)
         if users and algorithm not in users:
             raise ConfigError(f"{flag(name)} is not used by --algo {algorithm}; accepted with: "
@@ -74,8 +79,19 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
             given.get("sim_times") == "measured" or {"sim_forward_s", "sim_backward_s"} <= set(given)):
         raise ConfigError("--sim-device-flops is not used when the compute times are measured or both given; "
                           "accepted with: --sim-times flops and at most one of --sim-forward-s, --sim-backward-s")
+    if isinstance(given, dict) and runtime == "sim":  # it computes on the CPU, on one torch thread
+        if given.get("device") == "cuda":
+            raise ConfigError("--device 'cuda' is not used by the simulated cluster, which computes on the CPU; "
+                              "accepted with --runtime sim: cpu, auto")
+        if given.get("threads_per_worker") not in (None, 1):
+            raise ConfigError(f"--threads-per-worker {given['threads_per_worker']!r} is not used by the simulated "
+                              "cluster, which runs on one torch thread; accepted with --runtime sim: 1, or unset")
     if isinstance(given, dict) and given.get("workers") is not None and algorithm in ALGORITHMS:
         _check_workers_used(algorithm, given, runtime)
+    if (isinstance(given, dict) and runtime == "sim" and given.get("sim_workers") is not None
+            and algorithm in ALGORITHMS and _ignores_sim_workers(algorithm)):
+        raise ConfigError(f"--sim-workers {given['sim_workers']} is not used by --algo {algorithm}, which simulates "
+                          "one worker; accepted: leave --sim-workers unset")
     if algorithm == "pdasgd" and isinstance(given, dict):
         from .algorithms.pdasgd.spec import check_given
         check_given(given, runtime)
@@ -85,6 +101,12 @@ def ignores_workers(algorithm: str) -> bool:
     """True for an algorithm whose process count does not follow --workers (sequential: one; lpap: --groups)."""
     processes = ALGORITHMS[algorithm].processes
     return processes(RunConfig(workers=1)) == processes(RunConfig(workers=2))
+
+
+def _ignores_sim_workers(algorithm: str) -> bool:
+    """True for an algorithm whose simulated layout does not follow --sim-workers (sequential: one worker)."""
+    layout = ALGORITHMS[algorithm].sim_layout
+    return layout(RunConfig(sim_workers=2)) == layout(RunConfig(sim_workers=4))
 
 
 def _check_workers_used(algorithm: str, given: dict, runtime: str | None) -> None:
@@ -235,7 +257,8 @@ def replayable(cfg: RunConfig) -> dict:
         if value is None or name in ("out", "resume", "overwrite") or name in DERIVED:
             continue
         users = users_of(name)
-        if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim"):
+        if (users and cfg.algorithm not in users) or (name in SIM_OPTIONS and cfg.runtime != "sim") or (
+                name in REAL_OPTIONS and cfg.runtime == "sim"):
             continue
         if name == "workers" and (ignores_workers(cfg.algorithm) or (cfg.runtime == "sim" and cfg.sim_workers)):
             continue  # not what decides the process count here (check_options refuses a different one)
