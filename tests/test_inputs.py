@@ -41,6 +41,8 @@ BAD_FLAGS = {
     "unknown staleness policy": (["--staleness", "sometimes"], ["--staleness", "'sometimes'", "adaptive"]),
     "unknown sim times": (["--runtime", "sim", "--sim-times", "guess"], ["--sim-times", "'guess'", "flops, measured"]),
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
+    "backward threads beside fb-ratio auto": (["--fb-ratio", "auto", "--backward-threads", "3"],
+                                               ["--backward-threads 3 is not used with --fb-ratio auto", "one of them"]),
     # the real runtime's settings, which the simulated cluster would ignore
     "checkpoints on the simulator": (["--runtime", "sim", "--checkpoint-every", "0.5"],
                                      ["--checkpoint-every 0.5 is not used by the simulated cluster", "--runtime real"]),
@@ -307,6 +309,17 @@ def test_config_toml_replays_the_runs_settings(name, tmp_path, capsys):
     assert {k: v for k, v in a.items() if k not in ("out", *DERIVED)} == {
         k: v for k, v in b.items() if k not in ("out", *DERIVED)}
     assert b["workers_from"] is None
+
+
+def test_config_toml_of_an_fb_ratio_auto_run_replays_it(tmp_path, capsys):
+    """--fb-ratio auto chooses the backward threads, and --backward-threads beside it is refused:
+    config.toml keeps fb_ratio and leaves the resolved backward_threads out, so it replays."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert cli.main(["train", "--runtime", "sim", "--fb-ratio", "auto", "--task", "logreg", "--epochs", "0.2",
+                     "--progress", "none", "--out", str(first)]) == 0
+    toml = (first / "config.toml").read_text()
+    assert 'fb_ratio = "auto"' in toml and "backward_threads" not in toml
+    assert cli.main(["train", "--config", str(first / "config.toml"), "--out", str(again)]) == 0
 
 
 def test_config_toml_of_a_real_run_replays_it(tmp_path, capsys):

@@ -264,6 +264,8 @@ def replayable(cfg: RunConfig) -> dict:
             continue  # not what decides the process count here (check_options refuses a different one)
         if name == "average_every" and cfg.algorithm == "pdasgd" and cfg.sharing != "average":
             continue  # used only with replicas
+        if name == "backward_threads" and cfg.fb_ratio == "auto":
+            continue  # chosen at run time by --fb-ratio auto (check_options refuses both given)
         out[name] = value
     return out
 

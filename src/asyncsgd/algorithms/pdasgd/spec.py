@@ -31,7 +31,13 @@ def check(cfg):
 
 
 def check_given(given: dict, runtime: str) -> None:
-    """--average-every is used only with replicas: given with one shared model it would do nothing."""
+    """--average-every is used only with replicas: given with one shared model it would do nothing.
+    --fb-ratio auto chooses the backward threads itself: a --backward-threads beside it would be
+    replaced without a word."""
+    if given.get("fb_ratio") == "auto" and given.get("backward_threads") is not None:
+        raise ConfigError(f"--backward-threads {given['backward_threads']!r} is not used with --fb-ratio auto, "
+                          "which chooses the backward threads from the measured forward and backward times; "
+                          "accepted: one of them (--forward-threads may go with either)")
     if "average_every" in given:
         v = given.get
         if resolve_sharing(v("sharing") or "auto", v("device") or "auto", v("workers"), runtime or "real") == "memory":
