@@ -29,6 +29,12 @@ Staleness: updates the other threads of the same group applied between a thread'
 and its write, as for hogwild; --staleness applies its rules to it (exchange.policy, the
 concurrency being the group's threads: averaging rounds are not counted). The averaging
 thread's waits never block training; the end-of-run wait for the final average is the group's idle time.
+
+Threads and their owner: run() starts the group's compute threads and the averager's thread and
+joins them: the compute threads when the plan is exhausted, or, once one failed or the launcher set
+board.stop, within --stall-timeout (else TimeoutError); when run() itself is interrupted (a thread
+that would not start, Ctrl-C, torchrun's SIGTERM) they are told to stop and joined within
+STOP_JOIN_S; the averager last, by close(timeout=30).
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ def partition(sizes: list[int], threads: int) -> list[tuple[int, int] | None]:
         mine = [i for i, o in enumerate(owner) if o == t]
         out.append((mine[0], mine[-1] + 1) if mine else None)
     return out
+
+
+STOP_JOIN_S = 30.0  # after a failure, how long the compute threads get to finish their step
 
 
 def run(ctx) -> None:
@@ -123,6 +132,8 @@ def run(ctx) -> None:
             on_error(e)
 
     contexts = [ctx] + [WorkerContext(ctx.spec, g) for _ in range(threads_n - 1)]
+    workers: list[threading.Thread] = []
+    finished = False
     averager.open()
     try:
         ctx.start()
@@ -145,8 +156,15 @@ def run(ctx) -> None:
         averager.finish()  # the final average; its wait is the group's idle time
         if errors:
             raise errors[0]
+        finished = True
     finally:
-        if errors:
+        if not finished:  # a thread failed, or this one raised (a thread that would not start, Ctrl-C,
+            # torchrun's SIGTERM): the compute threads stop at their next batch and are joined before
+            # the averager they call is closed
             failed.set()
+            deadline = time.monotonic() + STOP_JOIN_S
+            for w in workers:
+                if w.ident is not None:  # started
+                    w.join(timeout=max(0.1, deadline - time.monotonic()))
         averager.close(timeout=30)  # joins the averaging thread (an error path: without the final wait)
     ctx.finish(model)
