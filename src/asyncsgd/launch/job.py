@@ -126,6 +126,8 @@ finish() writes the agreement onto board.lost, which no late store key may chang
                     if r != self.rank and r not in published and self.kv.check([f"lost/{r}"]):
                         published.add(r)
                         by = self.kv.get(f"lost/{r}").decode()
+                        if self._stop_watching.is_set():  # a store call outlived stop_watching's join:
+                            return  # the survivors are agreed, and board.lost holds the agreement
                         record_loss(board, self.rank, r, f"worker {by} lost its connection to it")
         except RuntimeError:
             return  # the store is gone with node 0: finish() / the rank-0 watch say what that means
