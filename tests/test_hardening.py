@@ -339,3 +339,37 @@ def test_a_worker_server_that_fails_to_start_leaves_no_folder(monkeypatch):
     with pytest.raises(OSError, match="no forkserver today"):
         server.take_server()
     assert made and not os.path.exists(made[0])
+
+
+def test_a_second_interrupt_while_the_workers_stop_kills_them_at_once():
+    """Ctrl-C (or SIGTERM) again during the launcher's grace period for its workers: it does not
+    leave them running; every worker still alive is killed at once, and the interrupt goes on."""
+    from types import SimpleNamespace
+
+    from asyncsgd.launch.local import Launcher
+
+    class Worker:  # a worker process that does not stop by itself
+        def __init__(self, interrupt_join: bool):
+            self.alive, self.interrupt_join, self.signals = True, interrupt_join, []
+
+        def is_alive(self):
+            return self.alive
+
+        def join(self, timeout=None):
+            if self.interrupt_join:  # the second Ctrl-C arrives while the launcher waits here
+                self.interrupt_join = False
+                raise KeyboardInterrupt
+
+        def terminate(self):
+            self.signals.append("SIGTERM")
+
+        def kill(self):
+            self.signals.append("SIGKILL")
+            self.alive = False
+
+    workers = [Worker(interrupt_join=True), Worker(interrupt_join=False)]
+    launcher = SimpleNamespace(board=SimpleNamespace(stop=[0], t0=[1.0]))  # training had begun
+    with pytest.raises(KeyboardInterrupt):
+        Launcher._stop_all(launcher, workers)
+    assert launcher.board.stop == [1]
+    assert [w.signals for w in workers] == [["SIGKILL"], ["SIGKILL"]] and not any(w.alive for w in workers)

@@ -262,16 +262,22 @@ class Launcher:
             state = "diverged"
             raise
         finally:
-            self._stop_all(procs)  # also the ones started before a start failed
-            if server is not None:
-                server.stop()  # after the workers: it reports their exit codes
-            self._write_workers_json(state)  # a final state: every process above has ended
-            for log in self.out.glob("startup-*.log"):  # modes.join_group's: keep only what says something
-                if log.stat().st_size == 0:
-                    log.unlink()
-            if store is not None:
-                del store  # after the workers
-                (self.out / STORE_FILE).unlink(missing_ok=True)  # a killed worker never closed its copy
+            try:
+                self._stop_all(procs)  # also the ones started before a start failed
+            finally:  # also when a second interrupt cut the stop short (the workers are killed by then)
+                self._after_workers(server, state)
+                if store is not None:
+                    del store  # after the workers
+                    (self.out / STORE_FILE).unlink(missing_ok=True)  # a killed worker never closed its copy
+
+    def _after_workers(self, server, state: str) -> None:
+        """Once every worker has ended: the fork server, the final workers.json and the startup logs."""
+        if server is not None:
+            server.stop()  # after the workers: it reports their exit codes
+        self._write_workers_json(state)  # a final state: every process above has ended
+        for log in self.out.glob("startup-*.log"):  # modes.join_group's: keep only what says something
+            if log.stat().st_size == 0:
+                log.unlink()
 
     def _write_workers_json(self, state: str) -> None:
         """workers.json in the run directory: the worker processes' pids (to watch or kill them)."""
@@ -357,20 +363,26 @@ class Launcher:
         raise WorkerError(message)
 
     def _stop_all(self, procs) -> None:
+        """Stop the workers: board.stop, a grace period to finish their step, then SIGTERM, then
+        SIGKILL. A second Ctrl-C (or SIGTERM) while this waits cuts it short: every worker still
+        alive is killed at once, and the interrupt goes on once they are."""
         if any(p.is_alive() for p in procs):
             self.board.stop[0] = 1
         # Before training began there is nothing to save, and a worker blocked in joining the
         # process group never sees board.stop: no grace period then.
         deadline = time.time() + (STOP_GRACE_S if self.board.t0[0] > 0 else 1.0)
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.time()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+        try:
+            for p in procs:
+                p.join(timeout=max(0.1, deadline - time.time()))
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5)
+        finally:  # also on a second interrupt: no worker outlives its launcher
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=5)
 
     def _poll(self, progress) -> None:
         progress.update()
