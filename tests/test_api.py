@@ -40,8 +40,9 @@ class SmallNet(nn.Module):
 def test_train_any_module_on_any_dataset(tmp_path, algorithm):
     summary = asyncsgd.train(functools.partial(SmallNet, 16), Blobs(1200, 0), Blobs(300, 1), algorithm=algorithm,
                              workers=1 if algorithm == "sequential" else 2, epochs=3, lr=0.05, out=str(tmp_path / algorithm), progress="none",
-                             threads_per_worker=1, target_accuracy=0.9)
+                             threads_per_worker=1, target_accuracy=0.9, num_classes=3)
     assert summary["algorithm"] == algorithm and summary["samples"] == 3 * 1200
+    assert summary["task_info"] == {"train_samples": 1200, "test_samples": 300, "num_classes": 3}
     assert summary["final_test_accuracy"] >= 0.9
     assert summary["model"] == "SmallNet" and (tmp_path / algorithm / "summary.json").exists()
 

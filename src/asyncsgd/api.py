@@ -49,13 +49,42 @@ def train(model_fn=None, train_set=None, test_set=None, *, algorithm: str | None
                                         and num_classes >= 2):
         raise ConfigError(f"train(): num_classes {num_classes!r} is not accepted; accepted: a whole number >= 2 "
                           "(or leave it unset)")
+    builtin = sorted(k for k in ("model", "num_samples", "data_dir") if settings.get(k) is not None)
+    if builtin:  # they choose or build a built-in task's model and data, which model_fn and the datasets replace
+        raise ConfigError(f"train(): {builtin[0]}={settings[builtin[0]]!r} is not used with model_fn and datasets; "
+                          "accepted with: task=NAME (a built-in task)")
     for name, ds in (("train_set", train_set), ("test_set", test_set)):
         _check_dataset(name, ds)
+    info = {"train_samples": len(train_set), "test_samples": len(test_set)}
+    if num_classes is not None:
+        _check_num_classes(model_fn, test_set, num_classes)
+        info["num_classes"] = num_classes
     name = getattr(model_fn, "__name__", None) or getattr(getattr(model_fn, "func", None), "__name__", "custom")
     user_task = Task(name=task or "custom", model_name=name, train_set=train_set, test_set=test_set,
-                     model_fn=model_fn, loss=loss, num_classes=num_classes,
-                     info={"train_samples": len(train_set), "test_samples": len(test_set)})
+                     model_fn=model_fn, loss=loss, num_classes=num_classes, info=info)
     return run(cfg.replace(task=user_task.name), task=user_task)
+
+
+def _check_num_classes(model_fn, test_set, num_classes: int) -> None:
+    """num_classes says how many class scores the model gives per sample: checked here, on the first
+    test sample, so that a model of the wrong width fails with one line instead of training on."""
+    import torch
+
+    if len(test_set) == 0:
+        return
+    model = model_fn()
+    x = torch.as_tensor(test_set[0][0]).unsqueeze(0)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:
+        raise ConfigError(f"train(): the model of model_fn failed on the first test sample ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); accepted: a model that takes one "
+                          "batch of the test set's inputs") from None
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+    if width != num_classes:
+        raise ConfigError(f"train(): num_classes {num_classes} is not what the model gives: {width} score(s) per "
+                          "sample; accepted: the width of the model's output")
 
 
 def _check_dataset(name: str, ds) -> None:
