@@ -373,3 +373,37 @@ def test_a_second_interrupt_while_the_workers_stop_kills_them_at_once():
         Launcher._stop_all(launcher, workers)
     assert launcher.board.stop == [1]
     assert [w.signals for w in workers] == [["SIGKILL"], ["SIGKILL"]] and not any(w.alive for w in workers)
+
+
+def test_a_stalled_run_in_the_launchers_own_process_stops_after_the_stall_timeout(tmp_path):
+    """--stall-timeout holds for a run in the launcher's own process (sequential; hogwild or pdasgd
+    with one process) as for worker processes: a step that hangs past it stops the run with that
+    reason once the step returns, instead of the option being ignored there (the run went on)."""
+    import time as _time
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import asyncsgd
+    from asyncsgd.errors import WorkerError
+
+    made = []
+
+    class HangsOnce(torch.nn.Module):  # its 20th training forward takes 3 s, 3x the stall timeout
+        def __init__(self):
+            super().__init__()
+            self.linear, self.calls = torch.nn.Linear(4, 2), 0
+            made.append(self)
+
+        def forward(self, x):
+            self.calls += 1
+            if self.training and self.calls == 20:
+                _time.sleep(3)
+            return self.linear(x)
+
+    data = TensorDataset(torch.randn(640, 4), torch.randint(0, 2, (640,)))
+    with pytest.raises(WorkerError, match=r"no progress for 1 s \(--stall-timeout\); training stopped"):
+        asyncsgd.train(HangsOnce, data, data, algorithm="sequential", epochs=5, stall_timeout=1.0,
+                       progress="none", out=str(tmp_path / "run"))
+    # stopped after the step that hung, not trained on to the end (100 steps)
+    assert 20 <= max(m.calls for m in made) < 30

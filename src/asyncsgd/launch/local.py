@@ -221,8 +221,20 @@ class Launcher:
         self._raise_failure()
 
     def _monitor_thread(self, progress, done: threading.Event) -> None:
+        """Progress and checkpoints of a run in this process, and _watch's stall check: no new
+        samples for --stall-timeout seconds sets board.stop (the schedule's batches end there)
+        and the run fails with that reason."""
+        last_samples, last_change = -1, time.time()
         while not done.wait(POLL_S):
             self._poll(progress)
+            samples = int(self.board.samples.sum())
+            if samples != last_samples:
+                last_samples, last_change = samples, time.time()
+            elif time.time() - last_change > self.cfg.stall_timeout and not self.board.stop[0]:
+                if self.failure is None:
+                    self.failure = ("error", f"no progress for {self.cfg.stall_timeout:.0f} s (--stall-timeout); "
+                                    "training stopped")
+                self.board.stop[0] = 1
 
     def _run_processes(self, progress) -> None:
         import pickle
