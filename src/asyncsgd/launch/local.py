@@ -210,7 +210,7 @@ class Launcher:
     def _run_in_process(self, progress) -> None:
         self.spec.errors = self.errors
         done = threading.Event()
-        monitor = threading.Thread(target=self._monitor_thread, args=(progress, done), name="asyncsgd-monitor")
+        monitor = threading.Thread(target=self._monitor_thread, args=(progress, done, True), name="asyncsgd-monitor")
         monitor.start()
         try:
             worker_main(0, self.spec)
@@ -220,13 +220,17 @@ class Launcher:
         self._drain_errors()
         self._raise_failure()
 
-    def _monitor_thread(self, progress, done: threading.Event) -> None:
-        """Progress and checkpoints of a run in this process, and _watch's stall check: no new
-        samples for --stall-timeout seconds sets board.stop (the schedule's batches end there)
-        and the run fails with that reason."""
+    def _monitor_thread(self, progress, done: threading.Event, watch_stall: bool = False) -> None:
+        """Progress and checkpoints of a run in this process. watch_stall (a local run in this
+        process, _run_in_process): _watch's stall check too, no new samples for --stall-timeout
+        seconds sets board.stop (the schedule's batches end there) and the run fails with that
+        reason. Not under torchrun, where rank 0 waits for its peers at the end without new samples
+        for up to --stall-timeout by design (TorchrunJob.finish)."""
         last_samples, last_change = -1, time.time()
         while not done.wait(POLL_S):
             self._poll(progress)
+            if not watch_stall:
+                continue
             samples = int(self.board.samples.sum())
             if samples != last_samples:
                 last_samples, last_change = samples, time.time()
