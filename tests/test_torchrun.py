@@ -6,6 +6,7 @@ sync stops with exit 1 and a clear error. No hangs: every node has a deadline.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -278,3 +279,18 @@ def test_a_loss_one_rank_sees_reaches_every_rank_through_the_store(monkeypatch, 
         "asyncsgd: worker 0: worker 2 is gone (worker 1 lost its connection to it); continuing with the survivors",
         "asyncsgd: worker 1: worker 3 is gone (Connection reset by peer); continuing with the survivors"], err
     assert not any(j._watcher is not None and j._watcher.is_alive() for j in jobs.values())
+
+
+def test_a_diverged_torchrun_run_leaves_its_record_saying_so(tmp_path):
+    """lr 1000 without the clip diverges within a few updates on both ranks: each rank's worker exits 3
+    with one line, rank 0 writes summary.json with status diverged (as a local run does), and no
+    process group is torn down under a blocked receive ('terminate called')."""
+    (rc0, _, err0), (rc1, _, err1) = torchrun_pair(tmp_path, "--algo", "dasgd", "--epochs", 2, "--lr", 1000,
+                                                   "--clip-grad-norm", 0, "--warmup-epochs", 0)
+    for rc, err in ((rc0, err0), (rc1, err1)):
+        assert rc != 0 and "exitcode  : 3" in err, err[-3000:]  # torchrun's own exit code is 1 for any failure
+        assert "terminate called" not in err
+        assert asyncsgd_lines(err)[-1].startswith("asyncsgd: error: training diverged: loss"), err[-3000:]
+    summary = json.loads((tmp_path / "node0" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["why"].startswith("training diverged: loss")
+    assert not (tmp_path / "node1").exists()  # rank 1 writes no record

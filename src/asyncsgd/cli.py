@@ -301,9 +301,16 @@ def main(argv=None) -> int:
     if _starts_workers(argv):
         server.start_early()  # its torch import overlaps with ours (build_parser's)
     try:
-        return _run_command(argv)
+        code = _run_command(argv)
     finally:
         server.stop_early()  # when no run took it
+    worker = sys.modules.get("asyncsgd.launch.worker")
+    if worker is not None and worker.PROCESS_GROUP_LEFT:  # a torchrun rank told to stop (launch/worker.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+        os._exit(code)
+    return code
 
 
 def _starts_workers(argv) -> bool:

@@ -15,7 +15,7 @@ import time
 
 from ..algorithms.registry import ALGORITHMS, get_algorithm
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from .local import POLL_S, Launcher
 from .modes import TorchrunLaunch
 from .worker import worker_main
@@ -85,13 +85,24 @@ class TorchrunLauncher(Launcher):
             monitor = threading.Thread(target=self._watch_rank0, args=(done,), name="asyncsgd-watch-rank0")
         monitor.start()
         try:
-            worker_main(self.dist_rank, self.spec)
-        finally:
-            done.set()
-            monitor.join(timeout=30)
-            progress.close()
-        self._drain_errors()
-        self._raise_failure()
+            try:
+                worker_main(self.dist_rank, self.spec)
+            finally:
+                done.set()
+                monitor.join(timeout=30)
+                progress.close()
+            self._drain_errors()
+            self._raise_failure()
+        except KeyboardInterrupt:  # torchrun's SIGTERM, or Ctrl-C: the record says so, as a local run's does
+            self.board.stop[0] = 1
+            if self.writes_record:  # rank 0: the checkpoint and the record are its own
+                self._write_checkpoint()
+                self._save_metrics_until_checkpoint()
+            self._write_ended("interrupted", "interrupted (Ctrl-C or SIGTERM); --resume DIR continues from the last checkpoint")
+            raise
+        except DivergedError as e:
+            self._write_ended("diverged", str(e))  # rank 0 only (writes_record), as every record
+            raise
         self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
         self.lost_reasons = {r: f"worker {r} became unreachable (a peer's connection to it failed)" for r in self.lost}
         if not self.writes_record:

@@ -100,12 +100,26 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
             job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
         if group and spawned and board.stop[0]:
             _leave_now(spec)
+        if group and board.stop[0]:
+            # torchrun (not spawned): a run told to stop may have left exchange threads blocked in a
+            # gloo receive from a peer that is stopping too, and tearing the group down under them
+            # aborts the process ("terminate called": 1 diverged two-rank dasgd run in 3), here or
+            # in the group's destructor at exit. So the group is left in place, and the command
+            # ends the process with os._exit once the record and the error line are out (cli.main).
+            global PROCESS_GROUP_LEFT
+            PROCESS_GROUP_LEFT = True
+            group = False
         if group:
             import torch.distributed as dist
             try:
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+# A torchrun worker told to stop left its process group in place (worker_main): cli.main then ends
+# the process with os._exit, so that no destructor tears the group down under a blocked receive.
+PROCESS_GROUP_LEFT = False
 
 
 def _leave_now(spec: WorkerSpec) -> None:
