@@ -141,12 +141,20 @@ class TorchrunLaunch:
         from .job import TorchrunJob
         job = TorchrunJob(rank, spec.world_size, timeout)
         job.init_process_group(backend)
-        # The cores are shared by every rank on this machine, whichever node started it: with two
-        # nodes of one process on a 2-core machine, 2 torch threads each oversubscribed the cores
-        # and a dasgd run trained ~90x slower than the same run launched locally.
-        set_threads(spec, max(self.local_world_size, job.ranks_on_this_host()))
-        dist.barrier()
-        job.watch_losses(spec.board)  # a loss one rank sees reaches the others' boards (job.py)
+        try:
+            # The cores are shared by every rank on this machine, whichever node started it: with two
+            # nodes of one process on a 2-core machine, 2 torch threads each oversubscribed the cores
+            # and a dasgd run trained ~90x slower than the same run launched locally.
+            set_threads(spec, max(self.local_world_size, job.ranks_on_this_host()))
+            dist.barrier()
+            job.watch_losses(spec.board)  # a loss one rank sees reaches the others' boards (job.py)
+        except BaseException:  # the caller owns the group and the job only once they are returned
+            job.close()  # end/<rank> = failed: rank 0 need not wait for this rank
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+            raise
         return job
 
     def processes_here(self, spec) -> int:
