@@ -43,6 +43,10 @@ BAD_FLAGS = {
     "sim device rate of zero": (["--runtime", "sim", "--sim-device-flops", "0"], ["--sim-device-flops", "FLOP/s > 0"]),
     "backward threads beside fb-ratio auto": (["--fb-ratio", "auto", "--backward-threads", "3"],
                                                ["--backward-threads 3 is not used with --fb-ratio auto", "one of them"]),
+    "nesterov without momentum": (["--nesterov", "--momentum", "0"], ["--nesterov is not used with --momentum 0"]),
+    "lpap's threads beside simulated workers": (["--runtime", "sim", "--algo", "lpap", "--sim-workers", "8",
+                                                 "--workers-per-group", "3"],
+                                                ["--workers-per-group 3 is not used with --sim-workers 8"]),
     # the real runtime's settings, which the simulated cluster would ignore
     "checkpoints on the simulator": (["--runtime", "sim", "--checkpoint-every", "0.5"],
                                      ["--checkpoint-every 0.5 is not used by the simulated cluster", "--runtime real"]),
@@ -319,6 +323,16 @@ def test_config_toml_of_an_fb_ratio_auto_run_replays_it(tmp_path, capsys):
                      "--progress", "none", "--out", str(first)]) == 0
     toml = (first / "config.toml").read_text()
     assert 'fb_ratio = "auto"' in toml and "backward_threads" not in toml
+    assert cli.main(["train", "--config", str(first / "config.toml"), "--out", str(again)]) == 0
+
+
+def test_config_toml_of_a_run_without_momentum_replays_it(tmp_path, capsys):
+    """--nesterov beside --momentum 0 is refused; the default Nesterov of a run without momentum
+    stays out of its config.toml, so that the file replays."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert cli.main(["train", "--runtime", "sim", "--momentum", "0", "--task", "logreg", "--epochs", "0.2",
+                     "--progress", "none", "--out", str(first)]) == 0
+    assert "nesterov" not in (first / "config.toml").read_text()
     assert cli.main(["train", "--config", str(first / "config.toml"), "--out", str(again)]) == 0
 
 

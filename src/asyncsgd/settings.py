@@ -92,6 +92,16 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
             and algorithm in ALGORITHMS and _ignores_sim_workers(algorithm)):
         raise ConfigError(f"--sim-workers {given['sim_workers']} is not used by --algo {algorithm}, which simulates "
                           "one worker; accepted: leave --sim-workers unset")
+    if isinstance(given, dict) and given.get("nesterov") is True and given.get("momentum") == 0:
+        raise ConfigError("--nesterov is not used with --momentum 0 (Nesterov's look-ahead is a momentum "
+                          "step); accepted: --momentum > 0 with --nesterov, or --no-nesterov")
+    if (isinstance(given, dict) and runtime == "sim" and algorithm == "lpap"
+            and given.get("sim_workers") is not None and given.get("workers_per_group") is not None):
+        groups = given.get("groups") or RunConfig().groups
+        if given["workers_per_group"] * groups != given["sim_workers"]:
+            raise ConfigError(f"--workers-per-group {given['workers_per_group']} is not used with --sim-workers "
+                              f"{given['sim_workers']} (split across {groups} groups); accepted: one of them, or "
+                              "both matching")
     if algorithm == "pdasgd" and isinstance(given, dict):
         from .algorithms.pdasgd.spec import check_given
         check_given(given, runtime)
@@ -264,6 +274,8 @@ def replayable(cfg: RunConfig) -> dict:
             continue  # not what decides the process count here (check_options refuses a different one)
         if name == "average_every" and cfg.algorithm == "pdasgd" and cfg.sharing != "average":
             continue  # used only with replicas
+        if name == "nesterov" and not cfg.momentum:
+            continue  # nothing without momentum (check_options refuses --nesterov with --momentum 0)
         if name == "backward_threads" and cfg.fb_ratio == "auto":
             continue  # chosen at run time by --fb-ratio auto (check_options refuses both given)
         out[name] = value
