@@ -407,3 +407,6 @@ def test_a_stalled_run_in_the_launchers_own_process_stops_after_the_stall_timeou
                        progress="none", out=str(tmp_path / "run"))
     # stopped after the step that hung, not trained on to the end (100 steps)
     assert 20 <= max(m.calls for m in made) < 30
+    ended = json.loads((tmp_path / "run" / "summary.json").read_text())  # the record says how it ended
+    assert ended["status"] == "error" and ended["why"].startswith("no progress for 1 s (--stall-timeout)")
+    assert 0 < ended["samples"] < ended["planned_samples"]

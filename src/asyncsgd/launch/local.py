@@ -190,6 +190,9 @@ class Launcher:
         except DivergedError as e:
             self._write_ended("diverged", str(e))
             raise
+        except WorkerError as e:  # a worker failed, was lost where the algorithm cannot go on, or stalled
+            self._write_ended("error", str(e))
+            raise
         finally:
             progress.close()
         self._write_checkpoint()

@@ -15,7 +15,7 @@ import time
 
 from ..algorithms.registry import ALGORITHMS, get_algorithm
 from ..config import RunConfig
-from ..errors import ConfigError, DivergedError
+from ..errors import ConfigError, DivergedError, WorkerError
 from .local import POLL_S, Launcher
 from .modes import TorchrunLaunch
 from .worker import worker_main
@@ -102,6 +102,9 @@ class TorchrunLauncher(Launcher):
             raise
         except DivergedError as e:
             self._write_ended("diverged", str(e))  # rank 0 only (writes_record), as every record
+            raise
+        except WorkerError as e:
+            self._write_ended("error", str(e))
             raise
         self.lost = [r for r in range(self.n_proc) if int(self.board.lost[r])]  # agreed on in TorchrunJob.finish
         self.lost_reasons = {r: f"worker {r} became unreachable (a peer's connection to it failed)" for r in self.lost}
