@@ -102,3 +102,21 @@ def test_summary_says_what_ran_and_when(tmp_path):
     assert s["best_test_accuracy"] >= s["final_test_accuracy"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["lr"] > 0 for r in rows) and max(r["lr"] for r in rows) <= 0.05
+
+
+@pytest.mark.parametrize("histogram,p50,p99", [
+    ({0: 94, 1: 105, 2: 48, 3: 3}, 1, 3),  # a hogwild run's: 247 of 250 (98.8%) are <= 2, so p99 is 3
+    ({0: 158, 1: 7, 2: 123, 3: 46, 4: 21, 5: 11, 6: 4, 7: 1, 8: 1, 9: 3}, 2, 8),  # dasgd's: 371 of 375 <= 7
+    ({1: 1, 3: 2}, 3, 3),  # 2 of 3 updates at 3: the median is 3
+    ({0: 99, 5: 1}, 0, 0),  # exactly 99% at 0
+    ({0: 50, 7: 50}, 0, 7),  # exactly half at 0
+])
+def test_staleness_percentiles_are_nearest_rank(histogram, p50, p99):
+    """p50 / p99: the smallest staleness at or below which at least 50% / 99% of the updates lie."""
+    from asyncsgd.board import Board
+    board = Board(1, 1, 1, 1, 1)
+    for value, count in histogram.items():
+        board.hist[0, value] = count
+    board.stale_max[0] = max(histogram)
+    stats = board.staleness_stats()
+    assert (stats["p50"], stats["p99"], stats["count"]) == (p50, p99, sum(histogram.values()))

@@ -292,10 +292,16 @@ class Board:
             return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p99": 0, "max": 0, "histogram": {}}
         values = torch.arange(STALENESS_BINS, dtype=torch.float64)
         cum = hist.cumsum(0)
-        pct = lambda q: int(torch.searchsorted(cum, torch.tensor(q * n, dtype=cum.dtype).ceil()).item())
+
+        def percentile(percent: int) -> int:
+            """Nearest rank: the smallest staleness at or below which ceil(percent% of n) updates
+            lie, the rank in whole numbers (a float's ceil of 0.99 x 100 would be 100, not 99)."""
+            rank = -(-percent * n // 100)
+            return int(torch.searchsorted(cum, torch.tensor(rank, dtype=cum.dtype)).item())
+
         nz = torch.nonzero(hist).flatten()
         mean = float((hist.double() * values).sum() / n)
-        return {"count": n, "min": int(nz[0]), "mean": round(mean, 4), "p50": pct(0.5), "p99": pct(0.99),
+        return {"count": n, "min": int(nz[0]), "mean": round(mean, 4), "p50": percentile(50), "p99": percentile(99),
                 "max": int(self.stale_max.max()), "histogram": {str(int(i)): int(hist[i]) for i in nz}}
 
     def tensors(self) -> dict:
