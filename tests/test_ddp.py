@@ -32,6 +32,8 @@ def test_ddp_ends_where_sync_ends_at_the_same_seed(tmp_path):
     ddp = _train(tmp_path / "ddp", "ddp", *common)
     sync = _train(tmp_path / "sync", "sync", *common)
     assert ddp["samples"] == sync["samples"] == 4000 and ddp["updates"] == sync["updates"] == 63
+    # one staleness value per update of the model (not one per worker and step), every one 0
+    assert ddp["staleness"]["count"] == sync["staleness"]["count"] == 63 and sync["staleness"]["max"] == 0
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("ddp", "sync"))
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), f"{key}: max {(a[key] - b[key]).abs().max()}"
@@ -66,6 +68,7 @@ def test_ddp_twin_is_syncs(tmp_path):
     d, s = (run(RunConfig(algorithm=a, out=str(tmp_path / a), **sim)) for a in ("ddp", "sync"))
     for key in ("final_test_accuracy", "wall_time_s", "updates", "samples", "bytes_sent"):
         assert d[key] == s[key], key
+    assert d["staleness"]["count"] == s["staleness"]["count"] == s["updates"]  # as the real sync counts them
 
 
 def _one_line(capsys, *args):

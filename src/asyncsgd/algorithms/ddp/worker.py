@@ -106,6 +106,6 @@ def run(ctx) -> None:
         opt.step(grads, lr_scale * ctx.lr(plan.samples_before(step * n)))
         for p in params:
             p.grad = None
-        ctx.record(local, loss, staleness=0, model=replica, optimizer=opt, updates=int(rank == 0),
+        ctx.record(local, loss, staleness=0 if rank == 0 else None, model=replica, optimizer=opt, updates=int(rank == 0),
                    next_batch=(step + 1) * n)
     ctx.finish(replica)

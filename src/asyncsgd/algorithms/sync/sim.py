@@ -36,11 +36,9 @@ def run(sim) -> None:
         opt.step([g], lr_scale * sim.lr(sim.plan.samples_before(step * n)))
         stats.bytes_sent += int(packet * 2 * (n - 1) / n)
         stats.messages_sent += 2 * (n - 1)
+        stats.staleness(0, 0)  # one update of the model per step, never stale (counted once, as updates)
         for w, k in enumerate(ks):
-            stats.staleness(w, 0)
             stats.step(w, sim.batch_samples(k), loss, updates=int(w == 0))
-        for w in range(len(ks), n):
-            stats.staleness(w, 0)
         sim.maybe_snapshot()
         sim.on_event()
     sim.done_time(t)

@@ -60,6 +60,6 @@ def run(ctx) -> None:
             i += p.numel()
         opt.step(grads, lr_scale * ctx.lr(ctx.plan.samples_before(step * n)))
         local = len(y) if k < ctx.plan.num_batches else 0
-        ctx.record(local, packet[numel + 1] / total, staleness=0, model=model, optimizer=opt, updates=int(rank == 0),
+        ctx.record(local, packet[numel + 1] / total, staleness=0 if rank == 0 else None, model=model, optimizer=opt, updates=int(rank == 0),
                    next_batch=(step + 1) * n)
     ctx.finish(model)
