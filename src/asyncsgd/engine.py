@@ -271,7 +271,9 @@ class WorkerContext:
         if row >= b.snap.shape[0]:
             return
         i = int(b.snap_count[row])
-        if i >= b.snap.shape[1]:
+        if i > 0 and int(b.snap_samples[row, i - 1]) == done:
+            i -= 1  # the same point again (finish() at the last mark): the later state replaces it, one row per point
+        elif i >= b.snap.shape[1]:
             return
         self.flattener.to_flat(model, b.snap[row, i])
         b.snap_time[row, i] = time.time() - float(b.t0[0])

@@ -445,11 +445,14 @@ class Launcher:
     def _finish(self) -> dict:
         b = self.board
         wall = float(b.finish.max() - b.t0[0]) if b.t0[0] > 0 else 0.0
-        if self.algo.shared_model and b.snap_count[0] < b.snap.shape[1]:
+        done = self.spec.samples_before + int(b.samples.sum())
+        i = int(b.snap_count[0])
+        if i > 0 and int(b.snap_samples[0, i - 1]) == done:
+            i -= 1  # the last mark's snapshot is this point: the final state replaces it (one row per point)
+        if self.algo.shared_model and i < b.snap.shape[1]:
             # The shared model after the last worker finished: the run's final state.
-            i = int(b.snap_count[0])
             self.flat.to_flat(self.model, b.snap[0, i])
-            b.snap_time[0, i], b.snap_samples[0, i] = wall, self.spec.samples_before + int(b.samples.sum())
+            b.snap_time[0, i], b.snap_samples[0, i] = wall, done
             b.snap_count[0] = i + 1
         if 0 in self.lost and self.algo.snapshot_all_replicas:
             # Replica 0 died: the first survivor's replica stands in as "the" model (row 0 is what
