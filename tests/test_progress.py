@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from asyncsgd import records
@@ -27,14 +28,13 @@ def test_piped_output_starts_at_once_and_ends_with_a_final_line(tmp_path):
         lines.append((time.time() - started, line.rstrip()))
     assert proc.wait(timeout=300) == 0, lines
     text = [t for _, t in lines]
-    # piped: no terminal start-up line (bad input must stay one line); the launcher's lines come
-    # before training starts
-    assert text[0] == "[asyncsgd] sequential: preparing task mnist1d"
-    assert text[1] == "[asyncsgd] sequential: starting 1 worker"
-    assert lines[1][0] <= [s for s, t in lines if t.startswith("[asyncsgd] training:")][0]
+    # piped: no transient line (the terminal's start-up and task lines: bad input must stay one
+    # line); the launcher's first line comes before training starts
+    assert text[0] == "[asyncsgd] sequential: starting 1 worker"
+    assert lines[0][0] <= [s for s, t in lines if t.startswith("[asyncsgd] training:")][0]
     final = [t for t in text if t.startswith("[asyncsgd] training done: 8000/8000 samples in ")]
     assert len(final) == 1 and "samples/s" in final[0] and "loss nan" not in final[0]
-    assert text.index(final[0]) < text.index("[asyncsgd] evaluating 42 snapshots")
+    assert text.index(final[0]) < text.index("[asyncsgd] evaluating 40 snapshots")
 
 
 def test_lines_carry_rate_eta_and_no_nan_loss(capsys):
@@ -97,19 +97,24 @@ def _read_pty(pid: int, fd: int, timeout: float, mark: bytes | None = None):
     return out, first, status
 
 
-def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one_line(tmp_path):
-    """On a terminal (a pty) the CLI says it is starting before PyTorch loads; when the input is
-    bad that line is erased and the error is the one line left on the screen."""
+@pytest.mark.parametrize("args,error", [
+    (["--lr", "-1"], "asyncsgd: error: --lr -1"),  # refused before PyTorch loads
+    (["--task", "mnist10k"], "asyncsgd: error: task mnist10k needs --data-dir"),  # while the task is prepared
+])
+def test_a_terminal_sees_a_start_up_line_within_a_second_and_bad_input_stays_one_line(tmp_path, args, error):
+    """On a terminal (a pty) the CLI says it is starting before PyTorch loads, then which task it
+    prepares; when the input is bad those lines are erased and the error is the one line left on
+    the screen."""
     import asyncsgd.cli  # noqa: F401 (the import cost is not the line's)
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI on a terminal
-        os.execv(sys.executable, [sys.executable, "-m", "asyncsgd", "train", "--lr", "-1", "--out", str(tmp_path / "r")])
+        os.execv(sys.executable, [sys.executable, "-m", "asyncsgd", "train", *args, "--out", str(tmp_path / "r")])
     out, first, status = _read_pty(pid, fd, timeout=120, mark=b"starting")
     assert os.waitstatus_to_exitcode(status) == 2
     text = out.decode()
     assert first is not None and "[asyncsgd] starting: loading PyTorch" in text
     screen = text.split("\x1b[K")[-1].strip().splitlines()  # what is left after the erase
-    assert len(screen) == 1 and screen[0].startswith("asyncsgd: error: --lr -1"), screen
+    assert len(screen) == 1 and screen[0].startswith(error), screen
 
 
 def test_a_terminal_of_80_columns_shows_start_up_training_and_evaluation(tmp_path):

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from . import terminal
 from .config import FIELD_NAMES, RunConfig, check_types, load_toml
 from .errors import AsyncSGDError, ConfigError
 
@@ -226,11 +227,8 @@ def cmd_train(args) -> int:
     progress = getattr(args, "progress", None)
     if progress is None and getattr(args, "config", None) is not None:
         progress = load_toml(args.config).get("progress")
-    if progress != "none" and sys.stderr.isatty():  # within a second, before PyTorch and the task load;
-        # on a terminal only, and erased before an error, so bad input stays one line
-        print("[asyncsgd] starting: loading PyTorch", end="", file=sys.stderr, flush=True)
-        global _EPHEMERAL
-        _EPHEMERAL = True
+    if progress != "none":  # within a second, before PyTorch and the task load (terminal.py)
+        terminal.transient("starting: loading PyTorch")
     cfg = config_from_args(args)  # before the runner's import of torch: bad input is refused at once
     from .runner import run
 
@@ -273,14 +271,6 @@ def print_summary(s: dict) -> None:
         print(f"{k:<{w}}  {v}")
 
 
-_EPHEMERAL = False  # the terminal's start-up line is showing (the next output replaces it)
-
-
-def _erase_ephemeral() -> None:
-    global _EPHEMERAL
-    if _EPHEMERAL:
-        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
-        _EPHEMERAL = False
 
 
 def _terminate(signum, frame):
@@ -344,7 +334,7 @@ def _run_command(argv) -> int:
             return importlib.import_module(PLUGINS[args.command][0]).main(args)
         return COMMANDS[args.command](args)
     except AsyncSGDError as e:
-        _erase_ephemeral()
+        terminal.erase()
         print(f"asyncsgd: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset, TensorDataset, default_collate
 
+from . import terminal
 from .config import COMMAND
 from .errors import ConfigError
 from .tensors import StateFlattener, loss_fn
@@ -330,7 +331,8 @@ class Progress:
         self.closed = False
 
     def say(self, text: str) -> None:
-        if self.mode != "none":  # on a terminal, over the CLI's start-up line
+        if self.mode != "none":
+            terminal.erase()  # the transient line this one replaces (on a terminal; then over a bar's line too)
             print(("\r\x1b[K" if sys.stderr.isatty() else "") + f"[asyncsgd] {text}", file=sys.stderr, flush=True)
 
     def starting(self) -> None:

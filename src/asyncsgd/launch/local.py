@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing  # noqa: F401 (registers how tensors are shared with the workers)
 
-from .. import records
+from .. import records, terminal
 from ..algorithms.registry import get_algorithm
 from ..board import Board, ClaimLock
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -111,7 +111,8 @@ class Launcher:
         self.n_proc = self.algo.processes(cfg)
         self.progress = records.Progress(cfg if self.writes_record else cfg.replace(progress="none"), 1, None, 0,
                                          workers=self.n_proc)
-        self.progress.say(f"{cfg.algorithm}: preparing task {cfg.task}")
+        if self.progress.mode != "none":  # transient: a task that cannot be prepared is then one line
+            terminal.transient(f"{cfg.algorithm}: preparing task {cfg.task}")
         t = time.perf_counter()
         self.task = task if task is not None else get_task(cfg.task, model=cfg.model, data_dir=cfg.data_dir,
                                                            seed=cfg.seed, num_samples=cfg.num_samples)
