@@ -63,6 +63,10 @@ def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig
     assert summary["samples"] == samples_of_the_run
     assert summary["resumed_from_samples"] == ckpt["samples_done"]
     assert summary["config"]["algorithm"] == algo
+    # the printed summary says which figures count every part and which this one
+    part = summary["timings"]["training_s"]
+    assert f"s (all parts; this part {part:.2f} s)" in resumed.stdout and "samples/s (this part)" in resumed.stdout
+    assert summary["samples_per_s"] == pytest.approx((summary["samples"] - ckpt["samples_done"]) / part, rel=0.02)
     # the resumed model learned like the uninterrupted one. Sequential is deterministic and is
     # compared with its uninterrupted twin (run for it alone). Two hogwild processes are not, and 4
     # epochs of them end anywhere in 0.65-0.90 whether resumed or not (measured 2026-12-02: 29

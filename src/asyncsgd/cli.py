@@ -242,12 +242,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _this_part(s: dict) -> str:
+    """A resumed run: its wall time counts every part's training, its throughput this part's."""
+    if not s.get("resumed_from_samples"):
+        return ""
+    part = (s.get("timings") or {}).get("training_s")
+    return f" (all parts; this part {part:.2f} s)" if part is not None else " (all parts)"
+
+
 def print_summary(s: dict) -> None:
     acc = s.get("final_test_accuracy")
     rows = [
         ("algorithm", s["algorithm"]), ("task / model", f"{s['task']} / {s['model']}"),
         ("workers", s["workers"]), ("samples", s["samples"]), ("updates", s["updates"]),
-        ("wall time (training)", f"{s['wall_time_s']:.2f} s"), ("throughput", f"{s['samples_per_s']:.0f} samples/s"),
+        ("wall time (training)", f"{s['wall_time_s']:.2f} s" + _this_part(s)),
+        ("throughput", f"{s['samples_per_s']:.0f} samples/s" + (" (this part)" if s.get("resumed_from_samples") else "")),
         ("test accuracy", "n/a" if acc is None else f"{acc:.4f}" + (
             f" (best {s['best_test_accuracy']:.4f})" if s.get("best_test_accuracy") not in (None, acc) else "")),
         ("test loss", f"{s['final_test_loss']:.4f}"),

@@ -326,6 +326,7 @@ class Progress:
         self.bar = None
         self.last_line = 0.0
         self.start = None
+        self.elapsed_before = 0.0  # a resumed run's training seconds before this part (its launcher sets it)
         self.desc = cfg.algorithm
         self.workers = workers
         self.closed = False
@@ -392,8 +393,11 @@ class Progress:
             done, loss, stale = self._stats()
             b = self.board
             wall = float(b.finish.max() - b.t0[0]) if float(b.finish.max()) > 0 else time.time() - float(b.t0[0])
-            rate = (done - self.before) / max(wall, 1e-9)
-            self.say(f"training done: {done}/{self.total} samples in {wall:.2f} s, {rate:.0f} samples/s, "
+            # a resumed run's clock (t0) includes the earlier parts' training: the rate is this part's
+            part = max(wall - self.elapsed_before, 1e-9)
+            rate = (done - self.before) / part
+            resumed = f" (this part {part:.2f} s, resumed at {self.before})" if self.before else ""
+            self.say(f"training done: {done}/{self.total} samples in {wall:.2f} s{resumed}, {rate:.0f} samples/s, "
                      + ("loss –" if loss is None else f"loss {loss:.3f}") + f", staleness {stale:.2f}")
         self.closed = True
 

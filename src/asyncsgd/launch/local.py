@@ -173,6 +173,7 @@ class Launcher:
     def run(self) -> dict:
         progress = self.progress
         progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
+        progress.elapsed_before = self.spec.elapsed_before
         progress.starting()
         self.run_started = time.time()
         in_process = self.n_proc == 1 and not self.algo.distributed

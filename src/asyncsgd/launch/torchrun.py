@@ -77,6 +77,7 @@ class TorchrunLauncher(Launcher):
     def run(self) -> dict:
         progress = self.progress
         progress.total, progress.board, progress.before = self.total, self.board, self.spec.samples_before
+        progress.elapsed_before = self.spec.elapsed_before
         self.run_started = time.time()
         done = threading.Event()
         if self.writes_record:  # progress and checkpoints: rank 0 only
