@@ -95,8 +95,9 @@ def _fake_run_dir(path: Path, algo: str, lr: float, seed: int, t_hit: float, sps
 
 
 def test_runs_are_grouped_into_labels_and_repeats(tmp_path):
-    dirs = [_fake_run_dir(tmp_path / "a", "hogwild", 0.1, 0, 2.0, 100.0),
-            _fake_run_dir(tmp_path / "b", "hogwild", 0.1, 1, 3.0, 300.0),
+    # record-keeping settings (tensorboard, overwrite) do not make two runs different methods
+    dirs = [_fake_run_dir(tmp_path / "a", "hogwild", 0.1, 0, 2.0, 100.0, tensorboard=True),
+            _fake_run_dir(tmp_path / "b", "hogwild", 0.1, 1, 3.0, 300.0, overwrite=True),
             _fake_run_dir(tmp_path / "c", "hogwild", 0.2, 0, 1.0, 200.0),
             _fake_run_dir(tmp_path / "d", "sync", 0.1, 0, 4.0, 100.0)]
     runs, meta = report.collect(dirs)

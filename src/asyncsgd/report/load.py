@@ -15,8 +15,9 @@ from ..errors import ConfigError
 
 # Settings that do not make two runs different methods (they are repeats of each other); the
 # derived fields say how a setting got its value, which the setting itself shows.
-_NOT_A_DIFFERENCE = {"seed", "out", "resume", "progress", "target_accuracy", "eval_points", "checkpoint_every",
-                     "stall_timeout", "threads_per_worker", "data_dir", "algorithm", *DERIVED}
+_NOT_A_DIFFERENCE = {"seed", "out", "resume", "overwrite", "progress", "tensorboard", "target_accuracy",
+                     "eval_points", "checkpoint_every", "stall_timeout", "threads_per_worker", "data_dir", "algorithm",
+                     *DERIVED}
 
 # Settings whose value in summary.json (what the run did) wins over its config (what was asked).
 _USED = ("workers",)
