@@ -110,3 +110,16 @@ def test_config_file_values_are_used_and_flags_override(tmp_path):
     summary, _ = read_run(out)
     assert summary["algorithm"] == "sequential" and summary["config"]["batch_size"] == 50
     assert summary["config"]["lr"] == 0.03 and summary["samples"] == 4000
+
+
+def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly():
+    """`asyncsgd bench --dry-run | head -1`: the pipe closes under the printing; the command stops
+    with exit code 141 (128 + SIGPIPE) and no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "asyncsgd", "bench", "--suite", "quick", "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the command prints (it is still importing)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

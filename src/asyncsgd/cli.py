@@ -2,7 +2,8 @@
 
 Parses, checks the given settings (settings.check_options; settings.resolve does the rest), calls the API, and maps errors to exit codes:
 0 done; 2 bad input (one line on stderr, no traceback); 3 diverged; 1 anything else;
-130 interrupted (Ctrl-C; the last checkpoint is kept and --resume continues from it).
+130 interrupted (Ctrl-C; the last checkpoint is kept and --resume continues from it); 141 its
+output's reader left (a closed pipe: 128 + SIGPIPE, as a shell reports a writer SIGPIPE stopped).
 """
 
 from __future__ import annotations
@@ -349,3 +350,8 @@ def _run_command(argv) -> int:
     except KeyboardInterrupt:
         print("asyncsgd: interrupted; the last checkpoint is kept (continue with --resume DIR)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`asyncsgd bench --dry-run | head -1`): stop quietly, as
+        # a pipe's writer does; stdout goes to /dev/null, else Python's flush at exit fails again
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
