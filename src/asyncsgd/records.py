@@ -397,7 +397,8 @@ class Progress:
             part = max(wall - self.elapsed_before, 1e-9)
             rate = (done - self.before) / part
             resumed = f" (this part {part:.2f} s, resumed at {self.before})" if self.before else ""
-            self.say(f"training done: {done}/{self.total} samples in {wall:.2f} s{resumed}, {rate:.0f} samples/s, "
+            ended = "stopped" if int(b.stop[0]) else "done"  # stopped: interrupted, failed, diverged, stalled
+            self.say(f"training {ended}: {done}/{self.total} samples in {wall:.2f} s{resumed}, {rate:.0f} samples/s, "
                      + ("loss –" if loss is None else f"loss {loss:.3f}") + f", staleness {stale:.2f}")
         self.closed = True
 
