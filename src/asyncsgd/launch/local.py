@@ -237,7 +237,7 @@ class Launcher:
             if not watch_stall:
                 continue
             samples = int(self.board.samples.sum())
-            if samples != last_samples:
+            if samples != last_samples or self.board.t0[0] == 0:  # the clock runs from the start of training
                 last_samples, last_change = samples, time.time()
             elif time.time() - last_change > self.cfg.stall_timeout and not self.board.stop[0]:
                 if self.failure is None:
