@@ -314,6 +314,15 @@ def test_repeat_markers_only_with_repeats(tmp_path, monkeypatch):
     assert any("median repeat" in t for t in drawn["text"]) and any("min–max" in t for t in drawn["text"])
 
 
+def test_the_median_of_two_staleness_maxima_keeps_its_half(tmp_path):
+    """Repeats whose staleness max is 9 and 8: the table says 8.5 (results.json's median), not 8."""
+    runs = [_fake_run_dir(tmp_path / f"d{i}", "dasgd", 0.1, i, 2.0, 100.0,
+                          summary_extra={"staleness": {"mean": 0.5, "max": top}}) for i, top in enumerate((9, 8))]
+    assert _report_in_process(*runs, "--out", tmp_path / "rep") == 0
+    row = next(line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| dasgd"))
+    assert "| 0.50 / 8.5 |" in row, row
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_missing_directory(tmp_path):

@@ -55,7 +55,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     """Entry point of every worker (process or in-process): runs the algorithm's schedule."""
     algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
     board, launch = spec.board, spec.launch
-    group = False
+    group = failed = False
     job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
     spawned = spec.errors is not None and not isinstance(spec.errors, queue.Queue)  # a process the launcher started
     if spawned:
@@ -89,6 +89,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         board.stop[0] = 1
         raise
     except BaseException as e:  # report every failure to the launcher, then leave
+        failed = True
         board.status[rank] = 4
         message = str(e) if isinstance(e, WorkerError) else f"{type(e).__name__}: {e}"  # ours: already says it all
         message = launch.explain_failure(e, message, algo, rank)
@@ -98,7 +99,8 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     finally:
         if job is not None:
             job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
-        if group and spawned and board.stop[0]:
+        if group and spawned and (board.stop[0] or failed):  # failed: the survivors go on (board.stop
+            # unset), and this worker's exchange may have abandoned receivers blocked on them
             _leave_now(spec)
         if group and board.stop[0]:
             # torchrun (not spawned): a run told to stop may have left exchange threads blocked in a

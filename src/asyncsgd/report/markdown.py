@@ -151,7 +151,7 @@ def _columns(target) -> list:
             ("throughput vs sync", lambda label, e: _x(e["throughput_ratio_vs_sync"])),
             ("MFU", lambda label, e: _percent(e["mfu"]["median"])),
             ("staleness mean / max", lambda label, e: f"{_fmt(e['staleness_mean']['median'])} / "
-                                                      f"{_fmt(e['staleness_max']['median'], '.0f')}"),
+                                                      f"{_fmt(e['staleness_max']['median'], 'g')}"),
             ("bytes sent", lambda label, e: _fmt(e["bytes_sent"]["median"], ",.0f"))]
 
 
