@@ -283,6 +283,19 @@ class Board:
             row.fill_(-1)
         return len(held)
 
+    def put_snapshot(self, row: int, samples: int, time_s: float, write) -> None:
+        """Row's copy of the parameters at `samples` (write(dst) fills the slot), in the next free
+        slot; the same point again (the final state at the last mark) replaces that mark's copy, so
+        that metrics.jsonl has one row per point. A full row keeps what it has."""
+        i = int(self.snap_count[row])
+        if i > 0 and int(self.snap_samples[row, i - 1]) == samples:
+            i -= 1
+        elif i >= self.snap.shape[1]:
+            return
+        write(self.snap[row, i])
+        self.snap_time[row, i], self.snap_samples[row, i] = time_s, samples
+        self.snap_count[row] = i + 1
+
     # -- reading --------------------------------------------------------------------------
     def staleness_stats(self) -> dict:
         """min / mean / p50 / p99 / max over all recorded updates, plus the histogram."""

@@ -270,15 +270,7 @@ class WorkerContext:
         row = self.rank if replica is None else replica
         if row >= b.snap.shape[0]:
             return
-        i = int(b.snap_count[row])
-        if i > 0 and int(b.snap_samples[row, i - 1]) == done:
-            i -= 1  # the same point again (finish() at the last mark): the later state replaces it, one row per point
-        elif i >= b.snap.shape[1]:
-            return
-        self.flattener.to_flat(model, b.snap[row, i])
-        b.snap_time[row, i] = time.time() - float(b.t0[0])
-        b.snap_samples[row, i] = done
-        b.snap_count[row] = i + 1
+        b.put_snapshot(row, done, time.time() - float(b.t0[0]), lambda slot: self.flattener.to_flat(model, slot))
 
     def copy_checkpoint(self, model, optimizer: LayerSGD, next_batch: int | None) -> None:
         """Copy model + momentum into the board's checkpoint slot; the launcher writes the file.

@@ -93,6 +93,26 @@ def check_shared_memory(cfg: RunConfig, replicas: int, numel: int, shared_model:
                           f"{most} here, or a smaller model")
 
 
+class StallClock:
+    """--stall-timeout: no new samples on the board for that many seconds. The clock restarts at
+    every change of the sample count; from_training: it also stands still until training began
+    (board.t0), for a run whose start-up cannot hang on a peer (one in the launcher's process)."""
+
+    def __init__(self, board: Board, timeout: float, from_training: bool = False):
+        self.board, self.timeout, self.from_training = board, timeout, from_training
+        self.samples, self.since = -1, time.time()
+
+    def stalled(self) -> bool:
+        samples = int(self.board.samples.sum())
+        if samples != self.samples or (self.from_training and self.board.t0[0] == 0):
+            self.samples, self.since = samples, time.time()
+            return False
+        return time.time() - self.since > self.timeout
+
+    def why(self, what: str) -> str:
+        return f"no progress for {self.timeout:.0f} s (--stall-timeout); {what}"
+
+
 class Launcher:
     """Owns one run: its processes (or in-process worker), monitor, checkpoints and record."""
 
@@ -231,18 +251,12 @@ class Launcher:
         seconds sets board.stop (the schedule's batches end there) and the run fails with that
         reason. Not under torchrun, where rank 0 waits for its peers at the end without new samples
         for up to --stall-timeout by design (TorchrunJob.finish)."""
-        last_samples, last_change = -1, time.time()
+        clock = StallClock(self.board, self.cfg.stall_timeout, from_training=True)
         while not done.wait(POLL_S):
             self._poll(progress)
-            if not watch_stall:
-                continue
-            samples = int(self.board.samples.sum())
-            if samples != last_samples or self.board.t0[0] == 0:  # the clock runs from the start of training
-                last_samples, last_change = samples, time.time()
-            elif time.time() - last_change > self.cfg.stall_timeout and not self.board.stop[0]:
+            if watch_stall and clock.stalled() and not self.board.stop[0]:
                 if self.failure is None:
-                    self.failure = ("error", f"no progress for {self.cfg.stall_timeout:.0f} s (--stall-timeout); "
-                                    "training stopped")
+                    self.failure = ("error", clock.why("training stopped"))
                 self.board.stop[0] = 1
 
     def _run_processes(self, progress) -> None:
@@ -309,7 +323,7 @@ class Launcher:
         os.replace(tmp, self.out / "workers.json")
 
     def _watch(self, procs, progress) -> None:
-        last_samples, last_change = -1, time.time()
+        clock = StallClock(self.board, self.cfg.stall_timeout)
         started = False
         while any(p.is_alive() for p in procs):
             time.sleep(POLL_S)
@@ -323,12 +337,8 @@ class Launcher:
             if self.failure is not None:
                 break
             self._poll(progress)
-            samples = int(self.board.samples.sum())
-            if samples != last_samples:
-                last_samples, last_change = samples, time.time()
-            elif time.time() - last_change > self.cfg.stall_timeout:
-                self.failure = ("error", f"no progress for {self.cfg.stall_timeout:.0f} s (--stall-timeout); "
-                                "workers stopped")
+            if clock.stalled():
+                self.failure = ("error", clock.why("workers stopped"))
                 break
         self._drain_errors()
         self._raise_failure()
@@ -447,15 +457,9 @@ class Launcher:
     def _finish(self) -> dict:
         b = self.board
         wall = float(b.finish.max() - b.t0[0]) if b.t0[0] > 0 else 0.0
-        done = self.spec.samples_before + int(b.samples.sum())
-        i = int(b.snap_count[0])
-        if i > 0 and int(b.snap_samples[0, i - 1]) == done:
-            i -= 1  # the last mark's snapshot is this point: the final state replaces it (one row per point)
-        if self.algo.shared_model and i < b.snap.shape[1]:
-            # The shared model after the last worker finished: the run's final state.
-            self.flat.to_flat(self.model, b.snap[0, i])
-            b.snap_time[0, i], b.snap_samples[0, i] = wall, done
-            b.snap_count[0] = i + 1
+        if self.algo.shared_model:  # the shared model after the last worker finished: the run's final state
+            b.put_snapshot(0, self.spec.samples_before + int(b.samples.sum()), wall,
+                           lambda slot: self.flat.to_flat(self.model, slot))
         if 0 in self.lost and self.algo.snapshot_all_replicas:
             # Replica 0 died: the first survivor's replica stands in as "the" model (row 0 is what
             # the record evaluates); the replicas' average is still over the survivors only.
