@@ -95,16 +95,9 @@ def check_options(algorithm: str, given, runtime: str | None = None) -> None:
     if isinstance(given, dict) and given.get("nesterov") is True and given.get("momentum") == 0:
         raise ConfigError("--nesterov is not used with --momentum 0 (Nesterov's look-ahead is a momentum "
                           "step); accepted: --momentum > 0 with --nesterov, or --no-nesterov")
-    if (isinstance(given, dict) and runtime == "sim" and algorithm == "lpap"
-            and given.get("sim_workers") is not None and given.get("workers_per_group") is not None):
-        groups = given.get("groups") or RunConfig().groups
-        if given["workers_per_group"] * groups != given["sim_workers"]:
-            raise ConfigError(f"--workers-per-group {given['workers_per_group']} is not used with --sim-workers "
-                              f"{given['sim_workers']} (split across {groups} groups); accepted: one of them, or "
-                              "both matching")
-    if algorithm == "pdasgd" and isinstance(given, dict):
-        from .algorithms.pdasgd.spec import check_given
-        check_given(given, runtime)
+    algo = ALGORITHMS.get(algorithm)
+    if isinstance(given, dict) and algo is not None and algo.check_given is not None:
+        algo.check_given(given, runtime)
 
 
 def ignores_workers(algorithm: str) -> bool:

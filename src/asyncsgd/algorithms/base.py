@@ -74,6 +74,9 @@ class Algorithm:
     options: tuple = ()  # settings only some algorithms use (given to another one: rejected, not ignored)
     summary_extra: Callable | None = None  # (record, summary dict) -> None: adds this algorithm's fields
     check: Callable | None = None  # (RunConfig) -> RunConfig: this algorithm's own resolution and checks
+    # (given settings dict, runtime) -> None: ConfigError for a combination of GIVEN settings this
+    # algorithm would ignore (settings.check_options calls it, before the defaults fill the rest in)
+    check_given: Callable | None = None
     sim_layout: Callable = sim_workers  # (RunConfig) -> (virtual workers, processes, workers per process)
     sim_replicas: Callable | None = None  # (workers, groups) -> models the simulation keeps (default 1)
     sim_theory: bool = False  # the simulated record carries the theory check (as the real summary_extra)

@@ -17,6 +17,18 @@ def sim_layout(cfg) -> tuple[int, int, int]:
     return cfg.sim_workers, cfg.groups, cfg.sim_workers // cfg.groups
 
 
+def check_given(given: dict, runtime: str | None) -> None:
+    """On the simulated cluster --sim-workers is split across --groups (sim_layout): a
+    --workers-per-group that does not match it would be replaced without a word."""
+    if runtime == "sim" and given.get("sim_workers") is not None and given.get("workers_per_group") is not None:
+        from ...config import RunConfig
+        groups = given.get("groups") or RunConfig().groups
+        if given["workers_per_group"] * groups != given["sim_workers"]:
+            raise ConfigError(f"--workers-per-group {given['workers_per_group']} is not used with --sim-workers "
+                              f"{given['sim_workers']} (split across {groups} groups); accepted: one of them, or "
+                              "both matching")
+
+
 def summary_extra(record, out: dict) -> None:
     from ...board import ExchangeCounter
     from ...exchange.summary import exchange_summary
@@ -45,4 +57,5 @@ LPAP = Algorithm(
     # latency sooner to 0.90 (docs/benchmarks.md, "Nesterov momentum")
     defaults={"staleness": "cap", "lr": 0.1, "clip_grad_norm": 2.0},
     options=("groups", "workers_per_group", "average_every", "partitioned", "staleness"),
-    summary_extra=summary_extra, sim_layout=sim_layout, sim_replicas=lambda workers, groups: groups)
+    summary_extra=summary_extra, sim_layout=sim_layout, sim_replicas=lambda workers, groups: groups,
+    check_given=check_given)

@@ -181,4 +181,5 @@ PDASGD = Algorithm(
     default_workers=auto_processes,
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),
-    summary_extra=summary_extra, check=check, sim_theory=True, distributed_with="--sharing average")
+    summary_extra=summary_extra, check=check, check_given=check_given, sim_theory=True,
+    distributed_with="--sharing average")
