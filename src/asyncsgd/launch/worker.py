@@ -102,10 +102,10 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         if group and spawned and (board.stop[0] or failed):  # failed: the survivors go on (board.stop
             # unset), and this worker's exchange may have abandoned receivers blocked on them
             _leave_now(spec)
-        if group and board.stop[0]:
-            # torchrun (not spawned): a run told to stop may have left exchange threads blocked in a
-            # gloo receive from a peer that is stopping too, and tearing the group down under them
-            # aborts the process ("terminate called": 1 diverged two-rank dasgd run in 3), here or
+        if group and (board.stop[0] or failed):
+            # torchrun (not spawned): a run told to stop, or a rank that failed, may have left
+            # exchange threads blocked in a gloo receive from a peer, and tearing the group down
+            # under them aborts the process ("terminate called": 1 diverged two-rank dasgd run in 3), here or
             # in the group's destructor at exit. So the group is left in place, and the command
             # ends the process with os._exit once the record and the error line are out (cli.main).
             global PROCESS_GROUP_LEFT
