@@ -156,7 +156,7 @@ _BENCH_OWNED = {"algorithm", "out", "resume", "seed", "progress", "target_accura
 def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="quick", help=f"which suite: {', '.join(SUITES)} (default quick)")
     parser.add_argument("--algos", "--algorithms", dest="algos", default=None,
-                        help="comma-separated algorithms (default: every registered one, see `asyncsgd algorithms`)")
+                        help="comma-separated algorithms or variant labels (default: every registered algorithm, see `asyncsgd algorithms`; the speed, seeds and cluster suites: their own labelled variants)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each algorithm (default: the suite's)")
     parser.add_argument("--out", default=None, help="output directory (default runs/bench-<suite>-<timestamp>); "
                                                     "must be new or empty")

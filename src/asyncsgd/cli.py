@@ -93,7 +93,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forward-threads", type=INT, default=S, help=f"forward threads per worker ({D('forward_threads')})")
     g.add_argument("--backward-threads", type=INT, default=S, help=f"backward threads per worker ({D('backward_threads')})")
     g.add_argument("--fb-ratio", default=S, help="auto: time forward and backward and pick the thread counts")
-    g.add_argument("--queue-size", type=INT, default=S, help="forwards computed or waiting for a backward thread at once (default 1: several forward threads take turns; deeper queues add staleness; 0, layup's default and pdasgd's where several processes share one model with one backward thread each: the next forward waits until the last backward has finished, no own pipeline delay)")
+    g.add_argument("--queue-size", type=INT, default=S, help="forwards computed or waiting for a backward thread at once (default 1: several forward threads take turns; deeper queues add staleness; 0, layup's default and pdasgd's where several processes share one model with one forward and one backward thread each (not with --fb-ratio auto, which chooses the backward threads at run time): the next forward waits until the last backward has finished, no own pipeline delay)")
     g.add_argument("--updates", default=S, help=f"layer (each layer updated when its gradient is ready) or block ({D('updates')})")
     g.add_argument("--backward-weights", default=S, help="current (a backward runs on the live shared weights, as "
                    "others updated them since its forward) or forward (on a private copy of the weights its forward "

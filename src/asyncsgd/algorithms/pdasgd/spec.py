@@ -122,7 +122,7 @@ def clip_default(cfg) -> float:
 
 
 def nesterov_default(cfg) -> bool:
-    """True (the shared default) where the updates are clipped (clip_default), else False (heavy-ball)"""
+    """True (the shared default) in the layouts that clip_default clips (one forward thread per model, or processes taking turns), whatever --clip-grad-norm is given, else False (heavy-ball)"""
     # Nesterov weighs a gradient 1.9x in its own step, and the clip bounds that step. 2-core CPU,
     # mnist1d, 10 epochs (docs/pdasgd.md, "Nesterov momentum"): the CPU default over seeds 0-39 ended
     # 0.9665 / 0.9752 / 0.982 against 0.967 / 0.9735 / 0.9785 with heavy-ball momentum, and reached
@@ -143,7 +143,7 @@ def warmup_default(cfg) -> float:
 
 
 def backward_threads_default(cfg) -> int:
-    """1 where several processes share one model (a process per CPU core), else 2 (1F:2B)"""
+    """1 where several processes share one model with one forward thread each (a process per CPU core), else 2 (1F:2B)"""
     return backward_default(cfg, _replicas(cfg))
 
 
