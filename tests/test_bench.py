@@ -381,7 +381,16 @@ def test_unknown_algorithm(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["--repeats", "0"], ["--repeats", "0", ">= 1"]),
+    (["--repeats", "0"], ["--repeats", "0", "from 1 to 1000"]),
+    (["--repeats", "99999999999", "--dry-run"], ["--repeats 99999999999", "from 1 to 1000"]),  # not a hang
+    (["--seed", "99999999999999999999999", "--dry-run"], ["--seed 99999999999999999999999", "2**62"]),
+    (["--seed", "abc"], ["--seed", "'abc'", "a whole number"]),
+    (["--peak-flops", "inf", "--dry-run"], ["--peak-flops inf", "finite"]),
+    # --set takes the types train takes, and a dry run refuses what train would refuse
+    (["--set", "nesterov=yes", "--dry-run"], ["--set 'nesterov=yes'", "--nesterov 'yes'", "true or false"]),
+    (["--set", "lr_steps=a,b", "--dry-run"], ["--set 'lr_steps=a,b'", "fractions of the run"]),
+    (["--set", "task=imagenet", "--dry-run"], ["unknown task 'imagenet'", "mnist1d"]),
+    (["--set", "model=nope", "--dry-run"], ["unknown model 'nope'", "cnn1d"]),
     (["--epochs", "-1"], ["--epochs", "-1", "> 0"]),
     (["--target-accuracy", "2"], ["--target-accuracy", "2", "(0, 1]"]),
     (["--scenarios", "rain"], ["--scenarios", "'rain'", "quick"]),
@@ -390,6 +399,26 @@ def test_unknown_algorithm(tmp_path):
 ])
 def test_bad_values(tmp_path, argv, needles):
     _one_line_error(run_cli("bench", *argv, "--out", tmp_path / "o"), *needles)
+
+
+def test_set_lr_steps_reaches_the_runs_as_train_takes_it(tmp_path):
+    proc = run_cli("bench", "--algos", "sequential", "--set", "schedule=step", "--set", "lr_steps=0.25,0.5",
+                   "--dry-run", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    assert "--schedule step --lr-steps 0.25,0.5 " in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("make_out, needles", [
+    (lambda tmp: "", ["--out ''", "a directory path"]),  # not silently the default directory
+    (lambda tmp: (tmp / "afile").write_text("x") and tmp / "afile" / "sub", ["afile is a file"]),
+    (lambda tmp: "/proc/asyncsgd-bench-test", ["could not be made", "a directory path this user can write"]),
+])
+def test_out_that_cannot_be_a_directory(tmp_path, make_out, needles):
+    """Refused in one line: before, an --out under a file or where no directory can be made ended in
+    a traceback once the task was built."""
+    out = make_out(tmp_path)
+    proc = run_cli("bench", "--algos", "sequential", "--epochs", "0.01", "--peak-flops", "1e9", "--out", out)
+    _one_line_error(proc, *needles)
 
 
 def test_out_dir_that_holds_files(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -31,8 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from .config import check_types
 from .errors import AsyncSGDError, ConfigError, DataError, DivergedError
 
+MAX_REPEATS = 1000  # run_order lists every run up front: a typo of 1e9 repeats would hang, not run
 WORKERS = "$workers"  # a variant's value that is the suite's worker count (after --set workers=N)
 FLOOR = "no exchange (floor)"  # the cluster suite's replicas that never send an update
 
@@ -154,22 +157,24 @@ _BENCH_OWNED = {"algorithm", "out", "resume", "seed", "progress", "target_accura
 
 
 def add_arguments(parser) -> None:
+    from .cli import FLOAT, INT  # argparse types whose errors name the value and what is accepted
+
     parser.add_argument("--suite", default="quick", help=f"which suite: {', '.join(SUITES)} (default quick)")
     parser.add_argument("--algos", "--algorithms", dest="algos", default=None,
                         help="comma-separated algorithms or variant labels (default: every registered algorithm, see `asyncsgd algorithms`; the speed, seeds and cluster suites: their own labelled variants)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs of each algorithm (default: the suite's)")
+    parser.add_argument("--repeats", type=INT, default=None, help="runs of each algorithm (default: the suite's)")
     parser.add_argument("--out", default=None, help="output directory (default runs/bench-<suite>-<timestamp>); "
                                                     "must be new or empty")
-    parser.add_argument("--peak-flops", type=float, default=None,
+    parser.add_argument("--peak-flops", type=FLOAT, default=None,
                         help="peak FLOP/s for MFU instead of the measured matmul peak, e.g. 9.9e14")
     parser.add_argument("--data-dir", default=None, help="dataset directory (the paper suite's CIFAR-10)")
-    parser.add_argument("--epochs", type=float, default=None, help="epochs of every run (default: the suite's)")
-    parser.add_argument("--target-accuracy", type=float, default=None,
+    parser.add_argument("--epochs", type=FLOAT, default=None, help="epochs of every run (default: the suite's)")
+    parser.add_argument("--target-accuracy", type=FLOAT, default=None,
                         help="test accuracy that time-to-target measures (default: the suite's)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: the suite's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of repeat 0; repeat i uses seed+i (default 0)")
+    parser.add_argument("--seed", type=INT, default=0, help="seed of repeat 0; repeat i uses seed+i (default 0)")
     parser.add_argument("--scenarios", default=None, help="comma-separated scenarios of the suite to run (default all)")
-    parser.add_argument("--eval-points", type=int, default=None,
+    parser.add_argument("--eval-points", type=INT, default=None,
                         help="parameter snapshots evaluated per run (default: the suite's, else 40)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other run setting for every run, e.g. --set batch_size=64 (repeatable)")
@@ -229,8 +234,8 @@ def plan(args) -> dict:
             if name not in algos:
                 algos.append(name)
     repeats = suite["repeats"] if args.repeats is None else args.repeats
-    if not isinstance(repeats, int) or repeats < 1:
-        _fail("--repeats", repeats, "a whole number >= 1")
+    if not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+        _fail("--repeats", repeats, f"a whole number from 1 to {MAX_REPEATS}")
     if args.epochs is not None:
         if not args.epochs > 0:
             _fail("--epochs", args.epochs, "a number > 0")
@@ -239,10 +244,10 @@ def plan(args) -> dict:
         if not 0 < args.target_accuracy <= 1:
             _fail("--target-accuracy", args.target_accuracy, "a fraction in (0, 1], e.g. 0.9")
         suite["target_accuracy"] = args.target_accuracy
-    if args.peak_flops is not None and not args.peak_flops > 0:
-        _fail("--peak-flops", args.peak_flops, "a number of FLOP/s > 0, e.g. 1.5e11")
-    if args.seed < 0:
-        _fail("--seed", args.seed, "a whole number >= 0")
+    if args.peak_flops is not None and not 0 < args.peak_flops < math.inf:
+        _fail("--peak-flops", args.peak_flops, "a finite number of FLOP/s > 0, e.g. 1.5e11")
+    if not 0 <= args.seed <= 2 ** 62:
+        _fail("--seed", args.seed, "a whole number from 0 to 2**62 (as train takes)")
     settings = suite["settings"]
     if args.device is not None:
         settings["device"] = args.device
@@ -256,19 +261,36 @@ def plan(args) -> dict:
         if not eq or key not in FIELD_NAMES or key in _BENCH_OWNED:
             _fail("--set", item, "KEY=VALUE with KEY a run setting other than "
                   f"{', '.join(sorted(_BENCH_OWNED))} (e.g. batch_size=64)")
-        if key in ("task", "model", "workers"):  # the suite's own fields: the report names them
-            suite[key] = _parse_value(value)
+        if key == "lr_steps":  # "0.5,0.75", as train's --lr-steps takes it
+            try:
+                value = tuple(float(s) for s in value.split(","))
+            except ValueError:
+                _fail("--set", item, "lr_steps=F1,F2,... (fractions of the run, e.g. 0.5,0.75)")
         else:
-            settings[key] = _parse_value(value)
+            value = _parse_value(value)
+        try:
+            value = check_types({key: value})[key]  # the types train takes: nesterov=yes is text, not a switch
+        except ConfigError as e:
+            raise ConfigError(f"--set {item!r}: {e}") from None
+        if key in ("task", "model", "workers"):  # the suite's own fields: the report names them
+            suite[key] = value
+        else:
+            settings[key] = value
     if args.scenarios is not None:
         wanted = [s.strip() for s in args.scenarios.split(",")]
         for s in wanted:
             if s not in suite["scenarios"]:
                 _fail("--scenarios", s, ", ".join(suite["scenarios"]))
         suite["scenarios"] = {s: suite["scenarios"][s] for s in wanted}
+    _check_task_names(suite)  # before any run: a --dry-run must not print runs that train refuses
+    if args.out is not None and not args.out.strip():
+        _fail("--out", args.out, "a directory path")
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         _fail("--out", str(out), "a new or empty directory (this one already holds files)")
+    above = next((d for d in out.parents if d.exists()), None)  # where the directory will be made
+    if above is not None and not above.is_dir():
+        _fail("--out", str(out), f"a directory path ({above} is a file)")
     configs, adjustments = {}, {}
     for scenario, extra in suite["scenarios"].items():
         for algo in algos:
@@ -285,6 +307,18 @@ def plan(args) -> dict:
     suite.update(repeats=repeats, seed=args.seed, algorithms=algos)
     return {"suite": suite, "algos": algos, "repeats": repeats, "out": out, "configs": configs,
             "adjustments": adjustments}
+
+
+def _check_task_names(suite: dict) -> None:
+    """The suite's task and model are ones train knows (their data is checked when the task is built)."""
+    from .tasks import TASK_NAMES
+    from .tasks.models import MODEL_NAMES
+
+    task, model = suite["task"], suite.get("model")
+    if not isinstance(task, str) or not (task in TASK_NAMES or task.startswith("npz:")):
+        raise ConfigError(f"unknown task {task!r}; accepted: {', '.join(TASK_NAMES)}")
+    if model is not None and model not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {model!r}; accepted: {', '.join(MODEL_NAMES)}")
 
 
 def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):
@@ -465,7 +499,11 @@ def execute(args) -> tuple[dict, list]:
         if notes:
             scenario_info[scenario]["notes"] = notes
     flops = {s: i["flops_per_sample"] for s, i in scenario_info.items()}
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {str(out)!r} could not be made ({e.strerror}); accepted: a directory path "
+                          "this user can write") from None
     machine = machine_info(device)
     if args.peak_flops is not None:
         peak = {"flops": args.peak_flops, "source": "given (--peak-flops)", "method": "given by the user"}
