@@ -85,3 +85,55 @@ def test_interrupted_then_resumed_run_sees_every_sample_once(tmp_path, algo, sig
     assert samples == sorted(samples) and samples[-1] == samples_of_the_run
     if sig == signal.SIGINT:  # a graceful stop keeps the evaluation points its checkpoint covers
         assert samples[0] <= ckpt["samples_done"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A short sequential run that ended with a checkpoint: the damaged copies below start from it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    proc = run_cli("train", "--algo", "sequential", "--epochs", "0.2", "--checkpoint-every", "0.05",
+                   "--eval-points", "2", "--progress", "none", "--threads-per-worker", "1", "--out", out)
+    assert proc.returncode == 0 and (out / "checkpoint.pt").exists(), proc.stderr
+    return out
+
+
+def _copy_without_record(run, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("momentum, needle", [(torch.zeros(3), "(3 float32 values)"),
+                                              ("int64", "int64 values)")])
+def test_resume_of_a_checkpoint_whose_momentum_does_not_fit_exits_2(finished_run, tmp_path, momentum, needle):
+    """Before: a RuntimeError from the worker, exit 1, and no word of what is accepted."""
+    from conftest import assert_one_line_error
+    run = _copy_without_record(finished_run, tmp_path)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    numel = sum(t.numel() for t in ckpt["model"].values())  # cnn1d: parameters only
+    ckpt["momentum"] = torch.zeros(numel, dtype=torch.int64) if momentum == "int64" else momentum
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert_one_line_error(run_cli("train", "--resume", run, "--progress", "none"), 2,
+                          "the checkpoint's momentum", needle, "does not fit the model", "float32 values")
+
+
+def test_resume_where_summary_json_is_not_a_record(finished_run, tmp_path):
+    """summary.json that holds no record (`[]`) is as none, and a run with no metrics left prints its
+    test loss as n/a. Before: AttributeError, then a TypeError formatting None, both tracebacks."""
+    run = _copy_without_record(finished_run, tmp_path)
+    (run / "summary.json").write_text("[]")
+    (run / "metrics.jsonl").unlink()
+    proc = run_cli("train", "--resume", run, "--progress", "none")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert isinstance(json.loads((run / "summary.json").read_text()), dict)
+
+
+def test_resume_where_summary_json_is_a_directory_exits_2(finished_run, tmp_path):
+    """Before: the run trained, then failed writing its record (IsADirectoryError, exit 1)."""
+    from conftest import assert_one_line_error
+    run = _copy_without_record(finished_run, tmp_path)
+    (run / "summary.json").mkdir()
+    assert_one_line_error(run_cli("train", "--resume", run, "--progress", "none"), 2,
+                          "its summary.json is a directory")

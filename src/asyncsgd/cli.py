@@ -260,7 +260,7 @@ def print_summary(s: dict) -> None:
         ("throughput", f"{s['samples_per_s']:.0f} samples/s" + (" (this part)" if s.get("resumed_from_samples") else "")),
         ("test accuracy", "n/a" if acc is None else f"{acc:.4f}" + (
             f" (best {s['best_test_accuracy']:.4f})" if s.get("best_test_accuracy") not in (None, acc) else "")),
-        ("test loss", f"{s['final_test_loss']:.4f}"),
+        ("test loss", "n/a" if s.get("final_test_loss") is None else f"{s['final_test_loss']:.4f}"),
         ("staleness mean / p99 / max", f"{s['staleness']['mean']:.2f} / {s['staleness']['p99']} / {s['staleness']['max']}"),
     ]
     if s.get("target_accuracy") is not None:

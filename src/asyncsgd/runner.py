@@ -17,10 +17,15 @@ from .settings import resolve
 
 def _status(run_dir: Path) -> str | None:
     """How the run in run_dir ended: done, interrupted, diverged (summary.json), or None (no summary)."""
+    path = run_dir / "summary.json"
+    if path.is_dir():  # the record of the resumed run could not be written there at its end
+        raise ConfigError(f"--resume {str(run_dir)!r}: its summary.json is a directory; accepted: the directory "
+                          "of an interrupted run, where summary.json is a file or absent")
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status", "done")
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return record.get("status", "done") if isinstance(record, dict) else None  # not a record: as none
 
 
 def run(cfg: RunConfig, task=None) -> dict:

@@ -156,6 +156,12 @@ class Launcher:
             except (RuntimeError, KeyError) as e:
                 raise ConfigError(f"--resume {cfg.resume!r}: the checkpoint does not fit the model "
                                   f"({str(e).splitlines()[0][:120]}); accepted: a checkpoint of the same task and model") from None
+            saved = self.resumed["momentum"]  # the lead worker's buffers, flat (LayerSGD's layout)
+            numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            if saved is not None and (saved.dtype != torch.float32 or saved.numel() != numel):
+                raise ConfigError(f"--resume {cfg.resume!r}: the checkpoint's momentum ({saved.numel():,} "
+                                  f"{str(saved.dtype).removeprefix('torch.')} values) does not fit the model; accepted: "
+                                  f"{numel:,} float32 values, as asyncsgd writes them for this task and model")
         replicas = self.n_proc if self.algo.snapshot_all_replicas else 1
         # before anything goes to shared memory: a launcher killed there for lack of memory leaves it in /dev/shm
         check_shared_memory(cfg, replicas, self.flat.numel, shared_model=self.algo.shared_model and self.device == "cpu")
