@@ -6,12 +6,14 @@ import gzip
 import pickle
 import struct
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_one_line_error, run_cli
 
 from asyncsgd.errors import ConfigError, DataError
 from asyncsgd.tasks import get_task
@@ -27,8 +29,8 @@ needs_shared = pytest.mark.skipif(not SHARED_MNIST.is_dir(),
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool) -> Path:
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
-    arr = arr.astype(">i4") if arr.dtype == np.int32 else arr
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f8"): 0x0E}
+    arr = arr.astype(">i4") if arr.dtype == np.int32 else arr.astype(">f8") if arr.dtype == np.float64 else arr
     data = bytes([0, 0, codes[arr.dtype], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
     if gz:
         path = path.with_name(path.name + ".gz")
@@ -159,6 +161,44 @@ def test_mnist_mismatched_pair_is_rejected(tmp_path):
         mnist_task(data_dir=tmp_path, download=False)
 
 
+def t10k_labels(dtype=np.uint8, bad=None):
+    """10,000 labels 0..9 of `dtype`, with `bad` at position 5 if given."""
+    y = (np.arange(10000) % 10).astype(dtype)
+    if bad is not None:
+        y[5] = bad
+    return y
+
+
+# Files that read as IDX but hold no MNIST data: refused while the task loads, not in training.
+BAD_T10K = {
+    "label 200": (dict(labels=t10k_labels(np.uint8, 200)),
+                  ["t10k-labels-idx1-ubyte.gz has label 200 at position 5", "accepted: class labels 0..9"]),
+    "label -1 as int32": (dict(labels=t10k_labels(np.int32, -1)), ["has label -1 at position 5", "0..9"]),
+    "float labels with a NaN": (dict(labels=t10k_labels(np.float64, np.nan)),
+                                ["holds float64 labels", "accepted: integer class labels 0..9"]),
+    "images 0 pixels high": (dict(images=np.zeros((10000, 0, 28), np.uint8)),
+                             ["t10k-images-idx3-ubyte.gz holds uint8 [10000, 0, 28]", "uint8 images [n, 28, 28]"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_T10K))
+def test_bad_mnist10k_files_exit_2_at_load(name, tmp_path):
+    arrays, needles = BAD_T10K[name]
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", arrays.get("images", np.zeros((10000, 28, 28), np.uint8)), gz=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", arrays.get("labels", t10k_labels()), gz=True)
+    proc = run_cli("train", "--task", "mnist10k", "--data-dir", tmp_path, "--epochs", "0.01", "--progress", "none",
+                   "--out", tmp_path / "run")
+    assert_one_line_error(proc, 2, f"mnist10k: {tmp_path}", *needles)
+
+
+def test_mnist_labels_beyond_9_are_rejected(tmp_path):
+    write_mnist(tmp_path, 20, 5, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.full(20, 10, np.uint8), gz=False)
+    with pytest.raises(DataError, match="^mnist: .*train-labels-idx1-ubyte has label 10 at position 0; accepted: "
+                                        "class labels 0..9$"):
+        mnist_task(data_dir=tmp_path, download=False)
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_without_torchvision_says_how_to_install(name, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails as if not installed
@@ -283,6 +323,37 @@ def test_npz_unreadable_files(tmp_path):
         get_task(f"npz:{objs}")
     with pytest.raises(ConfigError, match="task 'npz:' has no path"):
         get_task("npz:")
+
+
+def corrupt_compressed_x(path: Path) -> None:
+    """An np.savez_compressed archive whose x.npy deflate stream is damaged (its zip headers are intact)."""
+    np.savez_compressed(path, x=X, y=Y)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("x.npy")
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + 20  # 20 bytes into the compressed data
+    raw[start:start + 40] = bytes(b ^ 0x5A for b in raw[start:start + 40])
+    path.write_bytes(raw)
+
+
+def text_members(path: Path) -> None:
+    """A zip holding x.npy and y.npy that are plain text, not .npy arrays."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", b"hello")
+        z.writestr("y.npy", b"hello")
+
+
+@pytest.mark.parametrize("write, needles", [
+    (corrupt_compressed_x, ["cannot read array 'x'", "Error -3 while decompressing data"]),
+    (text_members, ["cannot read array 'x'", "5 bytes without the .npy header", "np.savez(path, x=..., y=...)"]),
+], ids=["corrupt compressed data", "text members"])
+def test_damaged_npz_members_exit_2(write, needles, tmp_path):
+    path = tmp_path / "data.npz"
+    write(path)
+    proc = run_cli("train", "--task", f"npz:{path}", "--epochs", "0.01", "--progress", "none",
+                   "--out", tmp_path / "run")
+    assert_one_line_error(proc, 2, f"npz: cannot read array 'x' in {path}", *needles)
 
 
 @pytest.mark.parametrize("shape,model", [((4,), "mlp"), ((2, 9), "cnn1d"), ((3, 6, 5), "cnn2d")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,17 @@ def load_npz(path) -> dict:
         raise DataError(f"npz: file {path} not found; pass npz:PATH with an .npz file holding arrays x and y")
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError) as e:  # RuntimeError: zip features
         raise DataError(f"npz: cannot read {path} ({one_line(e)}); save it with np.savez(path, x=..., y=...)") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"npz: {path} is a single .npy array, not an .npz archive; save it with "
                         f"np.savez(path, x=..., y=...)")
     with f:
         names = set(f.files)
+        found = ", ".join(n if n.isprintable() else repr(n) for n in sorted(names)) or "none"  # one line
         for k in ("x", "y"):
             if k not in names:
-                raise DataError(f"npz: {path} has no array {k!r} (found: {', '.join(sorted(names)) or 'none'}); "
+                raise DataError(f"npz: {path} has no array {k!r} (found: {found}); "
                                 f"save it with np.savez(path, x=..., y=...)")
         if ("x_test" in names) != ("y_test" in names):
             have, lack = ("x_test", "y_test") if "x_test" in names else ("y_test", "x_test")
@@ -53,9 +55,13 @@ def load_npz(path) -> dict:
             if k in names:
                 try:
                     arrays[k] = f[k]
-                except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+                # zlib.error: corrupt compressed data; RuntimeError: zipfile's encrypted or unsupported member
+                except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, RuntimeError) as e:
                     raise DataError(f"npz: cannot read array {k!r} in {path} ({one_line(e)}); "
                                     f"save plain numeric arrays") from None
+                if not isinstance(arrays[k], np.ndarray):  # numpy hands back raw bytes for a non-.npy member
+                    raise DataError(f"npz: cannot read array {k!r} in {path} (its member is {len(arrays[k])} bytes "
+                                    f"without the .npy header); save it with np.savez(path, x=..., y=...)")
     return _validate(path, arrays)
 
 

@@ -37,6 +37,7 @@ MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+MNIST_CLASSES = 10
 MNIST_MODELS = ("cnn2d", "mlp", "linear")  # first is the default
 
 # IDX type byte -> numpy dtype (big-endian on disk); MNIST uses 0x08.
@@ -82,11 +83,19 @@ def find_idx(stem: str, data_dir) -> Path | None:
 
 def _read_pair(task: str, images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = read_idx(images), read_idx(labels)
-    if x.ndim != 3 or x.dtype != np.uint8:
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
         raise DataError(f"{task}: {images} holds {x.dtype} {list(x.shape)}; expected uint8 images [n, 28, 28]")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{task}: {labels} holds labels of shape {list(y.shape)} for {len(x)} images in "
                         f"{images.name}; the pair must match")
+    if y.dtype.kind not in "iu":  # a float label (NaN, 2.5) is no class
+        raise DataError(f"{task}: {labels} holds {y.dtype} labels; accepted: integer class labels "
+                        f"0..{MNIST_CLASSES - 1} (IDX type 08, unsigned byte)")
+    bad = (y < 0) | (y >= MNIST_CLASSES)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{task}: {labels} has label {y[i]} at position {i}; accepted: class labels "
+                        f"0..{MNIST_CLASSES - 1}")
     return x, y.astype(np.int64)
 
 
@@ -201,14 +210,14 @@ def mnist_task(model: str | None = None, data_dir=None, seed: int = 0, num_sampl
                download: bool = True):
     """MNIST, 60,000/10,000; num_samples keeps the first n training images (MNIST is pre-shuffled)."""
     d = load_mnist(data_dir, download)
-    return _image_task("mnist", d, model, MNIST_MODELS, 10, MNIST_MEAN, MNIST_STD, num_samples)
+    return _image_task("mnist", d, model, MNIST_MODELS, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, num_samples)
 
 
 def mnist10k_task(model: str | None = None, data_dir=None, seed: int = 0, num_samples: int | None = None,
                   train: int = 8000, test: int = 2000):
     """The MNIST test set split 8,000/2,000 by `seed` (see mnist_idx_split); num_samples trims train."""
     d = mnist_idx_split(data_dir, train, test, seed)
-    return _image_task("mnist10k", d, model, MNIST_MODELS, 10, MNIST_MEAN, MNIST_STD, num_samples,
+    return _image_task("mnist10k", d, model, MNIST_MODELS, MNIST_CLASSES, MNIST_MEAN, MNIST_STD, num_samples,
                        split_seed=seed)
 
 
