@@ -378,3 +378,58 @@ def test_a_collapsed_run_is_marked_not_ranked(tmp_path):
     assert sc["algorithms"]["pdasgd"]["collapsed"] == 1 and sc["winner"]["algorithm"] == "hogwild"
     from asyncsgd.report.markdown import _accuracy
     assert _accuracy(sc["algorithms"]["pdasgd"]).endswith("**collapsed**")
+
+
+# -- records of the wrong shape: refused in one line, naming the file and what is wrong -------------
+
+@pytest.mark.parametrize("content, wrong", [
+    ({"run_order": 5}, "'run_order' is 5, not a list"),
+    ({"run_order": [1]}, "'run_order[0]' is 1, not an object"),
+    ({"run_order": [{}]}, "no 'run_order[0].run_dir'"),
+    ({"run_order": [{"run_dir": "RUN", "scenario": "s", "algorithm": "a"}], "scenarios": 5},
+     "'scenarios' is 5, not an object"),
+], ids=["run_order-a-number", "entry-a-number", "entry-without-run_dir", "scenarios-a-number"])
+def test_results_json_of_the_wrong_shape(tmp_path, content, wrong):
+    run = _fake_run_dir(tmp_path / "run", "sync", 0.1, 0, 1.0, 1.0)
+    b = tmp_path / "bench"
+    b.mkdir()
+    (b / "results.json").write_text(json.dumps(content).replace("RUN", str(run)))
+    _one_line_error(run_cli("report", b, "--out", tmp_path / "o"), str(b), "results.json is not a bench result",
+                    wrong, "accepted: results.json written by asyncsgd bench")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("field, value, wrong", [
+    ("final_test_accuracy", "abc", "'final_test_accuracy' is \"abc\", not a number"),
+    ("algorithm", 5, "'algorithm' is 5, not a string"),
+    ("staleness", {"mean": "x"}, "'staleness.mean' is \"x\", not a number"),
+    ("staleness_histogram", {"a": 1}, "'staleness_histogram' holds {\"a\": 1}"),
+], ids=["accuracy-text", "algorithm-number", "staleness-mean-text", "histogram-key-text"])
+def test_summary_json_field_of_the_wrong_type(tmp_path, field, value, wrong):
+    good = _fake_run_dir(tmp_path / "good", "sync", 0.1, 0, 1.0, 1.0)
+    bad = _fake_run_dir(tmp_path / "bad", "hogwild", 0.1, 0, 1.0, 1.0, {field: value})
+    _one_line_error(run_cli("report", good, bad, "--out", tmp_path / "o"), str(bad),
+                    "summary.json is not a run summary", wrong, "accepted: a summary.json written by asyncsgd")
+
+
+@pytest.mark.parametrize("line, wrong", [
+    ("5", "line 2: it is 5, not an object"),
+    ('{"wall_time_s":"a","samples":"b"}', "line 2: 'wall_time_s' is \"a\", not a number"),
+    ('{"wall_time_s": 1.0, "samples": 10}', "line 2: no 'test_accuracy'"),
+], ids=["a-number", "text-numbers", "without-test_accuracy"])
+def test_metrics_line_that_is_not_a_metrics_row(tmp_path, line, wrong):
+    d = _fake_run_dir(tmp_path / "run", "sync", 0.1, 0, 1.0, 1.0)
+    first = (d / "metrics.jsonl").read_text().splitlines()[0]
+    (d / "metrics.jsonl").write_text(f"{first}\n{line}\n")
+    _one_line_error(run_cli("report", d, "--out", tmp_path / "o"), str(d), "metrics.jsonl is not a run's metrics",
+                    wrong, "accepted: metrics.jsonl as asyncsgd writes it")
+
+
+@pytest.mark.parametrize("out, wrong", [("afile", "it is a file"), ("afile/sub", "'afile' is a file")],
+                         ids=["a-file", "under-a-file"])
+def test_out_that_is_a_file_or_under_one(tmp_path, out, wrong):
+    d = _fake_run_dir(tmp_path / "run", "sync", 0.1, 0, 1.0, 1.0)
+    (tmp_path / "afile").write_text("mine")
+    _one_line_error(run_cli("report", d, "--out", out, cwd=tmp_path), f"--out {out!r} is not accepted", wrong,
+                    "accepted: a directory")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -33,6 +33,10 @@ def main(args) -> int:
         raise ConfigError(f"--target-accuracy {args.target_accuracy!r} is not accepted; accepted: a fraction in "
                           "(0, 1], e.g. 0.9")
     given_peak = None if args.peak_flops is None else peak_flops_value(args.peak_flops)
+    bench_dirs = [d for d in args.dirs if (Path(d) / "results.json").is_file()]
+    out = Path(args.out) if args.out else (Path(bench_dirs[0]) if len(bench_dirs) == 1 and len(args.dirs) == 1
+                                           else Path("report"))
+    check_out(out, given=args.out is not None)
     runs, meta = collect(args.dirs)
     target = args.target_accuracy if args.target_accuracy is not None else meta.get("target_accuracy")
     if target is None:
@@ -48,9 +52,6 @@ def main(args) -> int:
         peak, no_mfu = {"flops": given_peak, "source": "given (--peak-flops)", "method": "given by the user"}, None
     else:
         peak, no_mfu = recorded_peak(meta)
-    bench_dirs = [d for d in args.dirs if (Path(d) / "results.json").is_file()]
-    out = Path(args.out) if args.out else (Path(bench_dirs[0]) if len(bench_dirs) == 1 and len(args.dirs) == 1
-                                           else Path("report"))
     base = out if all(_inside(r.dir, out) for r in runs) else None
     results = build_results(runs, target=target, peak=peak, flops=flops, machine=machine, suite=meta.get("suite"),
                             scenario_info=scenario_info, base_dir=base)
@@ -78,6 +79,15 @@ def peak_flops_value(text) -> float:
         raise ConfigError(f"--peak-flops {text!r} is not accepted; accepted: a finite number of FLOP/s > 0, "
                           "e.g. 1.5e11")
     return value
+
+
+def check_out(out: Path, given: bool) -> None:
+    """The report's directory: new or existing, not a file nor a path under one (ConfigError naming it)."""
+    above = next((p for p in (out, *out.parents) if p.exists()), None)  # out itself, or where it will be made
+    if above is not None and not above.is_dir():
+        what = f"--out {str(out)!r}" if given else f"the default output directory {str(out)!r} (no --out given)"
+        where = "it" if above == out else repr(str(above))
+        raise ConfigError(f"{what} is not accepted: {where} is a file; accepted: a directory (new or existing)")
 
 
 def recorded_peak(meta: dict) -> tuple[dict | None, str | None]:

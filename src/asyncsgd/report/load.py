@@ -39,22 +39,30 @@ class Run:
 
 
 def load_run(path) -> Run:
-    """Read one run directory; ConfigError naming it if summary.json or metrics.jsonl is missing or bad."""
+    """Read one run directory; ConfigError naming it if summary.json or metrics.jsonl is missing, bad JSON,
+    or not of the shape asyncsgd writes (_SUMMARY, _METRICS_ROW), so that the rest of the report can trust it."""
     d = Path(path)
     try:
         summary = json.loads((d / "summary.json").read_text())
         lines = (d / "metrics.jsonl").read_text().splitlines()
-        metrics = [json.loads(line) for line in lines if line.strip()]
+        rows = [(n, json.loads(line)) for n, line in enumerate(lines, 1) if line.strip()]
     except FileNotFoundError as e:
         raise ConfigError(f"report dir {str(d)!r} has no {Path(e.filename).name}; accepted: a run directory "
                           "(summary.json + metrics.jsonl) or a bench directory (results.json)") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"report dir {str(d)!r} holds an unreadable run record ({str(e).splitlines()[0][:100]}); "
                           "accepted: summary.json and metrics.jsonl as asyncsgd writes them") from None
-    if not isinstance(summary, dict) or "algorithm" not in summary:
-        raise ConfigError(f"report dir {str(d)!r}: summary.json has no 'algorithm'; accepted: a summary.json "
-                          "written by asyncsgd")
-    return Run(dir=d, summary=summary, metrics=metrics)
+    problem = _problem(summary, _SUMMARY, required=("algorithm",)) or _histogram_problem(summary)
+    if problem:
+        raise ConfigError(f"report dir {str(d)!r}: summary.json is not a run summary ({problem}); accepted: a "
+                          "summary.json written by asyncsgd")
+    for n, row in rows:
+        problem = _problem(row, _METRICS_ROW, required=tuple(_METRICS_ROW))
+        if problem:
+            raise ConfigError(f"report dir {str(d)!r}: metrics.jsonl is not a run's metrics (line {n}: {problem}); "
+                              "accepted: metrics.jsonl as asyncsgd writes it, one JSON object per line with numbers "
+                              "wall_time_s and samples and test_accuracy a number or null")
+    return Run(dir=d, summary=summary, metrics=[row for _, row in rows])
 
 
 def collect(dirs) -> tuple[list[Run], dict]:
@@ -100,10 +108,14 @@ def load_bench(d: Path) -> tuple[list[Run], dict]:
     """The runs of a bench directory, in run order, and what its results.json recorded about them."""
     try:
         res = json.loads((d / "results.json").read_text())
-        order = res["run_order"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(f"report dir {str(d)!r}: results.json is not a bench result ({type(e).__name__}: "
                           f"{str(e)[:80]}); accepted: results.json written by asyncsgd bench") from None
+    problem = _results_problem(res)
+    if problem:
+        raise ConfigError(f"report dir {str(d)!r}: results.json is not a bench result ({problem}); accepted: "
+                          "results.json written by asyncsgd bench")
+    order = res["run_order"]
     runs = []
     for entry in order:
         rd = d / entry["run_dir"]
@@ -122,6 +134,82 @@ def load_bench(d: Path) -> tuple[list[Run], dict]:
                                                                            "target_accuracy", "adjustments")}
                              for name, sc in (res.get("scenarios") or {}).items()}
     return runs, meta
+
+
+# The shape of the records the report reads: {field: kind}, a kind being "a number", "an integer", "a string",
+# "an object" or "a list" (maybe "... or null"), or {field: kind} for an object (or null) holding those fields.
+# Fields not named here are not read, so they are not checked.
+_NUMBER = "a number or null"
+_SUMMARY = {"algorithm": "a string", "task": "a string", "model": "a string or null", "workers": _NUMBER,
+            "target_accuracy": _NUMBER, "final_test_accuracy": _NUMBER, "final_test_loss": _NUMBER,
+            "samples_per_s": _NUMBER, "bytes_sent": _NUMBER, "wall_time_s": _NUMBER,
+            "staleness": {"mean": _NUMBER, "max": _NUMBER}, "staleness_histogram": "an object or null",
+            "config": "an object or null", "task_info": {"train_samples": _NUMBER}}
+_METRICS_ROW = {"wall_time_s": "a number", "samples": "a number", "test_accuracy": _NUMBER}
+_RESULTS = {"run_order": "a list", "scenarios": "an object or null", "target_accuracy": _NUMBER,
+            "peak_flops": {"flops": _NUMBER}, "machine": {"peak_flops": {"flops": _NUMBER}},
+            "suite": "an object or null"}
+_RUN_ENTRY = {"run_dir": "a string", "scenario": "a string", "algorithm": "a string", "status": "a string",
+              "repeat": "an integer", "index": "an integer"}
+_SCENARIO = {"flops_per_sample": _NUMBER, "adjustments": "an object or null"}
+_TYPES = {"a number": (int, float), "an integer": int, "a string": str, "an object": dict, "a list": list}
+
+
+def _problem(record, spec: dict, required=(), at: str = "") -> str | None:
+    """What keeps a JSON value from being an object of the shape spec describes, or None: not an object,
+    a field whose value is not of its kind, or a required field missing. at: where the object sits in its
+    file (run_order[3]), for the message."""
+    if not isinstance(record, dict):
+        return f"{at!r} is {_show(record)}, not an object" if at else f"it is {_show(record)}, not an object"
+    for key, kind in spec.items():
+        value = record.get(key)
+        if isinstance(kind, dict):
+            problem = None if value is None else _problem(value, kind, at=_path(at, key))
+            if problem:
+                return problem
+        elif key in record and not _fits(value, kind):
+            return f"{_path(at, key)!r} is {_show(value)}, not {kind}"
+    missing = [key for key in required if key not in record]
+    return f"no {_path(at, missing[0])!r}" if missing else None
+
+
+def _fits(value, kind: str) -> bool:
+    if value is None:
+        return kind.endswith(" or null")
+    return isinstance(value, _TYPES[kind.removesuffix(" or null")]) and not isinstance(value, bool)
+
+
+def _results_problem(res) -> str | None:
+    """What keeps results.json from the shape the report reads (_RESULTS, its run_order and scenarios), or None."""
+    problem = _problem(res, _RESULTS, required=("run_order",))
+    if problem:
+        return problem
+    for i, entry in enumerate(res["run_order"]):
+        problem = _problem(entry, _RUN_ENTRY, required=("run_dir", "scenario", "algorithm"), at=f"run_order[{i}]")
+        if problem:
+            return problem
+    for name, sc in (res.get("scenarios") or {}).items():
+        problem = _problem(sc, _SCENARIO, at=f"scenarios.{name}")
+        if problem:
+            return problem
+    return None
+
+
+def _histogram_problem(summary: dict) -> str | None:
+    """What is wrong with summary.json's staleness_histogram ({staleness: count}, both integers), or None."""
+    for k, v in (summary.get("staleness_histogram") or {}).items():
+        if not (k.isdecimal() and _fits(v, "an integer")):
+            return f"'staleness_histogram' holds {_show({k: v})}, not an integer count per integer staleness"
+    return None
+
+
+def _path(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
+def _show(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def comparable_settings(run: Run) -> dict:
