@@ -282,15 +282,21 @@ def plan(args) -> dict:
             if s not in suite["scenarios"]:
                 _fail("--scenarios", s, ", ".join(suite["scenarios"]))
         suite["scenarios"] = {s: suite["scenarios"][s] for s in wanted}
-    _check_task_names(suite)  # before any run: a --dry-run must not print runs that train refuses
+    from .records import file_in_the_way
+    from .tasks import check_task_name
+    from .tasks.models import check_model_name
+
+    check_task_name(suite["task"])  # before any run: a --dry-run must not print runs that train refuses
+    if suite.get("model") is not None:
+        check_model_name(suite["model"])
     if args.out is not None and not args.out.strip():
         _fail("--out", args.out, "a directory path")
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         _fail("--out", str(out), "a new or empty directory (this one already holds files)")
-    above = next((d for d in out.parents if d.exists()), None)  # where the directory will be made
-    if above is not None and not above.is_dir():
-        _fail("--out", str(out), f"a directory path ({above} is a file)")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        _fail("--out", str(out), f"a directory path ({blocker} is a file)")
     configs, adjustments = {}, {}
     for scenario, extra in suite["scenarios"].items():
         for algo in algos:
@@ -307,18 +313,6 @@ def plan(args) -> dict:
     suite.update(repeats=repeats, seed=args.seed, algorithms=algos)
     return {"suite": suite, "algos": algos, "repeats": repeats, "out": out, "configs": configs,
             "adjustments": adjustments}
-
-
-def _check_task_names(suite: dict) -> None:
-    """The suite's task and model are ones train knows (their data is checked when the task is built)."""
-    from .tasks import TASK_NAMES
-    from .tasks.models import MODEL_NAMES
-
-    task, model = suite["task"], suite.get("model")
-    if not isinstance(task, str) or not (task in TASK_NAMES or task.startswith("npz:")):
-        raise ConfigError(f"unknown task {task!r}; accepted: {', '.join(TASK_NAMES)}")
-    if model is not None and model not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {model!r}; accepted: {', '.join(MODEL_NAMES)}")
 
 
 def _config(suite: dict, scenario: str, extra: dict, label: str, seed: int):

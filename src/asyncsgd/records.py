@@ -192,6 +192,13 @@ def time_to_target(rows: list[dict], target: float | None) -> float | None:
 RUN_FILES = ("summary.json", "checkpoint.pt", "metrics.jsonl")  # what makes a directory a run's record
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file at path, or at the first of its parents that exists, which keeps a directory from
+    being made there (the bench's and the report's --out); None when there is none."""
+    above = next((p for p in (path, *path.parents) if p.exists()), None)
+    return above if above is not None and not above.is_dir() else None
+
+
 def make_run_dir(cfg) -> Path:
     """The run directory, made and checked before anything runs: --out (or --resume's) as given,
     else a new runs/<timestamp>-<algo> (with -2, -3, ... when two runs start in the same second).

@@ -83,8 +83,10 @@ def peak_flops_value(text) -> float:
 
 def check_out(out: Path, given: bool) -> None:
     """The report's directory: new or existing, not a file nor a path under one (ConfigError naming it)."""
-    above = next((p for p in (out, *out.parents) if p.exists()), None)  # out itself, or where it will be made
-    if above is not None and not above.is_dir():
+    from ..records import file_in_the_way
+
+    above = file_in_the_way(out)  # out itself, or where it will be made
+    if above is not None:
         what = f"--out {str(out)!r}" if given else f"the default output directory {str(out)!r} (no --out given)"
         where = "it" if above == out else repr(str(above))
         raise ConfigError(f"{what} is not accepted: {where} is a file; accepted: a directory (new or existing)")

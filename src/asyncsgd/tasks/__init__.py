@@ -43,6 +43,14 @@ class Task:
         return self.loss == "cross_entropy"
 
 
+def check_task_name(name) -> None:
+    """ConfigError unless name is a task get_task knows (its data is checked when the task is built)."""
+    from ..errors import ConfigError
+
+    if not isinstance(name, str) or not (name in TASK_NAMES or name.startswith("npz:")):
+        raise ConfigError(f"unknown task {name!r}; accepted: {', '.join(TASK_NAMES)}")
+
+
 def get_task(name: str = "mnist1d", *, model: str | None = None, data_dir: str | None = None,
              seed: int = 0, num_samples: int | None = None) -> Task:
     """Build a task by name ("mnist1d", "npz:PATH", ...); raises ConfigError/DataError on bad input."""
@@ -71,4 +79,5 @@ def get_task(name: str = "mnist1d", *, model: str | None = None, data_dir: str |
             raise ConfigError("task 'npz:' has no path; accepted: npz:PATH, PATH an .npz file with arrays x and y")
         from .npz import npz_task
         return npz_task(name[4:], model=model, seed=seed, num_samples=num_samples)
-    raise ConfigError(f"unknown task {name!r}; accepted: {', '.join(TASK_NAMES)}")
+    check_task_name(name)  # every known name returned above
+    raise AssertionError(f"task {name!r} is in TASK_NAMES but get_task does not build it")

@@ -150,11 +150,16 @@ _SHAPES = {"cnn1d": (2, "[channels, length]"), "cnn2d": (3, "[channels, height, 
            "resnet18": (3, "[channels, height, width]"), "resnet20": (3, "[channels, height, width]")}
 
 
+def check_model_name(name) -> None:
+    """ConfigError unless name is a model build_model knows."""
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {name!r}; accepted: {', '.join(MODEL_NAMES)}")
+
+
 def build_model(name: str, input_shape, num_classes: int) -> nn.Module:
     """The model `name` for inputs of `input_shape` (no batch dim) and `num_classes` outputs."""
     shape = tuple(int(s) for s in input_shape)
-    if name not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {name!r}; accepted: {', '.join(MODEL_NAMES)}")
+    check_model_name(name)
     if name in _SHAPES and len(shape) != _SHAPES[name][0]:
         raise ConfigError(f"model {name!r} needs inputs {_SHAPES[name][1]}; got input shape {list(shape)}"
                           f" (use mlp or linear for flat features)")
