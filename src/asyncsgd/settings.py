@@ -52,8 +52,8 @@ def default_text(name: str) -> str:
             # (stated for both, not probed: probing CUDA imports torch, and the help is built by
             # every command, a refused flag included)
             for a in ALGORITHMS.values():
-                if getattr(a.default_workers, "help_text", None):  # a rule with more cases than the device
-                    parts.append(f"{a.name} {a.default_workers.help_text}")
+                if a.default_workers_text:
+                    parts.append(f"{a.name} {a.default_workers_text}")
                 elif a.default_workers:
                     cpu, gpu = (a.default_workers(RunConfig(algorithm=a.name, device=d))[0] for d in ("cpu", "cuda"))
                     parts.append(f"{a.name} {cpu}" if cpu == gpu else f"{a.name} {cpu} on a CPU, {gpu} on a GPU")

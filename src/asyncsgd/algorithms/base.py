@@ -71,6 +71,8 @@ class Algorithm:
     # (RunConfig) -> (workers, why): --workers when none is given, decided from the machine (pdasgd);
     # None: defaults / SHARED_DEFAULTS. `why` is recorded as the config's workers_from
     default_workers: Callable | None = None
+    # the help text of that rule where it has more cases than the device (None: the CLI states its CPU and GPU values)
+    default_workers_text: str | None = None
     options: tuple = ()  # settings only some algorithms use (given to another one: rejected, not ignored)
     summary_extra: Callable | None = None  # (record, summary dict) -> None: adds this algorithm's fields
     check: Callable | None = None  # (RunConfig) -> RunConfig: this algorithm's own resolution and checks

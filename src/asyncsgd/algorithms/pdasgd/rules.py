@@ -44,9 +44,6 @@ def auto_processes(cfg) -> tuple[int, str]:
     return 2, "2 processes (as Hogwild!'s default; one per core on 2 cores), each 1F:1B taking turns (--queue-size 0), on one shared model"
 
 
-auto_processes.help_text = "2 on a CPU, else 1 (on a GPU, with a thread layout given, or with --runtime sim)"
-
-
 def several_on_one_model(cfg) -> bool:
     """Several processes write one shared model (not --sharing average's replicas: the caller checks)."""
     return isinstance(processes(cfg), int) and processes(cfg) > 1

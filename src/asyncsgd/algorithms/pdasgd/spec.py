@@ -179,6 +179,7 @@ PDASGD = Algorithm(
               "staleness": staleness_default, "clip_grad_norm": clip_default, "lr": lr_default,
               "warmup_epochs": warmup_default, "nesterov": nesterov_default},
     default_workers=auto_processes,
+    default_workers_text="2 on a CPU, else 1 (on a GPU, with a thread layout given, or with --runtime sim)",
     options=("forward_threads", "backward_threads", "fb_ratio", "queue_size", "updates", "backward_weights",
              "sharing", "average_every", "staleness"),
     summary_extra=summary_extra, check=check, check_given=check_given, sim_theory=True,
