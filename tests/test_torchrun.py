@@ -360,3 +360,37 @@ def test_a_rank_whose_join_fails_after_the_group_exists_leaves_no_group_and_says
     job = made[0]
     assert job.kv.get("end/0") == b"failed"
     assert job._watcher is None  # the watcher starts only once the join succeeded
+
+
+@pytest.mark.parametrize("rank0_said, expected", [
+    ("training diverged: loss nan at update 2 (worker 0); lower --lr", "DivergedError"),
+    (None, "WorkerError")])
+def test_a_rank_that_sees_rank0_gone_ends_as_rank0_ended(rank0_said, expected):
+    """Rank 0 diverged first and wrote its record (status diverged); rank 1, whose own loss was
+    still finite (it dropped rank 0's NaN messages as malformed), then saw rank 0 gone. It ends
+    with rank 0's divergence (exit 3), not "this run has none": the CI flake of 2026-12-08 in the
+    two-rank diverged test. Without rank 0's word it ends as before. A store double."""
+    import threading
+
+    from asyncsgd.board import Board
+    from asyncsgd.errors import DivergedError, WorkerError
+    from asyncsgd.launch.job import TorchrunJob
+
+    job = TorchrunJob.__new__(TorchrunJob)
+    job.rank, job.world, job._stop_watching, job._watcher = 1, 2, threading.Event(), None
+
+    class Store:
+        def check(self, keys):
+            return rank0_said is not None and keys == ["diverged/0"]
+
+        def get(self, key):
+            return rank0_said.encode()
+
+    job.kv = Store()
+    board = Board(2, 1, 1, 1, 1)
+    board.lost[0] = 1
+    with pytest.raises((DivergedError, WorkerError)) as caught:
+        job.finish(board, None, None)
+    assert type(caught.value).__name__ == expected
+    assert str(caught.value) == (rank0_said or "worker 0 is gone; under torchrun rank 0 writes the run record, "
+                                 "so this run has none (worker 1 stopped)")

@@ -17,7 +17,7 @@ import torch
 
 from ..board import Board
 from ..config import RunConfig
-from ..errors import WorkerError
+from ..errors import DivergedError, WorkerError
 from ..exchange.transport import brief as _brief
 from ..exchange.transport import record_loss
 
@@ -149,22 +149,36 @@ finish() writes the agreement onto board.lost, which no late store key may chang
         self.kv.wait([f"host/{r}" for r in range(self.world)], self.timeout)
         return sum(self.kv.get(f"host/{r}").decode() == me for r in range(self.world))
 
-    def close(self) -> None:
+    def close(self, diverged: str | None = None) -> None:
         """A rank that did not get to finish() says so, so rank 0 does not wait for it (best
-        effort: the store may be gone with node 0). Stops the loss watcher."""
+        effort: the store may be gone with node 0). diverged: this rank's divergence message, which
+        the others then end with (rank 0's: its record says diverged, not "no record"). Stops the
+        loss watcher."""
         self.stop_watching()
         if not self.ended:
             self.ended = True
             try:
+                if diverged is not None:
+                    self.kv.set(f"diverged/{self.rank}", diverged)  # before end/<rank>: a reader of one sees both
                 self.kv.set(f"end/{self.rank}", "failed")
             except Exception:
                 pass
+
+    def _rank0_gone(self) -> Exception:
+        """What a rank ends with once rank 0 is gone: rank 0's divergence, if it diverged (its
+        record says so; exit 3 as there), else WorkerError(RANK0_GONE)."""
+        try:
+            if self.kv.check(["diverged/0"]):
+                return DivergedError(self.kv.get("diverged/0").decode())
+        except Exception:  # the store may be gone with node 0
+            pass
+        return WorkerError(RANK0_GONE.format(rank=self.rank))
 
     def finish(self, board: Board, algo, cfg: RunConfig) -> None:
         """After the schedule: agree on the survivors, let torchrun's agents go (rank 0), and
         combine the survivors' boards; board.lost then names the ranks left out."""
         if self.rank != 0 and int(board.lost[0]):
-            raise WorkerError(RANK0_GONE.format(rank=self.rank))
+            raise self._rank0_gone()
         try:
             survivors = self._survivors(board, cfg.stall_timeout)
         except RuntimeError as e:  # DistStoreError / DistNetworkError: the store's host is gone
@@ -210,7 +224,7 @@ finish() writes the agreement onto board.lost, which no late store key may chang
         deadline = time.monotonic() + 2 * stall_timeout + 30
         while not self.kv.check(["survivors"]):
             if int(board.lost[0]):
-                raise WorkerError(RANK0_GONE.format(rank=self.rank))
+                raise self._rank0_gone()
             if time.monotonic() >= deadline:
                 raise WorkerError(f"worker {self.rank}: rank 0 did not close the run within {2 * stall_timeout + 30:.0f} s "
                                   "(2 x --stall-timeout + 30 s); no run record")

@@ -56,6 +56,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
     algo = get_algorithm(spec.algorithm).for_config(spec.config)  # pdasgd: shared model or replicas
     board, launch = spec.board, spec.launch
     group = failed = False
+    diverged = None  # this worker's divergence message (torchrun: the others end with it)
     job = None  # torchrun: this rank's handle on the job's store (end-of-run agreement)
     spawned = spec.errors is not None and not isinstance(spec.errors, queue.Queue)  # a process the launcher started
     if spawned:
@@ -84,7 +85,8 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
         if job is not None:
             job.finish(board, algo, spec.config)
     except DivergedError as e:
-        _report(spec, rank, "diverged", str(e))
+        diverged = str(e)
+        _report(spec, rank, "diverged", diverged)
     except KeyboardInterrupt:
         board.stop[0] = 1
         raise
@@ -98,7 +100,7 @@ def worker_main(rank: int, spec: WorkerSpec) -> None:
             raise
     finally:
         if job is not None:
-            job.close()  # a rank that did not finish says so, so rank 0 need not wait for it
+            job.close(diverged)  # a rank that did not finish says so, so rank 0 need not wait for it
         if group and spawned and (board.stop[0] or failed):  # failed: the survivors go on (board.stop
             # unset), and this worker's exchange may have abandoned receivers blocked on them
             _leave_now(spec)
